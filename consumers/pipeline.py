@@ -1,0 +1,86 @@
+"""The embedded pipeline: events in, engine, recommendations and dead letters out.
+
+Nothing is lost and the counts add up: read = processed + rejected + duplicates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from otrules.consumers.deadletter import DeadLetter, DeadLetterSink
+from otrules.consumers.jsonl import Line
+from otrules.engine import Engine, PatientState
+from otrules.schemas import EventRejected, Recommendation, parse_event
+
+
+@dataclass
+class RunSummary:
+    read: int = 0
+    processed: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_rule: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def recommendations(self) -> int:
+        return sum(self.by_kind.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.processed + self.rejected + self.duplicates
+
+
+class Pipeline:
+    """Feeds lines through the engine with one in-memory state per patient."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        emit: Callable[[Recommendation], None],
+        dead_letters: DeadLetterSink,
+        on_reject: Callable[[DeadLetter], None] | None = None,
+        source_name: str = "-",
+    ) -> None:
+        self.engine = engine
+        self.emit = emit
+        self.dead_letters = dead_letters
+        self.on_reject = on_reject
+        self.source_name = source_name
+        self.states: dict[str, PatientState] = {}
+        self.summary = RunSummary()
+
+    def feed(self, lines: Iterable[Line]) -> RunSummary:
+        for line in lines:
+            self.feed_one(line)
+        return self.summary
+
+    def feed_one(self, line: Line) -> None:
+        summary = self.summary
+        summary.read += 1
+        try:
+            event = parse_event(line.raw, self.engine.catalogue)
+        except EventRejected as exc:
+            self._reject(line, exc.reason)
+            return
+        state = self.states.get(event.patient_id)
+        if state is None:
+            state = self.states[event.patient_id] = PatientState(event.patient_id)
+        outcome = self.engine.process(state, event)
+        if outcome.duplicate:
+            summary.duplicates += 1
+            return
+        summary.processed += 1
+        for rec in outcome.recommendations:
+            summary.by_kind[rec.kind] += 1
+            summary.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
+            self.emit(rec)
+
+    def _reject(self, line: Line, reason: str) -> None:
+        self.summary.rejected += 1
+        letter = DeadLetter(self.source_name, line.number, reason, line.raw)
+        self.dead_letters.write(letter)
+        if self.on_reject is not None:
+            self.on_reject(letter)

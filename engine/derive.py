@@ -1,0 +1,254 @@
+"""Apply one event to a patient's state and derive the facts of contracts.md §3.
+
+All time arithmetic uses event time, in whole calendar days between the
+events' own local dates (the clinic's day, from the timestamp's offset).
+Facts are computed after the event is applied; each measure's `previous`,
+`change` and `stable_count` are taken against the state just before that
+measure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from otrules.engine.gas import gas_t_score
+from otrules.engine.state import GoalState, PatientState, PlanState, Series, series_key
+from otrules.schemas import (
+    Catalogue,
+    DischargeEvent,
+    EvaluationEvent,
+    Event,
+    Measure,
+    PlanEvent,
+    VisitEvent,
+)
+
+Facts = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """Facts for the once-per-event rules, and one set per measure."""
+
+    base: Facts
+    per_measure: tuple[tuple[Measure, Facts], ...]
+
+
+def apply_event(state: PatientState, event: Event, catalogue: Catalogue) -> EventFacts:
+    plan = state.plan(event.plan_id)
+    met_before = {gid: g.met_ever for gid, g in plan.goals.items()}
+    measure_facts: list[tuple[Measure, Facts]] = []
+    if isinstance(event, PlanEvent):
+        _apply_plan(plan, event)
+    elif isinstance(event, VisitEvent):
+        _apply_visit(plan, event)
+    elif isinstance(event, EvaluationEvent):
+        for measure in event.measures:
+            measure_facts.append((measure, _apply_measure(plan, event, measure, catalogue)))
+        plan.last_evaluation = event.local_date
+        if event.starts_reporting_period:
+            plan.treatment_dates.clear()
+    elif isinstance(event, DischargeEvent):
+        plan.discharged = True
+    base = _plan_facts(state, plan, event, catalogue)
+    per_measure = tuple(
+        (m, {**base, **mf, **_goal_facts(plan, m, event, catalogue, met_before)}) for m, mf in measure_facts
+    )
+    return EventFacts(base, per_measure)
+
+
+# ---------------------------------------------------------------- state changes
+
+
+def _apply_plan(plan: PlanState, event: PlanEvent) -> None:
+    """A plan event is a full snapshot; goal history is kept by goal_id."""
+    plan.setting = event.setting
+    plan.frequency_per_week = event.frequency_per_week
+    plan.certified_from = event.certified_from
+    plan.certified_until = event.certified_until
+    old = plan.goals
+    plan.goals = {}
+    for goal in event.goals:
+        previous = old.get(goal.goal_id)
+        if previous is None:
+            plan.goals[goal.goal_id] = GoalState(goal)
+        else:
+            previous.goal = goal
+            plan.goals[goal.goal_id] = previous
+
+
+def _apply_visit(plan: PlanState, event: VisitEvent) -> None:
+    if event.status == "attended":
+        plan.visits_attended += 1
+        plan.visits_missed_in_a_row = 0
+        plan.treatment_dates.add(event.local_date)  # one treatment day per calendar date
+    elif event.status == "missed":
+        plan.visits_missed_in_a_row += 1
+    # a cancelled visit neither counts as missed nor breaks a run of misses
+
+
+def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, catalogue: Catalogue) -> Facts:
+    score = measure.score
+    key = series_key(measure.instrument, measure.goal_id)
+    before = plan.series.get(key)
+    instrument = catalogue.get(measure.instrument)
+    goal = plan.goals.get(measure.goal_id) if measure.goal_id else None
+    own_goal = goal is not None and goal.goal.instrument == measure.instrument
+
+    previous = before.last if before else None
+    if own_goal and goal.goal.baseline is not None:  # type: ignore[union-attr]
+        baseline = goal.goal.baseline  # type: ignore[union-attr]
+    else:
+        baseline = before.first if before else score
+    change = _diff(score, previous)
+    change_from_baseline = _diff(score, baseline)
+    sign = instrument.sign if instrument else None
+    improvement = None if sign is None or change is None else _round(sign * change)
+    mcid = instrument.mcid if instrument else None
+
+    if mcid is None:
+        stable_count = None
+    elif improvement is None:
+        stable_count = 0
+    elif abs(improvement) < mcid:
+        stable_count = (before.stable_count or 0) + 1 if before else 1
+    else:
+        stable_count = 0
+
+    facts: Facts = {
+        "measure.instrument": measure.instrument,
+        "measure.score": score,
+        "measure.previous": previous,
+        "measure.baseline": baseline,
+        "measure.change": change,
+        "measure.change_from_baseline": change_from_baseline,
+        "measure.improvement": improvement,
+        "measure.improvement_from_baseline": None if sign is None else _round(sign * change_from_baseline),
+        "measure.mcid": mcid,
+        "measure.improved": None if improvement is None or mcid is None else improvement >= mcid,
+        "measure.declined": None if improvement is None or mcid is None else improvement <= -mcid,
+        "measure.stable_count": stable_count,
+        "measure.count": (before.count + 1) if before else 1,
+        "measure.days_since_previous": (event.local_date - before.last_date).days if before else None,
+    }
+
+    if before is None:
+        plan.series[key] = Series(first=score, last=score, last_date=event.local_date, stable_count=stable_count)
+    else:
+        before.last, before.last_date = score, event.local_date
+        before.count += 1
+        before.stable_count = stable_count
+    if goal is not None:
+        if own_goal:
+            goal.latest = score
+            if _goal_met(goal, catalogue):
+                goal.met_ever = True
+        if measure.instrument == "GAS":
+            goal.gas_level = score
+    return facts
+
+
+# ---------------------------------------------------------------- facts
+
+
+def _plan_facts(state: PatientState, plan: PlanState, event: Event, catalogue: Catalogue) -> Facts:
+    today = event.local_date
+    goals = list(plan.goals.values())
+    met = sum(1 for g in goals if _goal_met(g, catalogue))
+    levels = [g.gas_level for g in goals]
+    gas_t = None
+    if goals and all(level is not None for level in levels):
+        t = gas_t_score(levels, [g.goal.gas_weight for g in goals])  # type: ignore[arg-type]
+        gas_t = None if t is None else round(t, 2)
+    return {
+        "event.type": event.type,
+        "event.kind": getattr(event, "kind", None),
+        "event.status": getattr(event, "status", None),
+        "event.reason": getattr(event, "reason", None),
+        "event.occurred_at": rfc3339(event.occurred_at),
+        "patient.id": state.patient_id,
+        "plan.id": plan.plan_id,
+        "plan.setting": plan.setting,
+        "plan.frequency_per_week": plan.frequency_per_week,
+        "plan.goals_total": len(goals),
+        "plan.goals_met": met,
+        "plan.all_goals_met": bool(goals) and met == len(goals),
+        "plan.gas_t": gas_t,
+        "plan.visits_attended": plan.visits_attended,
+        "plan.visits_missed_in_a_row": plan.visits_missed_in_a_row,
+        "plan.treatment_days_since_report": len(plan.treatment_dates),
+        "plan.days_since_evaluation": (today - plan.last_evaluation).days if plan.last_evaluation else None,
+        "plan.days_until_cert_end": (plan.certified_until - today).days if plan.certified_until else None,
+        "plan.discharged": plan.discharged,
+    }
+
+
+_NO_GOAL: Facts = {
+    "goal.id": None, "goal.instrument": None, "goal.target": None, "goal.met": None, "goal.met_before": None,
+    "goal.progress": None, "goal.days_to_target": None, "goal.gas_level": None,
+}
+
+
+def _goal_facts(
+    plan: PlanState, measure: Measure, event: Event, catalogue: Catalogue, met_before: dict[str, bool]
+) -> Facts:
+    state = plan.goals.get(measure.goal_id) if measure.goal_id else None
+    if state is None:
+        return _NO_GOAL
+    goal = state.goal
+    return {
+        "goal.id": goal.goal_id,
+        "goal.instrument": goal.instrument,
+        "goal.target": goal.target,
+        "goal.met": None if state.latest is None else _goal_met(state, catalogue),
+        "goal.met_before": met_before.get(goal.goal_id, False),
+        "goal.progress": _progress(plan, state),
+        "goal.days_to_target": (goal.target_date - event.local_date).days if goal.target_date else None,
+        "goal.gas_level": state.gas_level,
+    }
+
+
+def goal_direction(goal_state: GoalState, catalogue: Catalogue) -> int:
+    """+1 if higher scores are better for this goal, -1 if lower are."""
+    goal = goal_state.goal
+    instrument = catalogue.get(goal.instrument)
+    if instrument is not None:
+        return instrument.sign
+    if goal.baseline is not None and goal.baseline != goal.target:
+        return 1 if goal.target > goal.baseline else -1
+    return 1
+
+
+def _goal_met(goal_state: GoalState, catalogue: Catalogue) -> bool:
+    if goal_state.latest is None:
+        return False
+    return goal_direction(goal_state, catalogue) * (goal_state.latest - goal_state.goal.target) >= 0
+
+
+def _progress(plan: PlanState, goal_state: GoalState) -> float | None:
+    goal = goal_state.goal
+    if goal_state.latest is None:
+        return None
+    baseline = goal.baseline
+    if baseline is None:
+        series = plan.series.get(series_key(goal.instrument, goal.goal_id))
+        baseline = series.first if series else None
+    if baseline is None or goal.target == baseline:
+        return None
+    return round((goal_state.latest - baseline) / (goal.target - baseline), 4)
+
+
+def _diff(a: float, b: float | None) -> float | None:
+    return None if b is None else _round(a - b)
+
+
+def _round(x: float) -> float:
+    """Derived numbers are rounded so that 7 - 5.1 reads 1.9, not 1.9000000000000004."""
+    return round(x, 6)
+
+
+def rfc3339(ts: dt.datetime) -> str:
+    text = ts.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

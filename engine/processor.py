@@ -1,0 +1,127 @@
+"""The engine: a function of (patient state, event) to recommendations.
+
+No Kafka, no files, no clock: the caller owns state storage, reading and
+writing, and stamps `emitted_at`. Duplicate event ids are skipped; throttles
+are kept in the patient's state and measured in event time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from otrules.engine.compiler import Compiled, compile_condition
+from otrules.engine.derive import EventFacts, apply_event
+from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError
+from otrules.engine.matcher import Matcher
+from otrules.engine.recommend import build
+from otrules.engine.state import PatientState
+from otrules.schemas import Catalogue, Event, Recommendation
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    duplicate: bool
+    recommendations: tuple[Recommendation, ...] = ()
+
+
+class _RuleGroup:
+    """Rules checked the same way (once per event, or once per measure)."""
+
+    def __init__(self, ruleset: CompiledRuleset, rules: list[Rule], label: str) -> None:
+        self.ruleset = ruleset
+        self.rules = rules
+        compiled: list[Compiled] = [compile_condition(r.condition, f"{label}{i}") for i, r in enumerate(rules)]
+        names = sorted({n for r in rules for n in r.facts})
+        self.matcher = Matcher(compiled, names, label=f"{ruleset.name}-{label}")
+
+    def matches(self, facts: dict[str, Any]) -> list[Rule]:
+        return [self.rules[i] for i in self.matcher.match(facts)]
+
+
+class _LoadedRuleset:
+    def __init__(self, ruleset: CompiledRuleset) -> None:
+        self.ruleset = ruleset
+        enabled = [r for r in ruleset.rules if r.enabled]
+        self.per_event = _RuleGroup(ruleset, [r for r in enabled if not r.per_measure], "e")
+        self.per_measure = _RuleGroup(ruleset, [r for r in enabled if r.per_measure], "m")
+        self.position = {r.id: i for i, r in enumerate(ruleset.rules)}
+
+
+class Engine:
+    """Rulesets compiled into durable_rules, plus the instrument catalogue."""
+
+    def __init__(self, rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> None:
+        self.catalogue = effective_catalogue(rulesets, catalogue)
+        self.rulesets = tuple(rulesets)
+        self._loaded = [_LoadedRuleset(rs) for rs in rulesets]
+
+    def process(self, state: PatientState, event: Event) -> Outcome:
+        """Apply `event` to `state` (in place) and return what the rules recommend."""
+        if event.event_id in state.seen_event_ids:
+            return Outcome(duplicate=True)
+        state.seen_event_ids.add(event.event_id)
+        facts = apply_event(state, event, self.catalogue)
+        out: list[Recommendation] = []
+        seen_ids: set[str] = set()
+        for loaded in self._loaded:
+            for rule, fact_set in _candidates(loaded, facts):
+                rec = build(loaded.ruleset, rule, event, fact_set)
+                if rec.recommendation_id in seen_ids:
+                    continue  # the same rule, event and goal through another measure
+                if _throttled(state, loaded.ruleset, rule, rec, event):
+                    continue
+                seen_ids.add(rec.recommendation_id)
+                out.append(rec)
+        return Outcome(duplicate=False, recommendations=tuple(out))
+
+    def explain_facts(self, state: PatientState, event: Event) -> EventFacts:
+        """The facts an event presents to the rules (applies it to `state`)."""
+        return apply_event(state, event, self.catalogue)
+
+
+def effective_catalogue(rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> Catalogue:
+    """The catalogue with every ruleset's overrides; conflicting overrides are an error
+    (run such rulesets in separate engines, as backtest does)."""
+    merged = catalogue
+    owner: dict[str, tuple[str, dict[str, Any]]] = {}
+    problems: list[Problem] = []
+    for rs in rulesets:
+        for iid, override in rs.spec.instruments.items():
+            values = override.model_dump(exclude_none=True)
+            if iid in owner and owner[iid][1] != values:
+                problems.append(Problem(rs.source, 1, 1, f"instruments.{iid}: overrides differ from those of ruleset {owner[iid][0]}; run them separately"))
+            owner.setdefault(iid, (rs.name, values))
+        try:
+            merged = merged.with_overrides(rs.spec.instruments)
+        except ValueError as exc:
+            problems.append(Problem(rs.source, 1, 1, f"instruments: {exc}"))
+    if problems:
+        raise RulesetError(problems)
+    return merged
+
+
+def _candidates(loaded: _LoadedRuleset, facts: EventFacts):
+    """Matched (rule, facts) pairs in the file's rule order, then measure order."""
+    hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
+    if loaded.per_measure.rules:
+        hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
+    hits.sort(key=lambda hit: loaded.position[hit[0].id])  # stable: measure order kept
+    return hits
+
+
+def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: Recommendation, event: Event) -> bool:
+    if rule.throttle is None:
+        return False
+    per = rule.throttle.per
+    key = f"{ruleset.name}/{rule.id}"
+    if per in ("plan", "goal"):
+        key += f"|{rec.plan_id}"
+    if per == "goal":
+        key += f"|{rec.goal_id or ''}"
+    last = state.throttle.get(key)
+    if last is not None and event.occurred_at - last < rule.throttle.window:
+        return True
+    state.throttle[key] = event.occurred_at
+    return False

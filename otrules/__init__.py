@@ -1,0 +1,8 @@
+"""otrules: an event-driven rules engine for therapy plans of care.
+
+The packages: `otrules.schemas` (pydantic models), `otrules.engine` (rules
+files, conditions, state, facts, matching), `otrules.consumers` (sources and
+sinks), `otrules.rules` (bundled data) and `otrules.cli` (the command).
+"""
+
+__version__ = "0.1.0"

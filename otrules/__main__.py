@@ -1,0 +1,3 @@
+from otrules.cli import main
+
+main()

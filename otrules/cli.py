@@ -1,0 +1,181 @@
+"""The `otrules` command (contracts.md §6).
+
+Exit status: 0 success, 1 validation or test failure, 2 usage error. Every
+option also reads an OTRULES_* environment variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from otrules import __version__, defaults
+from otrules.consumers import DeadLetter, DeadLetterSink, JsonlSource, Pipeline, RecommendationWriter, RunSummary
+from otrules.engine import Engine, RulesetError
+from otrules.schemas import Recommendation
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="otrules")
+def main() -> None:
+    """Watch occupational-therapy plan-of-care events and recommend decisions."""
+
+
+rules_option = click.option(
+    "--rules", "rules", multiple=True, type=click.Path(exists=True, path_type=Path), envvar="OTRULES_RULES",
+    help="Rules file or folder (repeatable). Default: the bundled ot-core.yaml.",
+)
+catalogue_option = click.option(
+    "--catalogue", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="OTRULES_CATALOGUE",
+    help="Instrument catalogue. Default: the bundled rules/instruments.yaml.",
+)
+
+
+@main.command()
+@rules_option
+@catalogue_option
+@click.option("--input", "input_path", default=None, envvar="OTRULES_INPUT", metavar="F|-",
+              help="JSONL events; '-' for stdin. Default: the bundled sample stream.")
+@click.option("--output", "output_path", default="-", envvar="OTRULES_OUTPUT", metavar="F|-", show_default=True,
+              help="Where recommendations go.")
+@click.option("--dlq", "dlq_path", default=None, envvar="OTRULES_DLQ", metavar="F",
+              help="JSONL file for rejected input (reason + original line).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl", envvar="OTRULES_FORMAT",
+              show_default=True, help="jsonl for machines, table for people.")
+@click.option("--quiet", is_flag=True, envvar="OTRULES_QUIET", help="No per-line rejection messages on stderr.")
+def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, output_path: str,
+        dlq_path: str | None, fmt: str, quiet: bool) -> None:
+    """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out."""
+    engine = _engine(rules, catalogue)
+    source_name = input_path or str(defaults.SAMPLE_STREAM)
+    table: list[Recommendation] = []
+    with _open_in(input_path) as events, _open_out(output_path) as out, _open_out(dlq_path) as dlq:
+        writer = RecommendationWriter(out)
+        emit = table.append if fmt == "table" else writer.write
+
+        def report(letter: DeadLetter) -> None:
+            if not quiet:
+                click.echo(f"{_short(source_name)}:{letter.line}: rejected: {letter.reason}", err=True)
+
+        pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, source_name=source_name)
+        summary = pipeline.feed(JsonlSource(events))
+        if fmt == "table":
+            _print_table(table, out)
+        writer.flush()
+    click.echo(_summary_text(summary), err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Check rules files; print every error as file:line:col and exit 1 on any."""
+    try:
+        loaded = defaults.rulesets(paths)
+        Engine(loaded, defaults.catalogue())
+    except RulesetError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{len(exc.problems)} error(s)", err=True)
+        sys.exit(1)
+    for rs in loaded:
+        click.echo(f"{rs.source}: ok, ruleset {rs.name} {rs.version}, {len(rs.rules)} rules, {rs.digest[:19]}")
+
+
+@main.command()
+@click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients.")
+@click.option("--events", type=click.IntRange(min=1), default=None, help="Exact number of events.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", default="-", metavar="F|-", show_default=True)
+def generate(patients: int | None, events: int | None, seed: int, out_path: str) -> None:
+    """Write a synthetic, clinically plausible event stream (deterministic per seed)."""
+    from otrules import synthetic
+
+    if (patients is None) == (events is None):
+        raise click.UsageError("give exactly one of --patients or --events")
+    with _open_out(out_path) as out:
+        n = synthetic.write_jsonl(out, synthetic.generate(patients=patients, events=events, seed=seed))
+    click.echo(f"wrote {n} events", err=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _engine(rules: tuple[Path, ...], catalogue: Path | None) -> Engine:
+    try:
+        return Engine(defaults.rulesets(rules), defaults.catalogue(catalogue))
+    except RulesetError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+
+
+class _open_in:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.f: IO[bytes] | None = None
+
+    def __enter__(self) -> IO[bytes]:
+        if self.path == "-":
+            return sys.stdin.buffer
+        try:
+            self.f = open(self.path or defaults.SAMPLE_STREAM, "rb")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {self.path}: {exc.strerror}", param_hint="--input") from None
+        return self.f
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.f:
+            self.f.close()
+
+
+class _open_out:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.f: IO[str] | None = None
+
+    def __enter__(self) -> IO[str] | None:
+        if self.path is None:
+            return None
+        if self.path == "-":
+            return sys.stdout
+        try:
+            self.f = open(self.path, "w", encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write {self.path}: {exc.strerror}") from None
+        return self.f
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.f:
+            self.f.close()
+
+
+def _short(path: str) -> str:
+    return Path(path).name if path.startswith(str(Path(defaults.SAMPLE_STREAM).parent)) else path
+
+
+def _summary_text(s: RunSummary) -> str:
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())) or "none"
+    return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}; "
+            f"{s.recommendations} recommendations ({kinds})")
+
+
+def _print_table(recs: list[Recommendation], out: IO[str] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(recs)} recommendations", show_lines=False, expand=True)
+    for col, style in (("when", "dim"), ("patient", ""), ("goal", ""), ("kind", "bold"), ("level", ""),
+                       ("summary", ""), ("rule", "dim")):
+        table.add_column(col, style=style, overflow="fold", ratio=5 if col == "summary" else None)
+    colours = {"info": "green", "warning": "yellow", "critical": "bold red"}
+    for r in recs:
+        table.add_row(r.occurred_at[:10], r.patient_id, r.goal_id or "", r.kind,
+                      f"[{colours[r.indicator]}]{r.indicator}[/]", r.summary, r.rule.id)
+    Console(file=out, width=160 if out is not None and not out.isatty() else None).print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,59 @@
+"""Pydantic v2 models for everything that crosses otrules' boundary.
+
+Depends on nothing else in the project. Input events, recommendations, rules
+files and the instrument catalogue are defined here exactly as in
+`shared/design/contracts.md`; the engine and consumers import them from here.
+"""
+
+from otrules.schemas._errors import EventRejected, describe_validation_error
+from otrules.schemas.events import (
+    DischargeEvent,
+    EvaluationEvent,
+    Event,
+    Goal,
+    Measure,
+    PlanEvent,
+    VisitEvent,
+    parse_event,
+)
+from otrules.schemas.instruments import Catalogue, Instrument, InstrumentOverride
+from otrules.schemas.recommendations import (
+    INDICATORS,
+    RECOMMENDATION_KINDS,
+    Recommendation,
+    RuleRef,
+    Source,
+)
+from otrules.schemas.rulesets import (
+    Recommend,
+    RuleSpec,
+    RulesetFile,
+    Throttle,
+    parse_duration,
+)
+
+__all__ = [
+    "Catalogue",
+    "DischargeEvent",
+    "EvaluationEvent",
+    "Event",
+    "EventRejected",
+    "Goal",
+    "INDICATORS",
+    "Instrument",
+    "InstrumentOverride",
+    "Measure",
+    "PlanEvent",
+    "RECOMMENDATION_KINDS",
+    "Recommend",
+    "Recommendation",
+    "RuleRef",
+    "RuleSpec",
+    "RulesetFile",
+    "Source",
+    "Throttle",
+    "VisitEvent",
+    "describe_validation_error",
+    "parse_duration",
+    "parse_event",
+]

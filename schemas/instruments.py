@@ -1,0 +1,105 @@
+"""The instrument catalogue: valid ranges, which direction is better, MCIDs.
+
+Clinical leads edit it as data (`rules/instruments.yaml`); a ruleset may
+override any value for its own population.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Instrument(BaseModel):
+    """One standardised measure and what counts as a meaningful change."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    min: float
+    max: float
+    min_exclusive: bool = False
+    integer: bool = False
+    step: float | None = Field(default=None, gt=0, description="scores are multiples of step")
+    better: Literal["higher", "lower"]
+    mcid: float | None = Field(default=None, gt=0)
+    mcid_kind: Literal["MCID", "MIC", "MDC", "MDC90", "SRD", "level"] | None = None
+    population: str | None = None
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> "Instrument":
+        if self.min >= self.max:
+            raise ValueError(f"min {self.min} must be below max {self.max}")
+        return self
+
+    def range_text(self) -> str:
+        low = f">{_num(self.min)}" if self.min_exclusive else _num(self.min)
+        return f"{low}–{_num(self.max)}"
+
+    def out_of_range(self, score: float) -> str | None:
+        """Why `score` is not a valid score of this instrument, or None."""
+        too_low = score <= self.min if self.min_exclusive else score < self.min
+        if too_low or score > self.max:
+            return f"is outside the range {self.range_text()}"
+        if self.integer and score != int(score):
+            return "must be a whole number"
+        if self.step and abs(score / self.step - round(score / self.step)) > 1e-9:
+            return f"must be a multiple of {_num(self.step)}"
+        return None
+
+    @property
+    def sign(self) -> int:
+        """+1 when higher is better, -1 when lower is better."""
+        return 1 if self.better == "higher" else -1
+
+
+class InstrumentOverride(BaseModel):
+    """A ruleset's change to one catalogue entry, or a whole new instrument."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool | None = None
+    integer: bool | None = None
+    step: float | None = Field(default=None, gt=0)
+    better: Literal["higher", "lower"] | None = None
+    mcid: float | None = Field(default=None, gt=0)
+    mcid_kind: Literal["MCID", "MIC", "MDC", "MDC90", "SRD", "level"] | None = None
+    population: str | None = None
+    source: str | None = None
+
+    def apply(self, base: Instrument | None, instrument_id: str) -> Instrument:
+        changes = self.model_dump(exclude_none=True)
+        if base is not None:
+            return base.model_copy(update=changes)
+        # A new instrument must say enough to be checked and compared.
+        return Instrument.model_validate({"name": instrument_id, **changes})
+
+
+class Catalogue(BaseModel):
+    """All known instruments by canonical id (see clinical.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    catalogue: str = "otrules-instruments"
+    version: str = "1"
+    instruments: dict[str, Instrument]
+
+    def get(self, instrument_id: str) -> Instrument | None:
+        return self.instruments.get(instrument_id)
+
+    def with_overrides(self, overrides: dict[str, InstrumentOverride]) -> "Catalogue":
+        if not overrides:
+            return self
+        merged = dict(self.instruments)
+        for iid, override in overrides.items():
+            merged[iid] = override.apply(merged.get(iid), iid)
+        return self.model_copy(update={"instruments": merged})
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)

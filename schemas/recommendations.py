@@ -1,0 +1,75 @@
+"""Recommendations (contracts.md §5), shaped like CDS Hooks cards."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RECOMMENDATION_KINDS = (
+    "advance_goal",
+    "modify_plan",
+    "increase_frequency",
+    "decrease_frequency",
+    "re_evaluate",
+    "progress_report_due",
+    "recertify_plan",
+    "discharge",
+    "clinical_review",
+    "adherence_review",
+)
+INDICATORS = ("info", "warning", "critical")  # in rising order of urgency
+
+Kind = Literal[
+    "advance_goal",
+    "modify_plan",
+    "increase_frequency",
+    "decrease_frequency",
+    "re_evaluate",
+    "progress_report_due",
+    "recertify_plan",
+    "discharge",
+    "clinical_review",
+    "adherence_review",
+]
+Indicator = Literal["info", "warning", "critical"]
+
+
+class RuleRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    ruleset: str
+    version: str
+    digest: str
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+
+
+class Recommendation(BaseModel):
+    """One decision the care team should look at, with the evidence for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recommendation_id: str
+    kind: Kind
+    patient_id: str
+    plan_id: str
+    goal_id: str | None = None
+    indicator: Indicator
+    summary: str = Field(max_length=140)
+    detail: str | None = None
+    rule: RuleRef
+    evidence: dict[str, Any]
+    triggered_by: list[str]
+    occurred_at: str
+    emitted_at: str | None = None
+    source: Source
+
+    def to_json(self) -> str:
+        """Compact JSON in field order: byte-identical for identical content."""
+        return self.model_dump_json()

@@ -10,7 +10,10 @@ durable_rules (2.0.28) quirks this works around, all observed:
 - the left side of a comparison must be a field: when neither side is a bare
   fact, otrules computes the left side and posts it as a derived field;
 - a division by a fact could divide by zero (inf in C, null here), so such a
-  comparison is computed by otrules and posted as a derived yes/no field.
+  comparison is computed by otrules and posted as a derived yes/no field;
+- an expression made only of constants (e.g. `-(0.5)` as `$mul`) is
+  mis-evaluated, so constant sub-expressions are folded before compiling
+  (found by the property test in tests/test_compiler_property.py).
 """
 
 from __future__ import annotations
@@ -144,11 +147,11 @@ def _operand(node: Node) -> Any:
         return float(node.value) if isinstance(node.value, (int, float)) and not isinstance(node.value, bool) else node.value
     if isinstance(node, Fact):
         return {"$m": durable_key(node.name)}
+    if not facts_named(node):  # durable_rules mis-evaluates all-constant expressions: fold them
+        return float(value_of(node, {}))  # type: ignore[arg-type]
     if isinstance(node, Neg):
         return {"$mul": {"$l": -1.0, "$r": _operand(node.operand)}}
     if isinstance(node, Arith):
-        if not facts_named(node):
-            return float(value_of(node, {}))  # type: ignore[arg-type]
         return {_ARITH[node.op]: {"$l": _operand(node.left), "$r": _operand(node.right)}}
     raise AssertionError(node)  # pragma: no cover
 

@@ -112,7 +112,7 @@ _TOKEN = re.compile(
   | (?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
-  | (?P<op>==|!=|<=|>=|<|>|\+|-|\*|/|\(|\)|\[|\]|,)
+  | (?P<op>==|!=|<=|>=|<|>|\+|-|\*|/|\(|\)|\[|\]|,|&&|\|\||=|!)
     """,
     re.VERBOSE,
 )
@@ -183,8 +183,7 @@ class _Parser:
         node = self.expr()
         if self.tok.kind != "end":
             hint = None
-            if self.tok.text in ("&&", "||", "=", "!"):
-                hint = "use and, or, ==, not"
+            hint = {"&&": "write and", "||": "write or", "=": "write == to compare", "!": "write not"}.get(self.tok.text)
             raise ConditionError(f"unexpected {self._describe(self.tok)}", self.tok.col, hint)
         return node
 

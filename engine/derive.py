@@ -116,6 +116,7 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
         stable_count = (before.stable_count or 0) + 1 if before else 1
     else:
         stable_count = 0
+    anchor, plateau_count = _plateau(before, score, mcid)
 
     facts: Facts = {
         "measure.instrument": measure.instrument,
@@ -130,16 +131,19 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
         "measure.improved": None if improvement is None or mcid is None else improvement >= mcid,
         "measure.declined": None if improvement is None or mcid is None else improvement <= -mcid,
         "measure.stable_count": stable_count,
+        "measure.plateau_count": plateau_count,
         "measure.count": (before.count + 1) if before else 1,
         "measure.days_since_previous": (event.local_date - before.last_date).days if before else None,
     }
 
     if before is None:
-        plan.series[key] = Series(first=score, last=score, last_date=event.local_date, stable_count=stable_count)
+        plan.series[key] = Series(first=score, last=score, last_date=event.local_date, stable_count=stable_count,
+                                  anchor=anchor, plateau_count=plateau_count)
     else:
         before.last, before.last_date = score, event.local_date
         before.count += 1
         before.stable_count = stable_count
+        before.anchor, before.plateau_count = anchor, plateau_count
     if goal is not None:
         if own_goal:
             goal.latest = score
@@ -148,6 +152,21 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
         if measure.instrument == "GAS":
             goal.gas_level = score
     return facts
+
+
+def _plateau(before: Series | None, score: float, mcid: float | None) -> tuple[float | None, int | None]:
+    """A run of scores that stay within one MCID of the score that began it.
+
+    Unlike stable_count, slow steady progress (+1, +1, +1 on a 2-point MCID)
+    breaks the run once it adds up to a meaningful change.
+    """
+    if mcid is None:
+        return None, None
+    if before is None or before.anchor is None:
+        return score, 0
+    if abs(score - before.anchor) < mcid:
+        return before.anchor, (before.plateau_count or 0) + 1
+    return score, 0
 
 
 # ---------------------------------------------------------------- facts

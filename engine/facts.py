@@ -69,6 +69,8 @@ FACTS: dict[str, FactInfo] = {
         _f("measure.improved", "bool", "improvement >= mcid"),
         _f("measure.declined", "bool", "improvement <= -mcid"),
         _f("measure.stable_count", "number", "consecutive scores, this one included, with abs(improvement) < mcid"),
+        _f("measure.plateau_count", "number",
+           "consecutive later scores within one MCID of the score that began the run (steady small gains end it)"),
         _f("measure.count", "number", "scores of this instrument (and goal) so far, this one included"),
         _f("measure.days_since_previous", "number", "days since the previous score"),
         _f("goal.id", "string", "the goal this measure scores"),

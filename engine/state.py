@@ -24,14 +24,18 @@ class Series:
     last_date: dt.date
     count: int = 1
     stable_count: int | None = 0  # run of scores with abs(improvement) < mcid
+    anchor: float | None = None  # score that began the current plateau run
+    plateau_count: int | None = 0  # later scores within one MCID of the anchor
 
     def to_dict(self) -> dict[str, Any]:
         return {"first": self.first, "last": self.last, "last_date": self.last_date.isoformat(),
-                "count": self.count, "stable_count": self.stable_count}
+                "count": self.count, "stable_count": self.stable_count, "anchor": self.anchor,
+                "plateau_count": self.plateau_count}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Series":
-        return cls(d["first"], d["last"], dt.date.fromisoformat(d["last_date"]), d["count"], d["stable_count"])
+        return cls(d["first"], d["last"], dt.date.fromisoformat(d["last_date"]), d["count"], d["stable_count"],
+                   d.get("anchor"), d.get("plateau_count"))
 
 
 @dataclass(slots=True)

@@ -124,6 +124,12 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
     """Validate one event; raise `EventRejected` naming the field and the value."""
     if isinstance(raw, dict):
         raw = json.dumps(raw)
+    elif isinstance(raw, bytes):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = raw[exc.start : exc.start + 1].hex()
+            raise EventRejected(f"not UTF-8 text: byte 0x{bad} at position {exc.start}") from None
     try:
         event = _ADAPTER.validate_json(raw)
     except ValidationError as exc:

@@ -134,7 +134,21 @@ def test_three_scores_without_mcid_change_and_goal_unmet_modifies_plan(engine):
     recs = by_rule(run_story(engine, story), "plateau")
     assert _kinds(recs) == [("plateau", "modify_plan", "warning", "g1")]
     assert recs[0].triggered_by == [story.events[4]["event_id"]]
-    assert recs[0].evidence["measure.stable_count"] == 3
+    assert recs[0].evidence["measure.plateau_count"] == 3
+
+
+def test_slow_steady_gains_are_not_a_plateau(engine):
+    # each step is below the 2-point MCID (so stable_count grows), but together they are real progress
+    story = Story().plan(0, [goal("g1", COPM, 2, 9)])
+    for i, score in enumerate([3, 4, 5, 6, 7]):
+        story.evaluation(7 + 14 * i, (COPM, score, "g1"))
+    assert by_rule(run_story(engine, story), "plateau") == []
+    from otrules.engine import PatientState
+    from otrules.schemas import parse_event
+
+    state = PatientState("p-1")
+    last = [engine.explain_facts(state, parse_event(e, engine.catalogue)) for e in story.events][-1]
+    assert last.per_measure[0][1]["measure.stable_count"] == 4  # the contract's fact, as defined
 
 
 def test_two_flat_scores_are_not_yet_a_plateau(engine):

@@ -1,0 +1,125 @@
+"""`otrules run` end to end through the real command: counts, dead letters, determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from otrules import defaults
+from otrules.cli import main
+
+RULE_IDS = {"goal-met", "all-goals-met", "measure-declined", "severe-decline", "plateau", "target-date-passed",
+            "near-target", "missed-visits", "progress-report-due", "recertify"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "otrules", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_every_default_rule_fires_on_the_bundled_sample():
+    result = run_cli("run")
+    assert result.returncode == 0, result.stderr
+    recs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["rule"]["id"] for r in recs} == RULE_IDS
+    assert re.search(r"read (\d+) = processed \1 \+ rejected 0 \+ duplicates 0", result.stderr)
+    for r in recs:
+        assert len(r["summary"]) <= 140 and r["source"]["label"] == "otrules ot-core 2026.11.1"
+        assert r["triggered_by"] and r["evidence"]
+
+
+def test_two_runs_are_byte_identical_apart_from_emitted_at(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert run_cli("run", "--output", str(a)).returncode == 0
+    assert run_cli("run", "--output", str(b)).returncode == 0
+    strip = re.compile(rb'"emitted_at":"[^"]*"')
+    first, second = strip.sub(b"", a.read_bytes()), strip.sub(b"", b.read_bytes())
+    assert first == second and first.count(b"\n") > 50
+
+
+BAD_LINES = [
+    b"this is not json",
+    b'{"type":"referral","event_id":"x1","patient_id":"p-9","plan_id":"poc-9","occurred_at":"2026-01-05T09:00:00Z"}',
+    b'{"type":"evaluation","event_id":"x2","patient_id":"p-9","plan_id":"poc-9","occurred_at":"2026-01-05T09:00:00Z",'
+    b'"kind":"progress","measures":[{"instrument":"COPM-performance","score":11}]}',
+    b'{"type":"visit","event_id":"x3","patient_id":"p-9","plan_id":"poc-9","status":"attended"}',
+    b"\xff\xfe not utf-8",
+]
+
+
+def test_malformed_lines_are_dead_lettered_counted_and_the_run_goes_on(tmp_path):
+    good = defaults.SAMPLE_STREAM.read_bytes().splitlines()
+    lines = good[:100] + [BAD_LINES[0]] + good[100:200] + [b"", BAD_LINES[1], BAD_LINES[2]] + good[200:300] + \
+        [BAD_LINES[3], BAD_LINES[4], good[5]] + good[300:]
+    stream = tmp_path / "events.jsonl"
+    stream.write_bytes(b"\n".join(lines) + b"\n")
+    dlq = tmp_path / "dlq.jsonl"
+    result = run_cli("run", "--input", str(stream), "--dlq", str(dlq), "--output", str(tmp_path / "out.jsonl"))
+    assert result.returncode == 0, result.stderr
+    errors = [l for l in result.stderr.splitlines() if ": rejected: " in l]
+    assert errors == [
+        f"{stream}:101: rejected: not valid JSON: expected ident at line 1 column 2",
+        f'{stream}:203: rejected: type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge',
+        f"{stream}:204: rejected: measures[0].score: 11 is outside the range 1–10 of COPM-performance",
+        f"{stream}:305: rejected: occurred_at: required field is missing",
+        f"{stream}:306: rejected: not UTF-8 text: byte 0xff at position 0",
+    ]
+    total = len(good) + 5 + 1  # good lines, five bad ones and one duplicate; the blank line is not an event
+    assert f"read {total} = processed {len(good)} + rejected 5 + duplicates 1" in result.stderr
+    letters = [json.loads(l) for l in dlq.read_text().splitlines()]
+    assert [l["line"] for l in letters] == [101, 203, 204, 305, 306]
+    assert letters[0]["original"] == "this is not json" and letters[0]["reason"].startswith("not valid JSON")
+    assert "original_base64" in letters[4]
+    out_good = run_cli("run", "--output", "-").stdout
+    out_mixed = (tmp_path / "out.jsonl").read_text()
+    strip = re.compile(r'"emitted_at":"[^"]*"')
+    assert strip.sub("", out_good) == strip.sub("", out_mixed)  # bad input changed nothing else
+
+
+def test_stdin_input_and_table_format():
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--input", "-", "--format", "table"], input=defaults.SAMPLE_STREAM.read_bytes())
+    assert result.exit_code == 0
+    assert "recommendations" in result.output and "advance_goal" in result.output
+
+
+def test_options_read_otrules_environment_variables(tmp_path):
+    out = tmp_path / "env-out.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(main, ["run"], env={"OTRULES_OUTPUT": str(out), "OTRULES_INPUT": str(defaults.SAMPLE_STREAM)})
+    assert result.exit_code == 0 and out.read_text().count("\n") > 50
+
+
+def test_a_changed_ruleset_changes_the_output(tmp_path):
+    text = defaults.DEFAULT_RULES.read_text().replace("plan.visits_missed_in_a_row >= 3", "plan.visits_missed_in_a_row >= 2")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text)
+    count = lambda out: sum(1 for l in out.splitlines() if '"rule":{"id":"missed-visits"' in l)  # noqa: E731
+    base = count(run_cli("run").stdout)
+    changed = count(run_cli("run", "--rules", str(mine)).stdout)
+    assert changed > base > 0
+
+
+def test_validate_exit_codes(tmp_path):
+    assert run_cli("validate", str(defaults.DEFAULT_RULES)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('ruleset: x\nversion: "1"\nrules:\n  - id: a\n    when: goal.mett\n'
+                   '    recommend: {kind: advance_goal, indicator: info, summary: s}\n')
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:5:11: rule a: when: unknown fact 'goal.mett' (hint: did you mean goal.met?)" in result.stderr
+    assert run_cli("run", "--rules", str(bad)).returncode == 1
+    assert run_cli("run", "--nonsense").returncode == 2
+
+
+@pytest.mark.parametrize("n", [500])
+def test_generator_streams_are_valid_input(tmp_path, n):
+    stream = tmp_path / "gen.jsonl"
+    assert run_cli("generate", "--events", str(n), "--seed", "3", "--out", str(stream)).returncode == 0
+    result = run_cli("run", "--input", str(stream), "--output", "/dev/null")
+    assert f"read {n} = processed {n} + rejected 0 + duplicates 0" in result.stderr

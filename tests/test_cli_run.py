@@ -15,7 +15,7 @@ from otrules import defaults
 from otrules.cli import main
 
 RULE_IDS = {"goal-met", "all-goals-met", "measure-declined", "severe-decline", "plateau", "target-date-passed",
-            "near-target", "missed-visits", "progress-report-due", "recertify"}
+            "near-target", "missed-visits", "progress-report-due", "recertify", "recertify-expired"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -287,8 +287,12 @@ def test_certification_eight_days_away_is_not_yet_due(engine):
 
 def test_expired_certification_still_recommends_recertification(engine):
     story = Story().plan(0, cert_days=90).visit(95)
-    recs = by_rule(run_story(engine, story), "recertify")
-    assert len(recs) == 1 and recs[0].evidence["plan.days_until_cert_end"] == -6
+    recs = run_story(engine, story)
+    assert by_rule(recs, "recertify") == []
+    expired = by_rule(recs, "recertify-expired")
+    assert _kinds(expired) == [("recertify-expired", "recertify_plan", "warning", None)]
+    assert expired[0].evidence["plan.days_until_cert_end"] == -6
+    assert expired[0].summary == "Plan poc-1 certification has ended and treatment continues: recertify now"
 
 
 def test_recertification_by_a_new_plan_event_stops_the_reminder(engine):
@@ -300,11 +304,11 @@ def test_recertification_by_a_new_plan_event_stops_the_reminder(engine):
 
 
 def test_throttle_once_within_window_in_event_time(engine):
-    story = Story().plan(0, cert_days=90)
-    for day in (83, 85, 89, 90, 91):  # window 7d per plan: day 83, then day 90 (7 days later)
+    story = Story().plan(0, cert_days=100)  # certified until day 99; reminders from day 92
+    for day in (92, 94, 98, 99):  # window 7d per plan: day 92, then day 99 (7 days later)
         story.visit(day)
     recs = by_rule(run_story(engine, story), "recertify")
-    assert [r.occurred_at[:10] for r in recs] == ["2026-03-29", "2026-04-05"]
+    assert [r.occurred_at[:10] for r in recs] == ["2026-04-07", "2026-04-14"]
 
 
 def test_throttle_per_goal_keeps_goals_apart(engine):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -29,7 +29,8 @@ from otrules.schemas.instruments import Catalogue
 NonEmpty = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 Score = Annotated[float, Field(allow_inf_nan=False)]
 
-SETTINGS = ("inpatient-rehab", "outpatient", "home-health", "school", "skilled-nursing", "acute")
+Setting = Literal["inpatient-rehab", "outpatient", "home-health", "school", "skilled-nursing", "acute"]
+SETTINGS: tuple[str, ...] = get_args(Setting)
 
 
 class _EventBase(BaseModel):
@@ -63,7 +64,7 @@ class PlanEvent(_EventBase):
     """A full snapshot of the plan of care; a later one for the plan replaces it."""
 
     type: Literal["plan"]
-    setting: Literal["inpatient-rehab", "outpatient", "home-health", "school", "skilled-nursing", "acute"]
+    setting: Setting
     frequency_per_week: Annotated[int, Field(ge=0, le=21)] | None = None
     certified_from: dt.date | None = None
     certified_until: dt.date | None = None

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
-
-RECOMMENDATION_KINDS = (
-    "advance_goal",
-    "modify_plan",
-    "increase_frequency",
-    "decrease_frequency",
-    "re_evaluate",
-    "progress_report_due",
-    "recertify_plan",
-    "discharge",
-    "clinical_review",
-    "adherence_review",
-)
-INDICATORS = ("info", "warning", "critical")  # in rising order of urgency
 
 Kind = Literal[
     "advance_goal",
@@ -32,7 +18,9 @@ Kind = Literal[
     "clinical_review",
     "adherence_review",
 ]
-Indicator = Literal["info", "warning", "critical"]
+Indicator = Literal["info", "warning", "critical"]  # in rising order of urgency (CDS Hooks)
+RECOMMENDATION_KINDS: tuple[str, ...] = get_args(Kind)
+INDICATORS: tuple[str, ...] = get_args(Indicator)
 
 
 class RuleRef(BaseModel):

@@ -100,6 +100,20 @@ def generate(patients: int | None, events: int | None, seed: int, out_path: str)
     click.echo(f"wrote {n} events", err=True)
 
 
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="OTRULES_OUT",
+              help="Write the schema files here. Default: print the rules-file schema to stdout.")
+def schema(out_dir: Path | None) -> None:
+    """JSON Schemas (2020-12) of events, recommendations, rules files and the catalogue."""
+    from otrules.schemas import jsonschema
+
+    if out_dir is None:
+        click.echo(jsonschema.render(jsonschema.documents()["rules.schema.json"]), nl=False)
+        return
+    for path in jsonschema.write(out_dir):
+        click.echo(str(path))
+
+
 # ---------------------------------------------------------------- helpers
 
 

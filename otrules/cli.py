@@ -84,6 +84,35 @@ def validate(paths: tuple[Path, ...]) -> None:
         click.echo(f"{rs.source}: ok, ruleset {rs.name} {rs.version}, {len(rs.rules)} rules, {rs.digest[:19]}")
 
 
+@main.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--rules", "rules_override", type=click.Path(exists=True, path_type=Path), default=None,
+              envvar="OTRULES_TEST_RULES", help="Run the cases against this rules file instead of the one they name.")
+@catalogue_option
+def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue: Path | None) -> None:
+    """Run rule test cases (*.tests.yaml); exit 1 if any fails. Default: the bundled ones."""
+    from otrules import ruletests
+
+    cat = defaults.catalogue(catalogue)
+    engines: dict[Path, Engine] = {}
+
+    def engine_for(rules_path: Path) -> Engine:
+        path = rules_override or rules_path
+        if path not in engines:
+            engines[path] = Engine(defaults.rulesets([path]), cat)
+        return engines[path]
+
+    try:
+        passed, failed = ruletests.run_suites(list(paths) or [defaults.DEFAULT_RULES.parent], engine_for, click.echo)
+    except (ruletests.SuiteError, RulesetError) as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    click.echo(f"{passed} passed, {failed} failed")
+    if failed or not passed:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients.")
 @click.option("--events", type=click.IntRange(min=1), default=None, help="Exact number of events.")

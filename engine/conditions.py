@@ -457,6 +457,8 @@ def to_text(node: Node) -> str:
         p = 5 if node.op in "+-" else 6
         return f"{_wrap(node.left, p)} {node.op} {_wrap(node.right, p + 1)}"
     if isinstance(node, Compare):
+        if node.op == "==" and isinstance(node.left, Fact) and isinstance(node.right, Const) and node.right.value is True:
+            return node.left.name  # a yes/no fact on its own, as it was written
         return f"{_wrap(node.left, 5)} {node.op} {_wrap(node.right, 5)}"
     if isinstance(node, In):
         return f"{_wrap(node.operand, 5)} in [{', '.join(_show(v) for v in node.values)}]"

@@ -17,7 +17,7 @@ from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
 from otrules.engine.state import PatientState
-from otrules.schemas import Catalogue, Event, Recommendation
+from otrules.schemas import Catalogue, Event, Measure, Recommendation
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,32 @@ class Engine:
     def explain_facts(self, state: PatientState, event: Event) -> EventFacts:
         """The facts an event presents to the rules (applies it to `state`)."""
         return apply_event(state, event, self.catalogue)
+
+    def checks(self, facts: EventFacts) -> list[RuleCheck]:
+        """Every rule check an event makes, as durable_rules answers it."""
+        out: list[RuleCheck] = []
+        for loaded in self._loaded:
+            matched_event = {r.id for r in loaded.per_event.matches(facts.base)}
+            per_measure = [(m, fs, {r.id for r in loaded.per_measure.matches(fs)}) for m, fs in facts.per_measure]
+            for rule in loaded.ruleset.rules:
+                if not rule.enabled:
+                    continue
+                if not rule.per_measure:
+                    out.append(RuleCheck(loaded.ruleset, rule, None, facts.base, rule.id in matched_event))
+                else:
+                    out += [RuleCheck(loaded.ruleset, rule, m, fs, rule.id in hit) for m, fs, hit in per_measure]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCheck:
+    """One rule checked against one set of facts (per event, or per measure)."""
+
+    ruleset: CompiledRuleset
+    rule: Rule
+    measure: Measure | None
+    facts: dict[str, Any]
+    matched: bool
 
 
 def effective_catalogue(rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> Catalogue:

@@ -114,6 +114,34 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
 
 
 @main.command()
+@rules_option
+@catalogue_option
+@click.option("--input", "input_path", required=True, envvar="OTRULES_INPUT", metavar="F|-",
+              help="The JSONL stream that holds the event (and everything before it).")
+@click.option("--event-id", required=True, envvar="OTRULES_EVENT_ID", help="The event to explain.")
+@click.option("--patient", default=None, envvar="OTRULES_PATIENT", help="Its patient, if event ids repeat across patients.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, event_id: str, patient: str | None,
+            as_json: bool) -> None:
+    """Every rule one event was checked against; for a rule that did not fire, the first false clause."""
+    import json
+
+    from otrules import explain as explainer
+
+    engine = _engine(rules, catalogue)
+    with _open_in(input_path) as events:
+        try:
+            ex = explainer.explain(engine, JsonlSource(events), event_id, patient)
+        except explainer.EventNotFound as exc:
+            raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(explainer.as_json(ex), indent=2, default=str))
+    else:
+        for line in explainer.render(ex):
+            click.echo(line)
+
+
+@main.command()
 @click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients.")
 @click.option("--events", type=click.IntRange(min=1), default=None, help="Exact number of events.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -59,7 +59,8 @@ def test_facts_named_in_order_of_appearance():
 
 def test_round_trip_to_text():
     node = check(parse("not (measure.score + 1 > goal.target or goal.met)"))
-    assert to_text(node) == "not (measure.score + 1 > goal.target or goal.met == true)"
+    assert to_text(node) == "not (measure.score + 1 > goal.target or goal.met)"
+    assert to_text(check(parse(to_text(node)))) == to_text(node)
 
 
 @pytest.mark.parametrize(

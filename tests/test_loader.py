@@ -124,7 +124,7 @@ def test_structured_when_all_any_not():
             recommend: {kind: advance_goal, indicator: info, summary: "x"}
         """), "s.yaml")
     assert rs.rules[0].condition_text == (
-        "goal.met == true and (measure.score > 5 or measure.improved == true) and not plan.discharged == true")
+        "goal.met and (measure.score > 5 or measure.improved) and not plan.discharged")
     assert rs.rules[0].per_measure
 
 

@@ -142,6 +142,44 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
 
 
 @main.command()
+@click.option("--rules", "rules", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              envvar="OTRULES_RULES", help="The new rules (file or folder, repeatable).")
+@click.option("--baseline", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              envvar="OTRULES_BASELINE", help="The rules to compare against (file or folder, repeatable).")
+@catalogue_option
+@click.option("--input", "input_path", default=None, envvar="OTRULES_INPUT", metavar="F|-",
+              help="JSONL history. Default: the bundled sample stream.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, envvar="OTRULES_SAMPLES",
+              help="Patients to show whose recommendations changed.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
+             as_json: bool, samples: int, progress: bool | None) -> None:
+    """What a ruleset change would have recommended differently over a history."""
+    import json
+    import os
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from otrules import backtest as bt
+
+    new_engine, base_engine = _engine(rules, catalogue), _engine(baseline, catalogue)
+    path = input_path or str(defaults.SAMPLE_STREAM)
+    total = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress("backtest", BarColumn(), DownloadColumn(), TimeRemainingColumn(), disable=not show or total is None,
+                   transient=True)
+    with bar, _open_in(input_path) as events:
+        task = bar.add_task("backtest", total=total)
+        report = bt.backtest(new_engine, base_engine, JsonlSource(events), samples,
+                             progress=lambda n: bar.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        bt.render(report, sys.stdout)
+
+
+@main.command()
 @click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients.")
 @click.option("--events", type=click.IntRange(min=1), default=None, help="Exact number of events.")
 @click.option("--seed", type=int, default=0, show_default=True)

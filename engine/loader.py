@@ -8,6 +8,7 @@ the line a clinical lead has to change.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -22,7 +23,11 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from otrules.engine.conditions import (
     And,
+    Compare,
     ConditionError,
+    Const,
+    Fact,
+    In,
     Node,
     Not,
     Or,
@@ -31,6 +36,7 @@ from otrules.engine.conditions import (
     parse,
     to_text,
     unknown_fact_hint,
+    walk,
 )
 from otrules.engine.facts import FACTS
 from otrules.schemas import Catalogue, Recommend, RuleSpec, RulesetFile, Throttle
@@ -82,6 +88,7 @@ class Rule:
     references: tuple[str, ...]
     line: int
     enabled: bool = True
+    when_at: tuple[int, int] = (1, 1)  # line and column where a one-line condition's text starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,7 @@ class CompiledRuleset:
     source: str
     rules: tuple[Rule, ...]
     spec: RulesetFile = field(repr=False)
+    instrument_at: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # override -> line, col
 
     @property
     def label(self) -> str:
@@ -154,6 +162,7 @@ def parse_ruleset_text(text: str, filename: str = "<rules>") -> CompiledRuleset:
         source=filename,
         rules=tuple(r for r in rules),
         spec=spec,
+        instrument_at={iid: _pos(data.get("instruments"), iid) for iid in spec.instruments},
     )
 
 
@@ -221,6 +230,7 @@ def _build_rule(spec: RuleSpec, node: Any, filename: str, line: int) -> Rule:
         references=tuple(spec.references),
         line=line,
         enabled=spec.enabled,
+        when_at=_when_at(node),
     )
 
 
@@ -247,6 +257,59 @@ def _condition(when: Any, raw: Any, parent: Any, filename: str, rule_id: str, ke
             raise _RuleProblems(problems)
         return And(tuple(items)) if word == "all" else Or(tuple(items))
     return Not(_condition(when.not_, raw["not"], raw, filename, rule_id, "not"))
+
+
+def _when_at(node: Any) -> tuple[int, int]:
+    raw = node.get("when") if isinstance(node, dict) else None
+    line, col = _pos(node, "when")
+    return (line, col + _scalar_offset(raw)) if _is_plain_one_line(raw) else (line, col)
+
+
+def instrument_problems(ruleset: CompiledRuleset, known: set[str]) -> list[Problem]:
+    """Instrument ids in conditions and overrides that the catalogue does not know.
+
+    `known` holds the catalogue's ids; a ruleset may define new instruments under
+    `instruments:` (with min, max and better), which then count as known.
+    """
+    problems: list[Problem] = []
+    defined = set(known)
+    for iid, override in ruleset.spec.instruments.items():
+        if iid in known:
+            continue
+        missing = [k for k in ("min", "max", "better") if getattr(override, k) is None]
+        if missing:
+            problems.append(Problem(ruleset.source, *ruleset.instrument_at.get(iid, (1, 1)),
+                                    f"instruments.{iid}: not in the catalogue; a new instrument needs {', '.join(missing)}",
+                                    None, _did_you_mean(iid, known)))
+        else:
+            defined.add(iid)
+    for rule in ruleset.rules:
+        for node in walk(rule.condition):
+            for name, value, col in _instrument_literals(node):
+                if value not in defined:
+                    line, start = rule.when_at
+                    problems.append(Problem(ruleset.source, line, start + col - 1,
+                                            f"when: unknown instrument {value!r} compared with {name}", rule.id,
+                                            _did_you_mean(value, defined) or "see rules/instruments.yaml for the ids"))
+    return problems
+
+
+def _instrument_literals(node: Node) -> list[tuple[str, str, int]]:
+    if isinstance(node, Compare):
+        pairs = [(node.left, node.right), (node.right, node.left)]
+        return [(f.name, c.value, c.col or node.col) for f, c in pairs
+                if isinstance(f, Fact) and f.name in _INSTRUMENT_FACTS and isinstance(c, Const) and isinstance(c.value, str)]
+    if isinstance(node, In) and isinstance(node.operand, Fact) and node.operand.name in _INSTRUMENT_FACTS:
+        return [(node.operand.name, v, node.col) for v in node.values if isinstance(v, str)]
+    return []
+
+
+_INSTRUMENT_FACTS = {"measure.instrument", "goal.instrument"}
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else None
 
 
 def _template_problems(spec: RuleSpec, node: Any, filename: str, problems: list[Problem]) -> list[str]:

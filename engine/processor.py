@@ -13,7 +13,7 @@ from typing import Any
 
 from otrules.engine.compiler import Compiled, compile_condition
 from otrules.engine.derive import EventFacts, apply_event
-from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError
+from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
 from otrules.engine.state import PatientState
@@ -53,6 +53,9 @@ class Engine:
     """Rulesets compiled into durable_rules, plus the instrument catalogue."""
 
     def __init__(self, rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> None:
+        problems = [p for rs in rulesets for p in instrument_problems(rs, set(catalogue.instruments))]
+        if problems:
+            raise RulesetError(problems)
         self.catalogue = effective_catalogue(rulesets, catalogue)
         self.rulesets = tuple(rulesets)
         self._loaded = [_LoadedRuleset(rs) for rs in rulesets]

@@ -70,18 +70,34 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def validate(paths: tuple[Path, ...]) -> None:
-    """Check rules files; print every error as file:line:col and exit 1 on any."""
+@catalogue_option
+def validate(paths: tuple[Path, ...], catalogue: Path | None) -> None:
+    """Check rules files; print every error as file:line:col and exit 1 on any.
+
+    Files that check out are then compiled and smoke-run in a child process, so
+    a durable_rules crash cannot reach a running service.
+    """
+    from otrules.engine.loader import instrument_problems
+    from otrules.smoke import check_in_child
+
     try:
+        cat = defaults.catalogue(catalogue)
         loaded = defaults.rulesets(paths)
-        Engine(loaded, defaults.catalogue())
+        problems = [p for rs in loaded for p in instrument_problems(rs, set(cat.instruments))]
+        if problems:
+            raise RulesetError(problems)
     except RulesetError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         click.echo(f"{len(exc.problems)} error(s)", err=True)
         sys.exit(1)
+    crash = check_in_child(list(paths), catalogue)
+    if crash:
+        click.echo(f"{', '.join(map(str, paths))}: {crash}", err=True)
+        sys.exit(1)
     for rs in loaded:
-        click.echo(f"{rs.source}: ok, ruleset {rs.name} {rs.version}, {len(rs.rules)} rules, {rs.digest[:19]}")
+        click.echo(f"{rs.source}: ok, ruleset {rs.name} {rs.version}, {len(rs.rules)} rules, {rs.digest[:19]}…, "
+                   "compiled and smoke-run")
 
 
 @main.command("test")

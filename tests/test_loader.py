@@ -139,3 +139,54 @@ def test_digest_changes_with_content_not_with_comments():
     d1 = parse_ruleset_text(base).digest
     assert parse_ruleset_text("# a comment\n" + base).digest == d1
     assert parse_ruleset_text(base.replace("goal.met", "not goal.met")).digest != d1
+
+
+def test_unknown_instruments_in_conditions_and_overrides(tmp_path):
+    from click.testing import CliRunner
+
+    from otrules.cli import main
+
+    path = tmp_path / "inst.yaml"
+    path.write_text(textwrap.dedent("""\
+        ruleset: x
+        version: "1"
+        instruments:
+          COPM-perfomance: {mcid: 3}
+          My-scale: {min: 0, max: 10, better: higher, mcid: 1}
+        rules:
+          - id: a
+            when: measure.instrument == "COPM-perfomance" and measure.improved
+            recommend: {kind: advance_goal, indicator: info, summary: s}
+          - id: b
+            when: measure.instrument in ["My-scale", "FIM-motr"]
+            recommend: {kind: advance_goal, indicator: info, summary: s}
+        """))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[:3] == [
+        f"{path}:4:3: instruments.COPM-perfomance: not in the catalogue; a new instrument needs min, max, better "
+        "(hint: did you mean COPM-performance?)",
+        f"{path}:8:33: rule a: when: unknown instrument 'COPM-perfomance' compared with measure.instrument "
+        "(hint: did you mean COPM-performance?)",
+        f"{path}:11:30: rule b: when: unknown instrument 'FIM-motr' compared with measure.instrument "
+        "(hint: did you mean FIM-motor?)",
+    ]
+
+
+def test_validate_compiles_and_smoke_runs_in_a_child():
+    from click.testing import CliRunner
+
+    from otrules.cli import main
+
+    result = CliRunner().invoke(main, ["validate", str(defaults.DEFAULT_RULES)])
+    assert result.exit_code == 0 and "compiled and smoke-run" in result.output
+
+
+def test_a_crash_in_the_child_is_a_validation_error_not_ours():
+    import sys
+
+    from otrules.smoke import check_in_child
+
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    assert check_in_child([], command=crash) == "durable_rules crashed (SIGSEGV) while compiling or smoke-running these rules"
+    assert check_in_child([defaults.DEFAULT_RULES]) is None

@@ -196,6 +196,56 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
 
 
 @main.command()
+@rules_option
+@catalogue_option
+@click.option("--bootstrap-servers", default="127.0.0.1:9092", envvar="OTRULES_BOOTSTRAP_SERVERS", show_default=True)
+@click.option("--group-id", default="otrules", envvar="OTRULES_GROUP_ID", show_default=True)
+@click.option("--instance-id", default=None, envvar="OTRULES_INSTANCE_ID",
+              help="Stable name of this instance (default: host name); a restart with the same id fences the old one.")
+@click.option("--input-topic", default="ot.events", envvar="OTRULES_INPUT_TOPIC", show_default=True)
+@click.option("--output-topic", default="ot.recommendations", envvar="OTRULES_OUTPUT_TOPIC", show_default=True)
+@click.option("--dlq-topic", default="ot.events.dlq", envvar="OTRULES_DLQ_TOPIC", show_default=True)
+@click.option("--changelog-topic", default="otrules-state-changelog", envvar="OTRULES_CHANGELOG_TOPIC", show_default=True)
+@click.option("--partitions", type=click.IntRange(min=1), default=6, envvar="OTRULES_PARTITIONS", show_default=True,
+              help="Partitions of topics otrules creates.")
+@click.option("--replication-factor", type=click.IntRange(min=1), default=1, envvar="OTRULES_REPLICATION_FACTOR",
+              show_default=True)
+@click.option("--batch-max-records", type=click.IntRange(min=1), default=500, envvar="OTRULES_BATCH_MAX_RECORDS",
+              show_default=True)
+@click.option("--batch-max-ms", type=click.IntRange(min=1), default=100, envvar="OTRULES_BATCH_MAX_MS", show_default=True)
+@click.option("--transaction-timeout-ms", type=click.IntRange(min=1000), default=10_000,
+              envvar="OTRULES_TRANSACTION_TIMEOUT_MS", show_default=True)
+@click.option("--store", type=click.Choice(["memory", "sqlite"]), default="memory", envvar="OTRULES_STORE",
+              show_default=True, help="Where owned patients' state is kept (the changelog is the source of truth).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".otrules-state"),
+              envvar="OTRULES_STATE_DIR", show_default=True)
+def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: str, group_id: str,
+            instance_id: str | None, input_topic: str, output_topic: str, dlq_topic: str, changelog_topic: str,
+            partitions: int, replication_factor: int, batch_max_records: int, batch_max_ms: int,
+            transaction_timeout_ms: int, store: str, state_dir: Path) -> None:
+    """The Kafka service: ot.events in, recommendations out, exactly once."""
+    import signal
+    import socket
+
+    from otrules.consumers.kafka.service import Service
+    from otrules.consumers.kafka.settings import KafkaSettings
+
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, instance_id=instance_id or socket.gethostname(),
+        input_topic=input_topic, output_topic=output_topic, dlq_topic=dlq_topic, changelog_topic=changelog_topic,
+        partitions=partitions, replication_factor=replication_factor, batch_max_records=batch_max_records,
+        batch_max_ms=batch_max_ms, transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir)
+    _configure_logging()
+    service = Service(settings, _engine(rules, catalogue))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    counters = service.run()
+    click.echo(f"read {counters.read} = processed {counters.processed} + rejected {counters.rejected} + "
+               f"duplicates {counters.duplicates}; {counters.recommendations} recommendations in "
+               f"{counters.batches} transactions ({counters.aborted} aborted)", err=True)
+
+
+@main.command()
 @click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients.")
 @click.option("--events", type=click.IntRange(min=1), default=None, help="Exact number of events.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -226,6 +276,20 @@ def schema(out_dir: Path | None) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _configure_logging() -> None:
+    """Structured lines on stderr: JSON when not a terminal, readable when it is."""
+    import logging
+
+    import structlog
+
+    renderer = structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
 
 
 def _engine(rules: tuple[Path, ...], catalogue: Path | None) -> Engine:

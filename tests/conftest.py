@@ -11,6 +11,8 @@ from otrules import defaults
 from otrules.engine import Engine, PatientState, parse_ruleset_text
 from otrules.schemas import Recommendation, parse_event
 
+pytest_plugins = ["kafka_support"]
+
 
 @pytest.fixture(scope="session")
 def catalogue():

@@ -1,0 +1,96 @@
+"""Per-partition patient state: in memory by default, SQLite for state larger than memory.
+
+The source of truth is the compacted changelog topic; a store is a cache of
+it for the partitions this instance owns. Stores hold serialised state (JSON
+bytes), so what is restored is byte for byte what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Protocol
+
+from otrules.engine import PatientState
+
+
+class StateStore(Protocol):
+    """Patient states of one input partition."""
+
+    def get(self, patient_id: str) -> PatientState | None: ...
+    def put(self, state: PatientState) -> None: ...
+    def put_raw(self, patient_id: str, value: bytes | None) -> None: ...
+    def patients(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def encode(state: PatientState) -> bytes:
+    return json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(value: bytes) -> PatientState:
+    return PatientState.from_dict(json.loads(value))
+
+
+class MemoryStore:
+    """Decoded states in a dict: fastest, bounded by memory."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, PatientState] = {}
+        self._raw: dict[str, bytes] = {}
+
+    def get(self, patient_id: str) -> PatientState | None:
+        state = self._states.get(patient_id)
+        if state is None and patient_id in self._raw:
+            state = self._states[patient_id] = decode(self._raw.pop(patient_id))
+        return state
+
+    def put(self, state: PatientState) -> None:
+        self._states[state.patient_id] = state
+
+    def put_raw(self, patient_id: str, value: bytes | None) -> None:
+        """From the changelog while restoring (None is a tombstone); decoded on first use."""
+        self._states.pop(patient_id, None)
+        if value is None:
+            self._raw.pop(patient_id, None)
+        else:
+            self._raw[patient_id] = value
+
+    def patients(self) -> int:
+        return len(self._states) + len(self._raw)
+
+    def close(self) -> None:
+        self._states.clear()
+        self._raw.clear()
+
+
+class SqliteStore:
+    """States as JSON in a SQLite file per partition: for state larger than memory."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")  # the changelog, not this file, is durable
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (patient TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        self._db.execute("DELETE FROM state")  # always rebuilt from the changelog on assignment
+
+    def get(self, patient_id: str) -> PatientState | None:
+        row = self._db.execute("SELECT value FROM state WHERE patient = ?", (patient_id,)).fetchone()
+        return decode(row[0]) if row else None
+
+    def put(self, state: PatientState) -> None:
+        self.put_raw(state.patient_id, encode(state))
+
+    def put_raw(self, patient_id: str, value: bytes | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM state WHERE patient = ?", (patient_id,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO state (patient, value) VALUES (?, ?)", (patient_id, value))
+
+    def patients(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM state").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

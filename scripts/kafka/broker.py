@@ -1,0 +1,537 @@
+#!/usr/bin/env python3
+"""A real single-node Apache Kafka (KRaft) for tests, without Docker.
+
+Development and CI machines have Java 17 and Maven but no Docker engine, and
+the tests must talk to a real broker, never a mock. So the broker is assembled
+from Maven Central (see pom.xml next to this file), cached outside the
+repository, and run as a plain `java` subprocess listening on 127.0.0.1 only.
+
+Python API (used by tests/kafka_support.py)::
+
+    with Broker() as broker:          # fetch jars (once), format, start, wait
+        use(broker.bootstrap_servers)
+        broker.restart()              # same ports, same data
+
+CLI::
+
+    python scripts/kafka/broker.py start|stop|status [--dir D]
+
+Environment: OTRULES_KAFKA_VERSION overrides the version pinned in pom.xml;
+XDG_CACHE_HOME moves the jar cache (default ~/.cache/otrules/kafka-<v>/lib).
+
+Standard library only; kafka-python is not needed here (readiness is checked
+with a raw Metadata request, so the module also works before the venv exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+STATE_FILE = "broker.json"
+LOG_FILE = "broker.log"
+
+# Client-facing and controller traffic stay on loopback: tests must never
+# expose a broker to the network.
+HOST = "127.0.0.1"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, formatted, started or reached."""
+
+
+# --------------------------------------------------------------------------
+# Jars: fetched once per Kafka version into a shared cache
+# --------------------------------------------------------------------------
+
+def kafka_version() -> str:
+    """The Kafka version to run: $OTRULES_KAFKA_VERSION, else the pom's pin."""
+    override = os.environ.get("OTRULES_KAFKA_VERSION")
+    if override:
+        return override
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
+    if node is None or not (node.text or "").strip():
+        raise BrokerError(f"{POM}: no <kafka.version> property")
+    return node.text.strip()
+
+
+def cache_root() -> Path:
+    """Outside the repository, so clones and `git clean` don't refetch 45 MB."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "otrules"
+
+
+def fetch_jars(version: str | None = None, *, timeout: float = 900) -> Path:
+    """Return a directory holding Kafka's jars, fetching them with Maven if needed.
+
+    The directory appears by an atomic rename only once Maven succeeded, so its
+    existence means "complete"; a file lock keeps two concurrent test sessions
+    from fetching at the same time.
+    """
+    version = version or kafka_version()
+    home = cache_root() / f"kafka-{version}"
+    lib = home / "lib"
+    if lib.is_dir():
+        return lib
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if lib.is_dir():  # another process fetched while we waited
+            return lib
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError("Maven (mvn) is not on PATH: it is needed once to fetch the Kafka jars")
+        partial = home / f"lib.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"fetching Kafka {version} from Maven Central into {lib} (once)", file=sys.stderr)
+        cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+               f"-Dkafka.version={version}", "-DincludeScope=runtime",
+               f"-DoutputDirectory={partial}"]
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BrokerError(f"Maven did not fetch Kafka {version} within {timeout:.0f}s") from exc
+        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(partial, ignore_errors=True)
+            raise BrokerError(f"Maven failed to fetch Kafka {version} (exit {done.returncode}):\n"
+                              f"$ {' '.join(cmd)}\n{_ANSI.sub('', _tail(done.stdout + done.stderr, 40))}")
+        partial.rename(lib)
+    return lib
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A loopback port that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_LINE = re.compile(r" ERROR |^Caused by: |^[\w.$]+(Exception|Error)\b")
+
+
+def _failure_report(path: Path, since: int = 0) -> str:
+    """The first errors of this run, then its last lines.
+
+    A failed start is followed by hundreds of shutdown lines, so the tail
+    alone would hide the cause (a BindException, a bad property...).
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    errors = [line for line in text.splitlines() if _ERROR_LINE.search(line)][:12]
+    report = f"{path}, last lines:\n{_tail(text, 25)}"
+    if errors:
+        report = "first errors:\n" + "\n".join(errors) + "\n" + report
+    return report
+
+
+def _cluster_id() -> str:
+    """Kafka's Uuid text form (url-safe base64 of 16 bytes, no padding), without a JVM."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by broker")
+        buf += chunk
+    return buf
+
+
+def metadata_broker_count(host: str, port: int, timeout: float = 2.0) -> int:
+    """Send a raw Metadata v1 request; return how many brokers the answer lists.
+
+    Stdlib only on purpose: readiness must not depend on the client library
+    under test. KRaft brokers only open their client listener once they have
+    caught up with the metadata log, so an answer listing a broker means ready.
+    """
+    client_id = b"otrules-readiness"
+    # header: api_key=3 (Metadata), api_version=1, correlation_id, client_id;
+    # body: topics array of -1 (null) = all topics.
+    body = struct.pack(">hhih", 3, 1, 7, len(client_id)) + client_id + struct.pack(">i", -1)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        size, = struct.unpack(">i", _recv_exact(sock, 4))
+        payload = _recv_exact(sock, size)
+    correlation_id, brokers = struct.unpack(">ii", payload[:8])
+    if correlation_id != 7:
+        raise ConnectionError(f"unexpected correlation id {correlation_id}")
+    return brokers
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent():
+    """Return a preexec_fn that makes the child get SIGKILL when we die (Linux).
+
+    So a pytest session killed with SIGKILL doesn't leave a JVM holding 512 MB
+    and two ports. The libc lookup happens here, in the parent, so the child
+    runs almost nothing between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    PR_SET_PDEATHSIG = 1
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------
+# The broker
+# --------------------------------------------------------------------------
+
+class Broker:
+    """One single-node KRaft Kafka (broker + controller) on loopback.
+
+    The working directory holds server.properties, the data (log.dirs), the
+    broker's log and broker.json (ports, pid). Ports are chosen on first start
+    and then kept, so restart() brings the broker back where clients expect it.
+    A directory this object created itself is deleted by close() / __exit__.
+    """
+
+    def __init__(self, workdir: str | os.PathLike | None = None, *, version: str | None = None,
+                 heap: str = "512m", startup_timeout: float = 90.0, stop_timeout: float = 30.0,
+                 detach: bool = False, extra_properties: dict[str, str] | None = None):
+        self.version = version or kafka_version()
+        self._owns_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="otrules-kafka-")).resolve()
+        self.heap = heap
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.detach = detach  # CLI: outlive this Python process
+        self.extra_properties = dict(extra_properties or {})
+        self.port: int | None = None
+        self.controller_port: int | None = None
+        self.pid: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log_offset = 0
+        self._load_state()
+
+    # -- public API --------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None:
+            raise BrokerError("broker has no port yet: call start() first")
+        return f"{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / LOG_FILE
+
+    def start(self) -> "Broker":
+        """Fetch jars if needed, format storage on first start, launch, wait until ready."""
+        if self.is_running():
+            return self
+        lib = fetch_jars(self.version)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        first_start = not (self.dir / "data" / "meta.properties").exists()
+        if first_start:
+            # A port picked by free_port() can be taken before Java binds it;
+            # nothing is stored yet, so retrying on fresh ports is safe.
+            for attempt in range(3):
+                self.port, self.controller_port = self.port or free_port(), self.controller_port or free_port()
+                self._write_properties()
+                self._format(lib)
+                try:
+                    self._launch(lib)
+                    return self
+                except BrokerError as exc:
+                    if "Address already in use" not in str(exc) or attempt == 2:
+                        raise
+                    shutil.rmtree(self.dir / "data", ignore_errors=True)
+                    self.port = self.controller_port = None
+        self._write_properties()
+        self._launch(lib)
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (a clean controlled shutdown), then SIGKILL after stop_timeout.
+
+        kill=True sends SIGKILL straight away: a crash, for recovery tests.
+        """
+        pid = self.pid
+        if pid is None or not self.is_running():
+            self._forget_process()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        if not self._wait_exit(self.stop_timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_exit(10)
+        self._forget_process()
+
+    def restart(self, *, kill: bool = False) -> "Broker":
+        """Stop and start again on the same ports with the same data."""
+        self.stop(kill=kill)
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and delete the working directory if this object created it."""
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def is_running(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and _pid_alive(self.pid) and self._pid_is_ours(self.pid)
+
+    def is_ready(self) -> bool:
+        try:
+            return self.port is not None and metadata_broker_count(HOST, self.port) > 0
+        except (OSError, struct.error):
+            return False
+
+    def __enter__(self) -> "Broker":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Broker kafka-{self.version} {HOST}:{self.port} dir={self.dir} pid={self.pid}>"
+
+    # -- internals ---------------------------------------------------------
+
+    def _properties(self) -> dict[str, str]:
+        """Single-node KRaft, tuned for a fast start and small footprint on 2 cores."""
+        p, c = self.port, self.controller_port
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{c}",
+            "listeners": f"PLAINTEXT://{HOST}:{p},CONTROLLER://{HOST}:{c}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{p}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.dir / "data"),
+            # One replica of everything: there is one broker.
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            # Internal topics created on first use: one partition each is
+            # created (and loaded after a restart) far faster than 50.
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.num.partitions": "1",
+            # Consumers join at once instead of waiting 3 s for more members.
+            "group.initial.rebalance.delay.ms": "0",
+            # Small segments and a prompt cleaner so compaction is observable.
+            "log.segment.bytes": str(1024 * 1024),
+            "log.cleaner.backoff.ms": "1000",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            # Two cores: fewer threads than the server defaults.
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "background.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "auto.create.topics.enable": "true",
+            # After a SIGKILL the controller refuses the new incarnation until
+            # the old broker session expires: 9 s by default, 3 s here.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
+        }
+        props.update(self.extra_properties)
+        return props
+
+    def _write_properties(self) -> None:
+        text = "".join(f"{k}={v}\n" for k, v in self._properties().items())
+        (self.dir / "server.properties").write_text("# written by scripts/kafka/broker.py\n" + text)
+        self._save_state()
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+        if not java or not os.access(java, os.X_OK):
+            raise BrokerError("java is not on PATH (Kafka needs Java 17+)")
+        return java
+
+    def _jvm_args(self) -> list[str]:
+        # C1-only JIT and the serial GC start a JVM noticeably faster on a
+        # small machine; a test broker never runs long enough to miss C2.
+        return [f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true", "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS"]
+
+    def _format(self, lib: Path) -> None:
+        cmd = [self._java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", f"{lib}/*",
+               "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+               "-c", str(self.dir / "server.properties")]
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise BrokerError(f"formatting Kafka storage failed (exit {done.returncode}):\n"
+                              f"{_tail(done.stdout + done.stderr, 40)}")
+
+    def _launch(self, lib: Path) -> None:
+        cmd = [self._java(), *self._jvm_args(), "-cp", f"{lib}/*", "kafka.Kafka",
+               str(self.dir / "server.properties")]
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            log.write(f"\n===== {time.strftime('%H:%M:%S')} starting Kafka {self.version} on "
+                      f"{self.bootstrap_servers} =====\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=self.detach,
+                preexec_fn=None if self.detach else _die_with_parent())
+        self.pid = self._proc.pid
+        self._save_state()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                code = self._proc.returncode if self._proc else "?"
+                self._forget_process()
+                raise BrokerError(f"Kafka exited during startup (exit {code}); "
+                                  f"{_failure_report(self.log_path, self._log_offset)}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        self.stop(kill=True)
+        raise BrokerError(f"Kafka did not answer a metadata request on {self.bootstrap_servers} "
+                          f"within {self.startup_timeout:.0f}s; {_failure_report(self.log_path, self._log_offset)}")
+
+    def _wait_exit(self, timeout: float) -> bool:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(self.pid):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _forget_process(self) -> None:
+        self._proc = None
+        self.pid = None
+        self._save_state()
+
+    def _pid_is_ours(self, pid: int) -> bool:
+        """Guard against a recycled pid: the process must run our server.properties."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return sys.platform != "linux"  # no /proc: trust the pid file
+        return str(self.dir / "server.properties").encode() in cmdline
+
+    def _save_state(self) -> None:
+        if not self.dir.is_dir():
+            return
+        state = {"version": self.version, "port": self.port, "controller_port": self.controller_port,
+                 "pid": self.pid, "bootstrap_servers": f"{HOST}:{self.port}" if self.port else None}
+        (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def _load_state(self) -> None:
+        try:
+            state = json.loads((self.dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        self.port, self.controller_port = state.get("port"), state.get("controller_port")
+        self.pid = state.get("pid")
+        if state.get("version") and state["version"] != self.version:
+            raise BrokerError(f"{self.dir} holds data of Kafka {state['version']}, not {self.version}")
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def _default_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"otrules-kafka-{os.getuid()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="A local single-node Kafka (KRaft) for otrules tests, on 127.0.0.1.",
+        epilog="stop keeps the data: start again resumes on the same ports; delete --dir to start afresh.")
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("--dir", type=Path, default=_default_dir(),
+                        help="working directory: config, data, log (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        broker = Broker(args.dir, detach=True)
+        if args.command == "start":
+            t0 = time.monotonic()
+            broker.start()
+            print(f"Kafka {broker.version} ready at {broker.bootstrap_servers} "
+                  f"(pid {broker.pid}, {time.monotonic() - t0:.1f}s; log {broker.log_path})", file=sys.stderr)
+            print(broker.bootstrap_servers)
+        elif args.command == "stop":
+            was_running = broker.is_running()
+            broker.stop()
+            print("stopped" if was_running else "not running", file=sys.stderr)
+        else:
+            running, ready = broker.is_running(), broker.is_ready()
+            print(json.dumps({"running": running, "ready": ready, "pid": broker.pid if running else None,
+                              "bootstrap_servers": broker.bootstrap_servers if broker.port else None,
+                              "version": broker.version, "dir": str(broker.dir)}))
+            return 0 if ready else 1
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

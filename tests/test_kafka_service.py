@@ -1,0 +1,263 @@
+"""`otrules consume` against a real Kafka broker: exactly-once output equal to the embedded run.
+
+Each test produces a generated stream to fresh topics, runs `otrules consume`
+as real processes (killed with SIGKILL where the test says so), and compares
+what reached `ot.recommendations` (read_committed) with `otrules run` over the
+same stream: the same recommendation ids and content, none lost, none twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from kafka_support import create_topic, unique_name
+from otrules import defaults, synthetic
+from otrules.consumers import DeadLetterSink, JsonlSource, Pipeline
+from otrules.engine import Engine
+
+pytestmark = pytest.mark.kafka
+
+_EMITTED = re.compile(r'"emitted_at":(?:null|"[^"]*")')
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def stream(patients: int, seed: int) -> list[bytes]:
+    """Whole episodes of `patients` patients (about 40 events each), in time order."""
+    buf = io.StringIO()
+    synthetic.write_jsonl(buf, synthetic.generate(patients=patients, seed=seed))
+    return [line.encode() for line in buf.getvalue().splitlines()]
+
+
+def embedded(lines: list[bytes]) -> list[str]:
+    """What `otrules run` recommends for these lines, emitted_at removed, sorted."""
+    out: list[str] = []
+    pipeline = Pipeline(Engine(defaults.rulesets(), defaults.catalogue()), lambda r: out.append(r.to_json()),
+                        DeadLetterSink(None))
+    pipeline.feed(JsonlSource(io.BytesIO(b"\n".join(lines) + b"\n")))
+    return sorted(_EMITTED.sub("", r) for r in out)
+
+
+def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    for line in lines:
+        try:
+            key = json.loads(line)["patient_id"].encode()
+        except (ValueError, KeyError, TypeError):
+            key = b"unparseable"
+        producer.send(topic, key=key, value=line, headers=[("source", b"test")])
+    producer.flush()
+    producer.close()
+
+
+class Topics:
+    def __init__(self, bootstrap: str, partitions: int) -> None:
+        prefix = unique_name("t")
+        self.input, self.output = f"{prefix}.events", f"{prefix}.recs"
+        self.dlq, self.changelog, self.group = f"{prefix}.dlq", f"{prefix}.changelog", f"{prefix}-group"
+        create_topic(bootstrap, self.input, partitions)
+        create_topic(bootstrap, self.changelog, partitions, compacted=True)
+
+    def args(self) -> list[str]:
+        return ["--input-topic", self.input, "--output-topic", self.output, "--dlq-topic", self.dlq,
+                "--changelog-topic", self.changelog, "--group-id", self.group]
+
+
+class Consumer:
+    """`otrules consume` as a real process."""
+
+    def __init__(self, bootstrap: str, topics: Topics, instance: str, tmp: Path, *extra: str) -> None:
+        self.log = tmp / f"consume-{instance}-{time.monotonic_ns()}.log"
+        cmd = [sys.executable, "-m", "otrules", "consume", "--bootstrap-servers", bootstrap, "--instance-id", instance,
+               "--transaction-timeout-ms", "5000", *topics.args(), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
+        return self.log.read_text()
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 120, settle: float = 3.0) -> list:
+    """Committed records of `topic` once `expected` are there (and `settle` s with no more)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed",
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    parts = None
+    deadline = time.monotonic() + timeout
+    while not parts and time.monotonic() < deadline:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            time.sleep(0.2)
+    if not parts:
+        consumer.close()
+        return []
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    records: list = []
+    quiet_since = None
+    while time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=300)
+        got = [m for msgs in batch.values() for m in msgs]
+        records += got
+        if len(records) >= expected:
+            quiet_since = quiet_since or time.monotonic()
+            if got:
+                quiet_since = time.monotonic()
+            if time.monotonic() - quiet_since >= settle:
+                break
+    consumer.close()
+    return records
+
+
+def count_committed(bootstrap: str, topic: str) -> int:
+    return len(read_all(bootstrap, topic, expected=10**9, timeout=1.5, settle=0))
+
+
+def wait_for_output(bootstrap: str, topic: str, at_least: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count_committed(bootstrap, topic) >= at_least:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {at_least} recommendations on {topic} after {timeout} s")
+
+
+def recommendations(records: list) -> list[str]:
+    return sorted(_EMITTED.sub("", r.value.decode()) for r in records)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_end_to_end_equals_the_embedded_run(kafka_bootstrap, tmp_path):
+    lines = stream(80, seed=11)
+    expected = embedded(lines)
+    topics = Topics(kafka_bootstrap, partitions=4)
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "solo", tmp_path)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    log = consumer.terminate()
+    assert recommendations(records) == expected
+    assert f"read {len(lines)} = processed {len(lines)} + rejected 0 + duplicates 0" in log
+    first = records[0]
+    headers = dict(first.headers)
+    assert headers["ce_specversion"] == b"1.0" and headers["content-type"] == b"application/json"
+    body = json.loads(first.value)
+    assert headers["ce_id"] == body["recommendation_id"].encode() and first.key == body["patient_id"].encode()
+    assert headers["ce_type"] == f"org.otrules.recommendation.{body['kind']}".encode()
+    assert body["emitted_at"]
+
+
+def test_sigkill_mid_stream_and_restart_loses_and_repeats_nothing(kafka_bootstrap, tmp_path):
+    lines = stream(100, seed=12)
+    expected = embedded(lines)
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    first = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "50")
+    wait_for_output(kafka_bootstrap, topics.output, len(expected) // 4)
+    first.kill()
+    assert count_committed(kafka_bootstrap, topics.output) < len(expected), "killed too late to prove anything"
+    second = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "50")
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    second.terminate()
+    assert recommendations(records) == expected
+
+
+def test_scale_out_survivor_takes_over_and_restores_state(kafka_bootstrap, tmp_path):
+    lines = stream(100, seed=13)
+    expected = embedded(lines)
+    topics = Topics(kafka_bootstrap, partitions=4)
+    a = Consumer(kafka_bootstrap, topics, "a", tmp_path, "--batch-max-records", "50")
+    b = Consumer(kafka_bootstrap, topics, "b", tmp_path, "--batch-max-records", "50")
+    time.sleep(8)  # both join the group before data arrives, so each owns partitions
+    produce(kafka_bootstrap, topics.input, lines)
+    deadline = time.monotonic() + 90
+    while b.log.read_text().count('"committed"') < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    b.kill()
+    records = read_all(kafka_bootstrap, topics.output, len(expected), timeout=180)
+    log_a = a.terminate()
+    assert recommendations(records) == expected
+    restores = [json.loads(l) for l in log_a.splitlines() if '"restored"' in l]
+    assert len(restores) >= 2 and restores[-1]["records"] > 0, "the survivor never restored the dead instance's state"
+    read_by_a = int(re.search(r"read (\d+) =", log_a).group(1))
+    assert read_by_a < len(lines), "the survivor re-read events the dead instance had committed"
+
+
+def test_poison_input_is_dead_lettered_and_the_stream_goes_on(kafka_bootstrap, tmp_path):
+    good = stream(40, seed=14)
+    bad = [b"not json at all",
+           b'{"type":"referral","event_id":"x1","patient_id":"p-00001","plan_id":"poc","occurred_at":"2026-01-05T09:00:00Z"}',
+           b'{"type":"evaluation","event_id":"x2","patient_id":"p-00002","plan_id":"poc-00002-1",'
+           b'"occurred_at":"2026-01-05T09:00:00Z","kind":"progress","measures":[{"instrument":"COPM-performance","score":11}]}']
+    lines = good[:500] + bad[:1] + good[500:1000] + bad[1:] + good[1000:] + [good[10]]  # and one duplicate
+    assert len(good) > 1000
+    expected = embedded(lines)
+    assert expected == embedded(good)
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "poison", tmp_path)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    letters = read_all(kafka_bootstrap, topics.dlq, len(bad), timeout=30)
+    log = consumer.terminate()
+    assert recommendations(records) == expected
+    assert sorted(m.value for m in letters) == sorted(bad)
+    reasons = sorted(dict(m.headers)["otrules.reason"].decode() for m in letters)
+    assert reasons == sorted([
+        "not valid JSON: expected ident at line 1 column 2",
+        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge',
+        "measures[0].score: 11 is outside the range 1–10 of COPM-performance",
+    ])
+    for m in letters:
+        h = dict(m.headers)
+        assert h["source"] == b"test" and h["otrules.source.topic"] == topics.input.encode()
+        assert int(h["otrules.source.offset"]) >= 0 and h["otrules.source.partition"] in (b"0", b"1")
+    n = len(lines)
+    assert f"read {n} = processed {len(good)} + rejected 3 + duplicates 1" in log
+    assert "p-00002" not in log and "11 is outside" not in log  # no identifiers or scores in the service log
+
+
+def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path):
+    if kafka_broker is None:
+        pytest.skip("the broker is external; cannot restart it")
+    lines = stream(80, seed=15)
+    expected = embedded(lines)
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "steady", tmp_path, "--batch-max-records", "50")
+    wait_for_output(kafka_bootstrap, topics.output, len(expected) // 5)
+    kafka_broker.restart()
+    records = read_all(kafka_bootstrap, topics.output, len(expected), timeout=180)
+    consumer.terminate()
+    assert recommendations(records) == expected
+
+
+def test_sqlite_store_gives_the_same_output(kafka_bootstrap, tmp_path):
+    lines = stream(40, seed=16)
+    expected = embedded(lines)
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "disk", tmp_path, "--store", "sqlite", "--state-dir",
+                        str(tmp_path / "state"))
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    consumer.terminate()
+    assert recommendations(records) == expected
+    assert list((tmp_path / "state").rglob("*.sqlite"))

@@ -5,6 +5,7 @@ Nothing is lost and the counts add up: read = processed + rejected + duplicates.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ class RunSummary:
     processed: int = 0
     rejected: int = 0
     duplicates: int = 0
+    swept: int = 0  # recommendations made when time advanced (sweeps), part of by_kind
+    expired: int = 0  # patients forgotten after their plans' retention
+    last_event_at: dt.datetime | None = None
     by_kind: Counter[str] = field(default_factory=Counter)
     by_rule: Counter[str] = field(default_factory=Counter)
 
@@ -73,9 +77,29 @@ class Pipeline:
             summary.duplicates += 1
             return
         summary.processed += 1
-        for rec in outcome.recommendations:
-            summary.by_kind[rec.kind] += 1
-            summary.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
+        if summary.last_event_at is None or event.occurred_at > summary.last_event_at:
+            summary.last_event_at = event.occurred_at
+        self._emit(outcome.recommendations)
+
+    def sweep(self, at: dt.datetime, retention: dt.timedelta | None = None) -> int:
+        """Advance the clock to `at` for every patient (sorted, so output is deterministic);
+        then forget patients whose plans all closed more than `retention` ago."""
+        made = 0
+        for patient_id in sorted(self.states):
+            state = self.states[patient_id]
+            recs = self.engine.sweep(state, at)
+            made += len(recs)
+            self._emit(recs)
+            if retention is not None and self.engine.expire(state, at, retention):
+                del self.states[patient_id]
+                self.summary.expired += 1
+        self.summary.swept += made
+        return made
+
+    def _emit(self, recs: Iterable[Recommendation]) -> None:
+        for rec in recs:
+            self.summary.by_kind[rec.kind] += 1
+            self.summary.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
             self.emit(rec)
 
     def _reject(self, line: Line, reason: str) -> None:

@@ -52,11 +52,51 @@ def apply_event(state: PatientState, event: Event, catalogue: Catalogue) -> Even
             plan.treatment_dates.clear()
     elif isinstance(event, DischargeEvent):
         plan.discharged = True
-    base = _plan_facts(state, plan, event, catalogue)
+        plan.closed_on = event.local_date
+    base = _plan_facts(state, plan, event.local_date, _event_fields(event), catalogue)
     per_measure = tuple(
-        (m, {**base, **mf, **_goal_facts(plan, m, event, catalogue, met_before)}) for m, mf in measure_facts
+        (m, {**base, **mf, **_goal_facts(plan, plan.goals.get(m.goal_id) if m.goal_id else None, event.local_date,
+                                         catalogue, met_before)})
+        for m, mf in measure_facts
     )
     return EventFacts(base, per_measure)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockFacts:
+    """What one open plan presents to the rules when time advances without events."""
+
+    plan: PlanState
+    base: Facts
+    per_goal: tuple[tuple[str, Facts], ...]
+
+
+def clock_facts(state: PatientState, at: dt.datetime, catalogue: Catalogue) -> list[ClockFacts]:
+    """Facts of every open (not discharged) plan at time `at`, in plan-id order."""
+    today = at.date()
+    fields = {"event.type": "clock", "event.kind": None, "event.status": None, "event.reason": None,
+              "event.occurred_at": rfc3339(at)}
+    out = []
+    for plan_id in sorted(state.plans):
+        plan = state.plans[plan_id]
+        if plan.discharged:
+            continue
+        base = _plan_facts(state, plan, today, fields, catalogue)
+        met = {gid: g.met_ever for gid, g in plan.goals.items()}
+        per_goal = tuple((gid, {**base, **_NO_MEASURE, **_goal_facts(plan, g, today, catalogue, met)})
+                         for gid, g in plan.goals.items())
+        out.append(ClockFacts(plan, base, per_goal))
+    return out
+
+
+def _event_fields(event: Event) -> Facts:
+    return {
+        "event.type": event.type,
+        "event.kind": getattr(event, "kind", None),
+        "event.status": getattr(event, "status", None),
+        "event.reason": getattr(event, "reason", None),
+        "event.occurred_at": rfc3339(event.occurred_at),
+    }
 
 
 # ---------------------------------------------------------------- state changes
@@ -172,8 +212,8 @@ def _plateau(before: Series | None, score: float, mcid: float | None) -> tuple[f
 # ---------------------------------------------------------------- facts
 
 
-def _plan_facts(state: PatientState, plan: PlanState, event: Event, catalogue: Catalogue) -> Facts:
-    today = event.local_date
+def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fields: Facts,
+                catalogue: Catalogue) -> Facts:
     goals = list(plan.goals.values())
     met = sum(1 for g in goals if _goal_met(g, catalogue))
     levels = [g.gas_level for g in goals]
@@ -182,11 +222,7 @@ def _plan_facts(state: PatientState, plan: PlanState, event: Event, catalogue: C
         t = gas_t_score(levels, [g.goal.gas_weight for g in goals])  # type: ignore[arg-type]
         gas_t = None if t is None else round(t, 2)
     return {
-        "event.type": event.type,
-        "event.kind": getattr(event, "kind", None),
-        "event.status": getattr(event, "status", None),
-        "event.reason": getattr(event, "reason", None),
-        "event.occurred_at": rfc3339(event.occurred_at),
+        **event_fields,
         "patient.id": state.patient_id,
         "plan.id": plan.plan_id,
         "plan.setting": plan.setting,
@@ -210,10 +246,18 @@ _NO_GOAL: Facts = {
 }
 
 
+_NO_MEASURE: Facts = {
+    "measure.instrument": None, "measure.score": None, "measure.previous": None, "measure.baseline": None,
+    "measure.change": None, "measure.change_from_baseline": None, "measure.improvement": None,
+    "measure.improvement_from_baseline": None, "measure.mcid": None, "measure.improved": None,
+    "measure.declined": None, "measure.stable_count": None, "measure.plateau_count": None, "measure.count": None,
+    "measure.days_since_previous": None,
+}
+
+
 def _goal_facts(
-    plan: PlanState, measure: Measure, event: Event, catalogue: Catalogue, met_before: dict[str, bool]
+    plan: PlanState, state: GoalState | None, today: dt.date, catalogue: Catalogue, met_before: dict[str, bool]
 ) -> Facts:
-    state = plan.goals.get(measure.goal_id) if measure.goal_id else None
     if state is None:
         return _NO_GOAL
     goal = state.goal
@@ -224,7 +268,7 @@ def _goal_facts(
         "goal.met": None if state.latest is None else _goal_met(state, catalogue),
         "goal.met_before": met_before.get(goal.goal_id, False),
         "goal.progress": _progress(plan, state),
-        "goal.days_to_target": (goal.target_date - event.local_date).days if goal.target_date else None,
+        "goal.days_to_target": (goal.target_date - today).days if goal.target_date else None,
         "goal.gas_level": state.gas_level,
     }
 

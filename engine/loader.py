@@ -83,6 +83,7 @@ class Rule:
     facts: tuple[str, ...]  # named by the condition, in order of first appearance
     evidence_facts: tuple[str, ...]  # the condition's facts, then those the texts name
     per_measure: bool
+    per_goal: bool  # names goal.* but no measure.*: checked once per goal when time advances
     recommend: Recommend
     throttle: Throttle | None
     references: tuple[str, ...]
@@ -216,7 +217,9 @@ def _build_rule(spec: RuleSpec, node: Any, filename: str, line: int) -> Rule:
     if problems:
         raise _RuleProblems(problems)
     assert condition is not None
-    per_measure = any(FACTS[n].per_measure for n in [*names, *template_facts])
+    named = [*names, *template_facts]
+    per_measure = any(FACTS[n].per_measure for n in named)
+    per_goal = any(n.startswith("goal.") for n in named) and not any(n.startswith("measure.") for n in named)
     return Rule(
         id=spec.id,
         description=spec.description,
@@ -225,6 +228,7 @@ def _build_rule(spec: RuleSpec, node: Any, filename: str, line: int) -> Rule:
         facts=tuple(names),
         evidence_facts=tuple(dict.fromkeys([*names, *template_facts])),
         per_measure=per_measure,
+        per_goal=per_goal,
         recommend=spec.recommend,
         throttle=spec.throttle,
         references=tuple(spec.references),

@@ -7,12 +7,13 @@ are kept in the patient's state and measured in event time.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from otrules.engine.compiler import Compiled, compile_condition
-from otrules.engine.derive import EventFacts, apply_event
+from otrules.engine.derive import EventFacts, apply_event, clock_facts, rfc3339
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
@@ -67,17 +68,52 @@ class Engine:
         state.seen_event_ids.add(event.event_id)
         facts = apply_event(state, event, self.catalogue)
         out: list[Recommendation] = []
-        seen_ids: set[str] = set()
         for loaded in self._loaded:
-            for rule, fact_set in _candidates(loaded, facts):
-                rec = build(loaded.ruleset, rule, event, fact_set)
-                if rec.recommendation_id in seen_ids:
-                    continue  # the same rule, event and goal through another measure
-                if _throttled(state, loaded.ruleset, rule, rec, event):
-                    continue
-                seen_ids.add(rec.recommendation_id)
-                out.append(rec)
+            hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
+            if loaded.per_measure.rules:
+                hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
+            self._emit(state, loaded, hits, event, out)
         return Outcome(duplicate=False, recommendations=tuple(out))
+
+    def sweep(self, state: PatientState, at: dt.datetime) -> tuple[Recommendation, ...]:
+        """Check every open plan at time `at`, as if a clock event had arrived.
+
+        Once-per-event rules see the plan's facts at `at`; rules that name goal
+        facts but no measure facts are checked once per goal. Rules about a
+        measure need a score, so they wait for the next evaluation.
+        """
+        out: list[Recommendation] = []
+        for plan_facts in clock_facts(state, at, self.catalogue):
+            tick = ClockTick(state.patient_id, plan_facts.plan.plan_id, at)
+            for loaded in self._loaded:
+                hits = [(rule, plan_facts.base) for rule in loaded.per_event.matches(plan_facts.base)]
+                hits += [(rule, fs) for _, fs in plan_facts.per_goal
+                         for rule in loaded.per_measure.matches(fs) if rule.per_goal]
+                self._emit(state, loaded, hits, tick, out)
+        return tuple(out)
+
+    @staticmethod
+    def expire(state: PatientState, at: dt.datetime, retention: dt.timedelta) -> bool:
+        """Forget plans closed longer than `retention` ago (event time); True when nothing is left."""
+        for plan_id in [p for p, plan in state.plans.items()
+                        if plan.closed_on is not None and plan.closed_on + retention <= at.date()]:
+            del state.plans[plan_id]
+            state.throttle = {k: v for k, v in state.throttle.items() if k.split("|")[1:2] != [plan_id]}
+        return not state.plans
+
+    def _emit(self, state: PatientState, loaded: _LoadedRuleset, hits: list[tuple[Rule, dict[str, Any]]],
+              trigger: Any, out: list[Recommendation]) -> None:
+        """Build recommendations in file order, one per rule, trigger and goal, throttled in event time."""
+        hits.sort(key=lambda hit: loaded.position[hit[0].id])  # stable: measure order kept
+        seen_ids = {r.recommendation_id for r in out}
+        for rule, fact_set in hits:
+            rec = build(loaded.ruleset, rule, trigger, fact_set)
+            if rec.recommendation_id in seen_ids:
+                continue  # the same rule, trigger and goal through another measure
+            if _throttled(state, loaded.ruleset, rule, rec, trigger.occurred_at):
+                continue
+            seen_ids.add(rec.recommendation_id)
+            out.append(rec)
 
     def explain_facts(self, state: PatientState, event: Event) -> EventFacts:
         """The facts an event presents to the rules (applies it to `state`)."""
@@ -97,6 +133,19 @@ class Engine:
                 else:
                     out += [RuleCheck(loaded.ruleset, rule, m, fs, rule.id in hit) for m, fs, hit in per_measure]
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ClockTick:
+    """What triggers recommendations made when time advances without an event."""
+
+    patient_id: str
+    plan_id: str
+    occurred_at: dt.datetime
+
+    @property
+    def event_id(self) -> str:
+        return f"clock@{rfc3339(self.occurred_at)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +180,8 @@ def effective_catalogue(rulesets: Sequence[CompiledRuleset], catalogue: Catalogu
     return merged
 
 
-def _candidates(loaded: _LoadedRuleset, facts: EventFacts):
-    """Matched (rule, facts) pairs in the file's rule order, then measure order."""
-    hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
-    if loaded.per_measure.rules:
-        hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
-    hits.sort(key=lambda hit: loaded.position[hit[0].id])  # stable: measure order kept
-    return hits
-
-
-def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: Recommendation, event: Event) -> bool:
+def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: Recommendation,
+               now: dt.datetime) -> bool:
     if rule.throttle is None:
         return False
     per = rule.throttle.per
@@ -150,7 +191,7 @@ def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: R
     if per == "goal":
         key += f"|{rec.goal_id or ''}"
     last = state.throttle.get(key)
-    if last is not None and event.occurred_at - last < rule.throttle.window:
+    if last is not None and now - last < rule.throttle.window:
         return True
-    state.throttle[key] = event.occurred_at
+    state.throttle[key] = now
     return False

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from otrules.engine.derive import rfc3339
 from otrules.engine.loader import SUMMARY_MAX, CompiledRuleset, Rule
-from otrules.schemas import Event, Recommendation, RuleRef, Source
+from otrules.schemas import Recommendation, RuleRef, Source
 
 # uuid5 namespace for recommendation ids: fixed forever, so replays give the same ids.
 NAMESPACE = uuid.UUID("6f1d2c8e-5a3b-5e0f-9c47-0d7b3a1e2f60")
@@ -20,7 +21,20 @@ def recommendation_id(ruleset: str, rule_id: str, patient_id: str, event_id: str
     return str(uuid.uuid5(NAMESPACE, "\x1f".join((ruleset, rule_id, patient_id, event_id, goal_id or ""))))
 
 
-def build(ruleset: CompiledRuleset, rule: Rule, event: Event, facts: dict[str, Any]) -> Recommendation:
+class Trigger(Protocol):
+    """An event, or the clock tick of a sweep."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def plan_id(self) -> str: ...
+    @property
+    def occurred_at(self) -> dt.datetime: ...
+
+
+def build(ruleset: CompiledRuleset, rule: Rule, event: Trigger, facts: dict[str, Any]) -> Recommendation:
     goal_id = facts.get("goal.id")
     evidence = {name: _json_value(facts.get(name)) for name in rule.evidence_facts}
     return Recommendation(

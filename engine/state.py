@@ -68,6 +68,7 @@ class PlanState:
     treatment_dates: set[dt.date] = field(default_factory=set)  # since the last progress report
     last_evaluation: dt.date | None = None
     discharged: bool = False
+    closed_on: dt.date | None = None  # date of the discharge event; retention counts from it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class PlanState:
             "visits_attended": self.visits_attended, "visits_missed_in_a_row": self.visits_missed_in_a_row,
             "treatment_dates": sorted(d.isoformat() for d in self.treatment_dates),
             "last_evaluation": _iso(self.last_evaluation), "discharged": self.discharged,
+            "closed_on": _iso(self.closed_on),
         }
 
     @classmethod
@@ -90,6 +92,7 @@ class PlanState:
             visits_attended=d["visits_attended"], visits_missed_in_a_row=d["visits_missed_in_a_row"],
             treatment_dates={dt.date.fromisoformat(x) for x in d["treatment_dates"]},
             last_evaluation=_date(d["last_evaluation"]), discharged=d["discharged"],
+            closed_on=_date(d.get("closed_on")),
         )
 
 

@@ -9,6 +9,7 @@ kind, indicator or summary *changed*.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -81,16 +82,25 @@ class _Side:
         state = self.states.get(event.patient_id)
         if state is None:
             state = self.states[event.patient_id] = PatientState(event.patient_id)
-        for rec in self.engine.process(state, event).recommendations:
+        self._keep(self.engine.process(state, event).recommendations)
+
+    def sweep(self, at: dt.datetime) -> None:
+        for patient_id in sorted(self.states):
+            self._keep(self.engine.sweep(self.states[patient_id], at))
+
+    def _keep(self, recs: Iterable[Recommendation]) -> None:
+        for rec in recs:
             self.found[(rec.rule.id, rec.patient_id, rec.triggered_by[0], rec.goal_id or "")] = Brief.of(rec)
 
 
 def backtest(new: Engine, baseline: Engine, lines: Iterable[Line], samples: int = 5,
-             progress: Callable[[int], None] | None = None) -> Report:
-    """Run both engines over `lines` and compare what they recommend."""
+             progress: Callable[[int], None] | None = None, as_of: dt.datetime | None = None) -> Report:
+    """Run both engines over `lines`, advance time to `as_of` (default: the last
+    event's time, as `otrules run` does), and compare what they recommend."""
     report = Report(_label(baseline), _label(new))
     sides = (_Side(baseline), _Side(new))
     same_catalogue = new.catalogue == baseline.catalogue
+    last: dt.datetime | None = None
     for line in lines:
         report.events += 1
         try:
@@ -101,8 +111,12 @@ def backtest(new: Engine, baseline: Engine, lines: Iterable[Line], samples: int 
             continue
         for side, event in zip(sides, events):
             side.feed(event)
+        last = events[0].occurred_at if last is None else max(last, events[0].occurred_at)
         if progress is not None:
             progress(len(line.raw) + 1)
+    if as_of or last:
+        for side in sides:
+            side.sweep(as_of or last)  # type: ignore[arg-type]
     _compare(report, sides[0].found, sides[1].found, samples)
     report.patients_total = len(sides[1].states)
     return report

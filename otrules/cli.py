@@ -6,6 +6,7 @@ option also reads an OTRULES_* environment variable.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -46,9 +47,19 @@ catalogue_option = click.option(
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl", envvar="OTRULES_FORMAT",
               show_default=True, help="jsonl for machines, table for people.")
 @click.option("--quiet", is_flag=True, envvar="OTRULES_QUIET", help="No per-line rejection messages on stderr.")
+@click.option("--as-of", "as_of", default=None, envvar="OTRULES_AS_OF", metavar="T",
+              help="After the input, advance the clock to T (RFC 3339) for every open plan. Default: the last "
+                   "event's time.")
+@click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
+              show_default=True, help="Days a discharged plan's state is kept (event time) before it is forgotten.")
 def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, output_path: str,
-        dlq_path: str | None, fmt: str, quiet: bool) -> None:
-    """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out."""
+        dlq_path: str | None, fmt: str, quiet: bool, as_of: str | None, retention_days: int) -> None:
+    """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out.
+
+    After the input, time advances to --as-of for every open plan, so plans
+    that went silent get their recommendations too (expired certification,
+    overdue re-evaluation, a target date passed unscored)."""
+    sweep_at = _parse_time(as_of, "--as-of") if as_of else None
     engine = _engine(rules, catalogue)
     source_name = input_path or str(defaults.SAMPLE_STREAM)
     table: list[Recommendation] = []
@@ -62,6 +73,9 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
 
         pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, source_name=source_name)
         summary = pipeline.feed(JsonlSource(events))
+        at = sweep_at or summary.last_event_at
+        if at is not None:
+            pipeline.sweep(at, dt.timedelta(days=retention_days))
         if fmt == "table":
             _print_table(table, out)
         writer.flush()
@@ -347,8 +361,20 @@ def _short(path: str) -> str:
 
 def _summary_text(s: RunSummary) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())) or "none"
+    swept = f", {s.swept} of them when time advanced" if s.swept else ""
     return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}; "
-            f"{s.recommendations} recommendations ({kinds})")
+            f"{s.recommendations} recommendations ({kinds}){swept}")
+
+
+def _parse_time(text: str, option: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an RFC 3339 date-time, e.g. 2026-03-01T00:00:00Z",
+                                 param_hint=option) from None
+    if value.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no offset; add Z or +hh:mm", param_hint=option)
+    return value
 
 
 def _print_table(recs: list[Recommendation], out: IO[str] | None) -> None:

@@ -19,7 +19,9 @@ A clinical lead writes a short patient story and the recommendations it must
 Compact events: one key, the event type; `day` counts from `start`; ids,
 patient, plan and times are filled in; measures may be written
 "INSTRUMENT SCORE [GOAL]"; `visits: {days: [1, 2, 3], status: missed}` writes
-several visits. Any field of the real event may be given as well.
+several visits; `clock: {day: 120}` advances time with no event (a sweep of
+every open plan, as `otrules run --as-of` and the Kafka service do). Any field
+of the real event may be given as well.
 """
 
 from __future__ import annotations
@@ -143,8 +145,13 @@ def expand_events(raw_events: list[Any], start: dt.date) -> list[dict[str, Any]]
             for day in body.pop("days"):
                 out.append(_event("visit", {**body, "day": day}, start, len(out) + 1))
             continue
+        if kind == "clock":
+            day = int(body.pop("day", 0))
+            at = body.pop("at", f"{(start + dt.timedelta(days=day)).isoformat()}T{body.pop('time', '23:00')}:00Z")
+            out.append({"type": "clock", "at": at})
+            continue
         if kind not in _HOURS:
-            raise ValueError(f"unknown event type {kind!r}; use plan, evaluation, visit, visits or discharge")
+            raise ValueError(f"unknown event type {kind!r}; use plan, evaluation, visit, visits, discharge or clock")
         out.append(_event(kind, body, start, len(out) + 1))
     return out
 
@@ -200,6 +207,12 @@ def run_case(engine: Engine, case: Case) -> CaseResult:
     states: dict[str, PatientState] = {}
     index_of: dict[str, int] = {}
     for n, raw in enumerate(case.events, start=1):
+        if raw["type"] == "clock":  # time advances with no event: sweep every patient
+            at = dt.datetime.fromisoformat(raw["at"].replace("Z", "+00:00"))
+            index_of[f"clock@{at.isoformat().replace('+00:00', 'Z')}"] = n
+            for patient_id in sorted(states):
+                result.produced.extend(engine.sweep(states[patient_id], at))
+            continue
         try:
             event = parse_event(raw, engine.catalogue)
         except EventRejected as exc:

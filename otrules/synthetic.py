@@ -315,6 +315,9 @@ class _Patient:
 
     def __init__(self, index: int, seed: int, start: datetime.date):
         rng = self.rng = random.Random(f"{seed}:{index}")
+        # Every twelfth patient from index 11 on is lost to follow-up: visits stop
+        # after a few weeks and the plan is never discharged (what sweeps are for).
+        self.lost_after = 8 + index % 7 if index % 12 == 11 else None
         archetype = (ARCHETYPES[index] if index < len(ARCHETYPES)
                      else rng.choices(ARCHETYPES, [a.weight for a in ARCHETYPES])[0])
         self.day0 = _weekday_from(start + (index // 8 + rng.randint(0, 2)) * DAY)
@@ -408,6 +411,8 @@ class _Patient:
             sessions = self._sessions(day, visits)
             for minute, status in sessions:
                 yield day, minute, "visit", {"status": status}
+            if self.lost_after is not None and visits >= self.lost_after:
+                return  # lost to follow-up: the plan stays open with no discharge
             last_minute, last_status = sessions[-1]
             if last_status != "attended":
                 continue

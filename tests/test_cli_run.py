@@ -13,9 +13,11 @@ from click.testing import CliRunner
 
 from otrules import defaults
 from otrules.cli import main
+from otrules.engine import Engine
 
 RULE_IDS = {"goal-met", "all-goals-met", "measure-declined", "severe-decline", "plateau", "target-date-passed",
-            "near-target", "missed-visits", "progress-report-due", "recertify", "recertify-expired"}
+            "near-target", "missed-visits", "progress-report-due", "recertify", "recertify-expired",
+            "target-date-passed-unscored", "re-evaluation-overdue"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -123,3 +125,47 @@ def test_generator_streams_are_valid_input(tmp_path, n):
     assert run_cli("generate", "--events", str(n), "--seed", "3", "--out", str(stream)).returncode == 0
     result = run_cli("run", "--input", str(stream), "--output", "/dev/null")
     assert f"read {n} = processed {n} + rejected 0 + duplicates 0" in result.stderr
+
+
+def test_as_of_sweeps_silent_plans_deterministically(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    late = run_cli("run", "--as-of", "2026-12-01T00:00:00Z", "--output", str(a))
+    again = run_cli("run", "--as-of", "2026-12-01T00:00:00Z", "--output", str(b))
+    default = run_cli("run", "--output", str(tmp_path / "c.jsonl"))
+    strip = re.compile(rb'"emitted_at":"[^"]*"')
+    assert strip.sub(b"", a.read_bytes()) == strip.sub(b"", b.read_bytes())
+    swept = [json.loads(l) for l in a.read_text().splitlines() if '"clock@2026-12-01T00:00:00Z"' in l]
+    assert swept and {r["rule"]["id"] for r in swept} >= {"recertify-expired", "re-evaluation-overdue"}
+    assert all(r["occurred_at"] == "2026-12-01T00:00:00Z" and r["triggered_by"] == ["clock@2026-12-01T00:00:00Z"]
+               for r in swept)
+    n_late = int(re.search(r"(\d+) of them when time advanced", late.stderr).group(1))
+    assert n_late == len(swept)
+    # without --as-of, the clock advances to the last event's time instead
+    last = max(json.loads(l)["occurred_at"] for l in defaults.SAMPLE_STREAM.read_text().splitlines())
+    clocks = {r["triggered_by"][0] for r in map(json.loads, (tmp_path / "c.jsonl").read_text().splitlines())
+              if r["triggered_by"][0].startswith("clock@")}
+    assert default.returncode == 0 and clocks == {f"clock@{last}"}
+
+
+def test_bad_as_of_is_a_usage_error():
+    result = run_cli("run", "--as-of", "next tuesday")
+    assert result.returncode == 2 and "is not an RFC 3339 date-time" in result.stderr
+    assert run_cli("run", "--as-of", "2026-12-01T00:00:00").returncode == 2  # no offset
+
+
+def test_retention_forgets_closed_plans_in_event_time():
+    from conftest import Story, goal
+    from otrules.consumers import DeadLetterSink, Pipeline
+    from otrules.consumers.jsonl import Line
+    import datetime as dt
+
+    engine = Engine(defaults.rulesets(), defaults.catalogue())
+    story = Story().plan(0, [goal("g1", "COPM-performance", 3, 8)]).discharge(20)
+    other = Story(patient="p-2", plan_id="poc-2").plan(0)
+    pipeline = Pipeline(engine, lambda r: None, DeadLetterSink(None))
+    pipeline.feed(Line(i, json.dumps(e).encode()) for i, e in enumerate(story.events + other.events, 1))
+    day = lambda n: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc) + dt.timedelta(days=n)  # noqa: E731
+    pipeline.sweep(day(109), dt.timedelta(days=90))  # 89 days after the discharge: kept
+    assert set(pipeline.states) == {"p-1", "p-2"}
+    pipeline.sweep(day(110), dt.timedelta(days=90))  # 90 days: forgotten; the open plan stays
+    assert set(pipeline.states) == {"p-2"} and pipeline.summary.expired == 1

@@ -290,9 +290,9 @@ def test_expired_certification_still_recommends_recertification(engine):
     recs = run_story(engine, story)
     assert by_rule(recs, "recertify") == []
     expired = by_rule(recs, "recertify-expired")
-    assert _kinds(expired) == [("recertify-expired", "recertify_plan", "warning", None)]
+    assert _kinds(expired) == [("recertify-expired", "recertify_plan", "critical", None)]
     assert expired[0].evidence["plan.days_until_cert_end"] == -6
-    assert expired[0].summary == "Plan poc-1 certification has ended and treatment continues: recertify now"
+    assert expired[0].summary == "Plan poc-1 certification has ended and the plan is still open: recertify now or discharge"
 
 
 def test_recertification_by_a_new_plan_event_stops_the_reminder(engine):

@@ -131,11 +131,27 @@ def test_events_mode_stops_mid_patient():
 def test_patients_mode_gives_whole_episodes_of_exactly_n_patients(large):
     patients = by_patient(large)
     assert sorted(patients) == [f"p-{i:05d}" for i in range(400)]
-    for events in patients.values():
+    for pid, events in patients.items():
         assert events[0]["type"] == "plan"
-        assert events[-1]["type"] == "discharge"
-        assert [e["type"] for e in events].count("discharge") == 1
+        if _lost(pid):
+            assert events[-1]["type"] == "visit" and "discharge" not in [e["type"] for e in events]
+        else:
+            assert events[-1]["type"] == "discharge"
+            assert [e["type"] for e in events].count("discharge") == 1
 
+
+def _lost(patient_id: str) -> bool:
+    """Every twelfth patient from index 11 on is lost to follow-up (no discharge)."""
+    return int(patient_id.split("-")[1]) % 12 == 11
+
+
+def test_lost_to_follow_up_patients_go_silent_with_an_open_plan(large):
+    patients = by_patient(large)
+    lost = [pid for pid in patients if _lost(pid)]
+    assert len(lost) == 33  # indexes 11, 23, ..., 395
+    for pid in lost:
+        visit_days = {ts(e).date() for e in patients[pid] if e["type"] == "visit"}
+        assert 8 <= len(visit_days) <= 14
 
 def test_generate_is_lazy():
     """Neither mode builds the stream, or every patient, before the first event."""
@@ -261,15 +277,20 @@ def test_gas_is_scored_at_every_evaluation_or_never(large):
 
 
 def test_each_episode_has_one_initial_and_ends_with_a_discharge_evaluation(large):
-    for events in by_patient(large).values():
+    for pid, events in by_patient(large).items():
         kinds = [e["kind"] for e in events if e["type"] == "evaluation"]
         assert kinds[0] == "initial" and kinds.count("initial") == 1
+        if _lost(pid):
+            assert "discharge" not in kinds
+            continue
         assert kinds[-1] == "discharge" and kinds.count("discharge") == 1
         assert events[-2]["type"] == "evaluation" and events[-2]["kind"] == "discharge"
 
 
 def test_goals_met_discharge_means_every_goal_met(large):
-    for events in by_patient(large).values():
+    for pid, events in by_patient(large).items():
+        if _lost(pid):
+            continue
         goals, series = goal_series(events)
         all_met = all(reached(goals[g], series[g][-1][1]) for g in goals)
         assert (events[-1]["reason"] == "goals-met") == all_met

@@ -233,10 +233,15 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
               show_default=True, help="Where owned patients' state is kept (the changelog is the source of truth).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".otrules-state"),
               envvar="OTRULES_STATE_DIR", show_default=True)
+@click.option("--sweep-interval-seconds", type=click.FloatRange(min=0), default=300, envvar="OTRULES_SWEEP_INTERVAL_SECONDS",
+              show_default=True, help="Advance the clock over owned open plans this often (0: never).")
+@click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
+              show_default=True, help="Days a discharged plan's state is kept before it is tombstoned.")
 def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: str, group_id: str,
             instance_id: str | None, input_topic: str, output_topic: str, dlq_topic: str, changelog_topic: str,
             partitions: int, replication_factor: int, batch_max_records: int, batch_max_ms: int,
-            transaction_timeout_ms: int, store: str, state_dir: Path) -> None:
+            transaction_timeout_ms: int, store: str, state_dir: Path, sweep_interval_seconds: float,
+            retention_days: int) -> None:
     """The Kafka service: ot.events in, recommendations out, exactly once."""
     import signal
     import socket
@@ -248,7 +253,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: 
         bootstrap_servers=bootstrap_servers, group_id=group_id, instance_id=instance_id or socket.gethostname(),
         input_topic=input_topic, output_topic=output_topic, dlq_topic=dlq_topic, changelog_topic=changelog_topic,
         partitions=partitions, replication_factor=replication_factor, batch_max_records=batch_max_records,
-        batch_max_ms=batch_max_ms, transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir)
+        batch_max_ms=batch_max_ms, transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir,
+        sweep_interval_s=sweep_interval_seconds, retention_days=retention_days)
     _configure_logging()
     service = Service(settings, _engine(rules, catalogue))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -256,7 +262,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: 
     counters = service.run()
     click.echo(f"read {counters.read} = processed {counters.processed} + rejected {counters.rejected} + "
                f"duplicates {counters.duplicates}; {counters.recommendations} recommendations in "
-               f"{counters.batches} transactions ({counters.aborted} aborted)", err=True)
+               f"{counters.batches} transactions ({counters.aborted} aborted); {counters.sweeps} sweeps made "
+               f"{counters.swept} of them; {counters.expired} patients expired", err=True)
 
 
 @main.command()

@@ -82,6 +82,8 @@ class Consumer:
         self.log = tmp / f"consume-{instance}-{time.monotonic_ns()}.log"
         cmd = [sys.executable, "-m", "otrules", "consume", "--bootstrap-servers", bootstrap, "--instance-id", instance,
                "--transaction-timeout-ms", "5000", *topics.args(), *extra]
+        if "--sweep-interval-seconds" not in extra:
+            cmd += ["--sweep-interval-seconds", "0"]  # compared with the embedded run's events, without sweeps
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -261,3 +263,32 @@ def test_sqlite_store_gives_the_same_output(kafka_bootstrap, tmp_path):
     consumer.terminate()
     assert recommendations(records) == expected
     assert list((tmp_path / "state").rglob("*.sqlite"))
+
+
+def test_sweeps_flag_silent_plans_once_per_window_and_tombstone_expired_patients(kafka_bootstrap, tmp_path):
+    from conftest import Story, goal
+
+    copm = "COPM-performance"
+    silent = (Story(patient="p-silent", plan_id="poc-s").plan(0, [goal("g1", copm, 3, 8, target_day=30)])
+              .evaluation(1, (copm, 4, "g1"), kind="initial").visit(3))
+    closed = Story(patient="p-closed", plan_id="poc-c").plan(0).evaluation(1, (copm, 4), kind="initial").discharge(20)
+    lines = [json.dumps(e).encode() for e in silent.events + closed.events]
+    assert embedded(lines) == []  # nothing from the events themselves: everything below comes from sweeps
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "sweeper", tmp_path, "--sweep-interval-seconds", "1")
+    records = read_all(kafka_bootstrap, topics.output, 3, timeout=60, settle=6)  # ~6 more sweeps after the first
+    log = consumer.terminate()
+    recs = [json.loads(r.value) for r in records]
+    assert sorted((r["patient_id"], r["rule"]["id"], r["indicator"]) for r in recs) == [
+        ("p-silent", "re-evaluation-overdue", "warning"),
+        ("p-silent", "recertify-expired", "critical"),
+        ("p-silent", "target-date-passed-unscored", "warning"),
+    ]
+    assert all(r["triggered_by"][0].startswith("clock@") for r in recs)
+    assert int(re.search(r"(\d+) sweeps made", log).group(1)) >= 4
+    changelog = read_all(kafka_bootstrap, topics.changelog, 1, timeout=30, settle=1)
+    last = {m.key: m.value for m in changelog}
+    assert last[b"p-closed"] is None, "the expired patient was not tombstoned"
+    assert last[b"p-silent"] is not None and b"recertify-expired" in last[b"p-silent"]  # throttle kept in state
+    assert "1 patients expired" in log

@@ -50,6 +50,9 @@ class Counters:
     recommendations: int = 0
     batches: int = 0
     aborted: int = 0
+    sweeps: int = 0
+    swept: int = 0  # recommendations made by sweeps (part of recommendations)
+    expired: int = 0  # patients tombstoned after retention
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Service(ConsumerRebalanceListener):
         self.counters = Counters()
         self.stores: dict[int, StateStore] = {}
         self._to_restore: set[int] = set()
+        self._to_sweep: set[int] = set()  # restored partitions are swept straight away
+        self._last_sweep = time.monotonic()
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -167,6 +172,13 @@ class Service(ConsumerRebalanceListener):
         if self._to_restore:
             pending, self._to_restore = set(self._to_restore), set()
             self._restore(pending)
+            self._to_sweep |= pending
+        interval = self.settings.sweep_interval_s
+        if interval > 0 and time.monotonic() - self._last_sweep >= interval:
+            self._to_sweep |= set(self.stores)
+        if interval > 0 and self._to_sweep:
+            partitions, self._to_sweep = sorted(self._to_sweep & set(self.stores)), set()
+            self._sweep(partitions)
         if not polled:
             return
         batch = _Batch()
@@ -194,6 +206,65 @@ class Service(ConsumerRebalanceListener):
             log.exception("batch failed; aborting and rewinding")
             self._abort(batch)
 
+    def _sweep(self, partitions: list[int]) -> None:
+        """Advance the clock to now over the owned plans, in one transaction of its own.
+
+        Recommendations from the sweep, the changed states and the tombstones
+        of expired patients commit together; a failed sweep rolls back and is
+        retried at the next interval."""
+        assert self.producer is not None
+        if not partitions:
+            return
+        self._last_sweep = time.monotonic()
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        retention = dt.timedelta(days=self.settings.retention_days)
+        batch = _Batch()
+        made = expired = 0
+        self.producer.begin_transaction()
+        try:
+            for partition in partitions:
+                store = self.stores[partition]
+                for patient in store.patient_ids():
+                    state = store.get(patient)
+                    if state is None:
+                        continue
+                    before = encode(state)
+                    recs = self.engine.sweep(state, now)
+                    gone = self.engine.expire(state, now, retention)
+                    after = None if gone else encode(state)
+                    if after == before:
+                        continue
+                    batch.snapshots[(partition, patient)] = before
+                    for rec in recs:
+                        self._send_recommendation(rec)
+                    made += len(recs)
+                    if gone:
+                        store.put_raw(patient, None)
+                        expired += 1
+                    else:
+                        store.put(state)
+                    self.producer.send(self.settings.changelog_topic, key=patient.encode(), value=after,
+                                       partition=partition)
+            self.producer.commit_transaction()
+        except Exception:
+            log.exception("sweep failed; aborting")
+            self.producer.abort_transaction()
+            for (partition, patient), before in batch.snapshots.items():
+                if partition in self.stores:
+                    self.stores[partition].put_raw(patient, before)
+            return
+        self.counters.sweeps += 1
+        self.counters.swept += made
+        self.counters.expired += expired
+        log.info("swept", partitions=partitions, at=now.isoformat(), recommendations=made, expired=expired)
+
+    def _send_recommendation(self, rec: Any) -> None:
+        assert self.producer is not None
+        rec = rec.model_copy(update={"emitted_at": self.clock()})
+        self.producer.send(self.settings.output_topic, key=rec.patient_id.encode(), value=rec.to_json().encode(),
+                           headers=cloudevents.headers(rec))
+        self.counters.recommendations += 1
+
     def _handle(self, tp: TopicPartition, msg: Any, batch: _Batch) -> None:
         assert self.producer is not None
         self.counters.read += 1
@@ -216,10 +287,7 @@ class Service(ConsumerRebalanceListener):
             return
         self.counters.processed += 1
         for rec in outcome.recommendations:
-            rec = rec.model_copy(update={"emitted_at": self.clock()})
-            self.producer.send(self.settings.output_topic, key=rec.patient_id.encode(), value=rec.to_json().encode(),
-                               headers=cloudevents.headers(rec))
-            self.counters.recommendations += 1
+            self._send_recommendation(rec)
 
     def _dead_letter(self, tp: TopicPartition, msg: Any, reason: str) -> None:
         assert self.producer is not None

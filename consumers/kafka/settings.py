@@ -23,6 +23,8 @@ class KafkaSettings:
     batch_max_ms: int = 100
     transaction_timeout_ms: int = 10_000  # how long a dead instance's open transaction can block readers
     session_timeout_ms: int = 10_000
+    sweep_interval_s: float = 300.0  # advance the clock over owned plans this often (0: never)
+    retention_days: int = 90  # a discharged plan's state is kept this long (event time), then tombstoned
     store: str = "memory"  # or "sqlite"
     state_dir: Path = Path(".otrules-state")
     client: dict[str, Any] = field(default_factory=dict)  # passed to every kafka-python client (security etc.)

@@ -22,6 +22,7 @@ class StateStore(Protocol):
     def put(self, state: PatientState) -> None: ...
     def put_raw(self, patient_id: str, value: bytes | None) -> None: ...
     def patients(self) -> int: ...
+    def patient_ids(self) -> list[str]: ...
     def close(self) -> None: ...
 
 
@@ -60,6 +61,9 @@ class MemoryStore:
     def patients(self) -> int:
         return len(self._states) + len(self._raw)
 
+    def patient_ids(self) -> list[str]:
+        return sorted({*self._states, *self._raw})
+
     def close(self) -> None:
         self._states.clear()
         self._raw.clear()
@@ -91,6 +95,9 @@ class SqliteStore:
 
     def patients(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM state").fetchone()[0])
+
+    def patient_ids(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT patient FROM state ORDER BY patient")]
 
     def close(self) -> None:
         self._db.close()

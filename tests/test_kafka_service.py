@@ -292,3 +292,34 @@ def test_sweeps_flag_silent_plans_once_per_window_and_tombstone_expired_patients
     assert last[b"p-closed"] is None, "the expired patient was not tombstoned"
     assert last[b"p-silent"] is not None and b"recertify-expired" in last[b"p-silent"]  # throttle kept in state
     assert "1 patients expired" in log
+
+
+def test_a_transaction_open_across_a_broker_outage_still_commits(kafka_bootstrap, kafka_broker):
+    """kafka-python 3.0.12 loses transactional requests sent while the broker is down and then blocks
+    forever; the service's RetryingNetClient makes the commit go through once the broker is back."""
+    import threading
+
+    from otrules.consumers.kafka.netclient import RetryingNetClient
+
+    if kafka_broker is None:
+        pytest.skip("the broker is external; cannot stop it")
+    topic = unique_name("outage")
+    create_topic(kafka_bootstrap, topic, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique_name("txn"),
+                             enable_idempotence=True, acks="all", kafka_client=RetryingNetClient)
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, key=b"k", value=b"before the outage")
+    producer.flush()
+    kafka_broker.stop()
+    outcome: list[object] = []
+    committer = threading.Thread(target=lambda: outcome.append(producer.commit_transaction() or "committed"),
+                                 daemon=True)
+    committer.start()
+    time.sleep(2)
+    kafka_broker.start()
+    committer.join(timeout=120)
+    assert outcome == ["committed"], "commit_transaction did not return after the broker came back"
+    producer.close()
+    values = [m.value for m in read_all(kafka_bootstrap, topic, 1, timeout=30, settle=1)]
+    assert values == [b"before the outage"]

@@ -28,6 +28,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from otrules.consumers.kafka import cloudevents
+from otrules.consumers.kafka.netclient import RetryingNetClient
 from otrules.consumers.kafka.settings import KafkaSettings
 from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, StateStore, encode
 from otrules.consumers.kafka.topics import ensure_topics
@@ -89,7 +90,8 @@ class Service(ConsumerRebalanceListener):
         ensure_topics(s)
         common = {"bootstrap_servers": s.bootstrap_servers, **s.client}
         self.producer = KafkaProducer(transactional_id=s.transactional_id, enable_idempotence=True, acks="all",
-                                      linger_ms=5, transaction_timeout_ms=s.transaction_timeout_ms, **common)
+                                      linger_ms=5, transaction_timeout_ms=s.transaction_timeout_ms,
+                                      kafka_client=RetryingNetClient, **common)
         self.producer.init_transactions()  # fences and aborts a previous incarnation of this instance
         self.consumer = KafkaConsumer(group_id=s.group_id, enable_auto_commit=False, isolation_level="read_committed",
                                       auto_offset_reset="earliest", max_poll_records=s.batch_max_records,

@@ -76,7 +76,7 @@ def produce(bootstrap: str, topic: str, lines: list[bytes], rate: float | None =
 def start_consume(bootstrap: str, t: dict[str, str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "otrules", "consume", "--bootstrap-servers", bootstrap, "--instance-id", "bench",
            "--input-topic", t["input"], "--output-topic", t["output"], "--dlq-topic", t["dlq"],
-           "--changelog-topic", t["changelog"], "--group-id", t["group"], "--sweep-interval-seconds", "0"]
+           "--changelog-topic", t["changelog"], "--group-id", t["group"], "--sweep-interval-seconds", "0", "--http-port", "0"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 

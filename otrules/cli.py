@@ -209,7 +209,32 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
         bt.render(report, sys.stdout)
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    """`--config FILE` (YAML): option values below flags and OTRULES_* variables in precedence."""
+    if not path:
+        return
+    from ruamel.yaml import YAML
+
+    try:
+        data = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must be a mapping of option names to values", param_hint="--config")
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(k for k in (str(k).replace("-", "_") for k in data) if k not in known)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown option(s) {', '.join(unknown)}", param_hint="--config")
+    ctx.default_map = {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+_SECRET_OPTIONS = {"sasl_password", "log_hash_key"}
+
+
 @main.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False,
+              callback=_load_config, envvar="OTRULES_CONFIG",
+              help="YAML file of option values (flags and OTRULES_* variables take precedence).")
 @rules_option
 @catalogue_option
 @click.option("--bootstrap-servers", default="127.0.0.1:9092", envvar="OTRULES_BOOTSTRAP_SERVERS", show_default=True)
@@ -237,29 +262,76 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
               show_default=True, help="Advance the clock over owned open plans this often (0: never).")
 @click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
               show_default=True, help="Days a discharged plan's state is kept before it is tombstoned.")
+@click.option("--http-host", default="127.0.0.1", envvar="OTRULES_HTTP_HOST", show_default=True,
+              help="Address of /metrics, /healthz and /readyz (0.0.0.0 inside a container).")
+@click.option("--http-port", type=click.IntRange(min=-1, max=65535), default=9464, envvar="OTRULES_HTTP_PORT",
+              show_default=True, help="Port of the endpoints; 0 picks a free one, -1 turns them off.")
+@click.option("--reload-poll-seconds", type=click.FloatRange(min=0), default=5, envvar="OTRULES_RELOAD_POLL_SECONDS",
+              show_default=True, help="How often to look for changed rules files (0: only on SIGHUP).")
+@click.option("--security-protocol", type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+              default="PLAINTEXT", envvar="OTRULES_SECURITY_PROTOCOL", show_default=True)
+@click.option("--sasl-mechanism", type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]), default=None,
+              envvar="OTRULES_SASL_MECHANISM")
+@click.option("--sasl-username", default=None, envvar="OTRULES_SASL_USERNAME")
+@click.option("--sasl-password", default=None, envvar="OTRULES_SASL_PASSWORD")
+@click.option("--ssl-cafile", type=click.Path(exists=True, dir_okay=False), default=None, envvar="OTRULES_SSL_CAFILE")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None, envvar="OTRULES_SSL_CERTFILE")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None, envvar="OTRULES_SSL_KEYFILE")
+@click.option("--log-hash-key", default=None, envvar="OTRULES_LOG_HASH_KEY",
+              help="Key for hashing identifiers in logs (default: a random key per process).")
 def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: str, group_id: str,
             instance_id: str | None, input_topic: str, output_topic: str, dlq_topic: str, changelog_topic: str,
             partitions: int, replication_factor: int, batch_max_records: int, batch_max_ms: int,
             transaction_timeout_ms: int, store: str, state_dir: Path, sweep_interval_seconds: float,
-            retention_days: int) -> None:
+            retention_days: int, http_host: str, http_port: int, reload_poll_seconds: float,
+            security_protocol: str, sasl_mechanism: str | None, sasl_username: str | None,
+            sasl_password: str | None, ssl_cafile: str | None, ssl_certfile: str | None, ssl_keyfile: str | None,
+            log_hash_key: str | None) -> None:
     """The Kafka service: ot.events in, recommendations out, exactly once."""
     import signal
     import socket
 
+    import structlog
+
+    from otrules.consumers.kafka import redact
+    from otrules.consumers.kafka.health import Health, serve
+    from otrules.consumers.kafka.metrics import Metrics
+    from otrules.consumers.kafka.reload import RulesWatcher
     from otrules.consumers.kafka.service import Service
     from otrules.consumers.kafka.settings import KafkaSettings
 
+    _configure_logging()
+    log = structlog.get_logger("otrules.consume")
+    redact.set_key(log_hash_key)
+    params = click.get_current_context().params
+    log.info("configuration", **{k: ("***" if k in _SECRET_OPTIONS and v else str(v) if isinstance(v, (Path, tuple)) else v)
+                                 for k, v in sorted(params.items())})
+    client = {k: v for k, v in {
+        "security_protocol": security_protocol, "sasl_mechanism": sasl_mechanism,
+        "sasl_plain_username": sasl_username, "sasl_plain_password": sasl_password,
+        "ssl_cafile": ssl_cafile, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile,
+    }.items() if v is not None and not (k == "security_protocol" and v == "PLAINTEXT")}
     settings = KafkaSettings(
         bootstrap_servers=bootstrap_servers, group_id=group_id, instance_id=instance_id or socket.gethostname(),
         input_topic=input_topic, output_topic=output_topic, dlq_topic=dlq_topic, changelog_topic=changelog_topic,
         partitions=partitions, replication_factor=replication_factor, batch_max_records=batch_max_records,
         batch_max_ms=batch_max_ms, transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir,
-        sweep_interval_s=sweep_interval_seconds, retention_days=retention_days)
-    _configure_logging()
-    service = Service(settings, _engine(rules, catalogue))
+        sweep_interval_s=sweep_interval_seconds, retention_days=retention_days, client=client)
+    metrics, health = Metrics(), Health()
+    service = Service(settings, _engine(rules, catalogue), metrics=metrics, health=health)
+    if http_port >= 0:
+        _, port = serve(http_host, http_port, metrics, health)
+        log.info("http", host=http_host, port=port, paths=["/metrics", "/healthz", "/readyz"])
+    rule_paths = list(rules) or [defaults.DEFAULT_RULES]
+    watcher = RulesWatcher(rule_paths, catalogue or defaults.CATALOGUE, service.offer_rulesets,
+                           service.refuse_rulesets, poll_seconds=reload_poll_seconds or 3600 * 24).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())
-    counters = service.run()
+    signal.signal(signal.SIGHUP, lambda *_: watcher.request())
+    try:
+        counters = service.run()
+    finally:
+        watcher.stop()
     click.echo(f"read {counters.read} = processed {counters.processed} + rejected {counters.rejected} + "
                f"duplicates {counters.duplicates}; {counters.recommendations} recommendations in "
                f"{counters.batches} transactions ({counters.aborted} aborted); {counters.sweeps} sweeps made "

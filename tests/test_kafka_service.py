@@ -84,8 +84,29 @@ class Consumer:
                "--transaction-timeout-ms", "5000", *topics.args(), *extra]
         if "--sweep-interval-seconds" not in extra:
             cmd += ["--sweep-interval-seconds", "0"]  # compared with the embedded run's events, without sweeps
+        if "--http-port" not in extra:
+            cmd += ["--http-port", "0"]  # several instances on one machine
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def http_port(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if '"event": "http"' in line:
+                    return int(json.loads(line)["port"])
+            time.sleep(0.2)
+        raise AssertionError("the service did not report its HTTP port")
+
+    def get(self, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port()}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -240,13 +261,14 @@ def test_poison_input_is_dead_lettered_and_the_stream_goes_on(kafka_bootstrap, t
 def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path):
     if kafka_broker is None:
         pytest.skip("the broker is external; cannot restart it")
-    lines = stream(80, seed=15)
+    lines = stream(300, seed=15)
     expected = embedded(lines)
     topics = Topics(kafka_bootstrap, partitions=2)
     produce(kafka_bootstrap, topics.input, lines)
-    consumer = Consumer(kafka_bootstrap, topics, "steady", tmp_path, "--batch-max-records", "50")
-    wait_for_output(kafka_bootstrap, topics.output, len(expected) // 5)
+    consumer = Consumer(kafka_bootstrap, topics, "steady", tmp_path, "--batch-max-records", "20")
+    wait_for_output(kafka_bootstrap, topics.output, len(expected) // 10)
     kafka_broker.restart()
+    assert count_committed(kafka_bootstrap, topics.output) < len(expected), "restarted too late to prove anything"
     records = read_all(kafka_bootstrap, topics.output, len(expected), timeout=180)
     consumer.terminate()
     assert recommendations(records) == expected
@@ -323,3 +345,85 @@ def test_a_transaction_open_across_a_broker_outage_still_commits(kafka_bootstrap
     producer.close()
     values = [m.value for m in read_all(kafka_bootstrap, topic, 1, timeout=30, settle=1)]
     assert values == [b"before the outage"]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample's values whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+PATIENT_ID = re.compile(rb"p-\d{5}")
+
+
+def test_metrics_health_and_readiness_during_a_real_run(kafka_bootstrap, tmp_path):
+    lines = stream(60, seed=21)
+    expected = embedded(lines)
+    evaluations = sum(1 for l in lines if b'"type":"evaluation"' in l)
+    topics = Topics(kafka_bootstrap, partitions=2)
+    consumer = Consumer(kafka_bootstrap, topics, "observed", tmp_path)
+    deadline = time.monotonic() + 60
+    while consumer.get("/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert consumer.get("/readyz") == (200, "ready\n") and consumer.get("/healthz") == (200, "ok\n")
+    produce(kafka_bootstrap, topics.input, lines)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    time.sleep(1.5)  # one more lag observation
+    status, text = consumer.get("/metrics")
+    log = consumer.terminate()
+    assert recommendations(records) == expected and status == 200
+    assert _metric(text, "otrules_events_total", type="evaluation", outcome="processed") == evaluations
+    assert _metric(text, "otrules_events_total", outcome="processed") == len(lines)
+    assert _metric(text, "otrules_recommendations_total") == len(expected)
+    assert _metric(text, "otrules_recommendations_total", kind="advance_goal", rule="goal-met") == sum(
+        1 for r in expected if '"rule":{"id":"goal-met"' in r)
+    assert _metric(text, "otrules_consumer_lag") == 0
+    assert _metric(text, "otrules_state_patients") == 60
+    assert _metric(text, "otrules_state_bytes") > 60 * 200
+    assert _metric(text, "otrules_transaction_commit_seconds_count") >= 1
+    assert _metric(text, "otrules_event_to_recommendation_seconds_count") == len(expected)
+    assert 'otrules_ruleset_info{digests="sha256:' in text and 'rulesets="ot-core"' in text
+    assert not PATIENT_ID.search(log.encode()), "a raw patient id reached the service log"
+
+
+def test_rules_reload_refuses_a_broken_ruleset_and_swaps_a_valid_one_live(kafka_bootstrap, tmp_path):
+    lines = stream(60, seed=22)
+    first, second = lines[: len(lines) // 2], lines[len(lines) // 2:]
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "ot-core.yaml").write_text(defaults.DEFAULT_RULES.read_text())
+    topics = Topics(kafka_bootstrap, partitions=2)
+    consumer = Consumer(kafka_bootstrap, topics, "reloader", tmp_path, "--rules", str(rules_dir),
+                        "--reload-poll-seconds", "0")
+    produce(kafka_bootstrap, topics.input, first)
+    wait_for_output(kafka_bootstrap, topics.output, 1)
+    (rules_dir / "ot-core.yaml").write_text("ruleset: ot-core\nversion: '2'\nrules:\n  - id: x\n    when: goal.mett\n")
+    consumer.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while "rules reload refused" not in consumer.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert consumer.proc.poll() is None, "a broken ruleset stopped the service"
+    (rules_dir / "ot-core.yaml").write_text(defaults.DEFAULT_RULES.read_text().replace(
+        'version: "2026.11.1"', 'version: "2099.1"'))
+    consumer.proc.send_signal(signal.SIGHUP)
+    while '"rules reloaded"' not in consumer.log.read_text() and time.monotonic() < deadline + 60:
+        time.sleep(0.3)
+    produce(kafka_bootstrap, topics.input, second)
+    expected = embedded(lines)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    status, text = consumer.get("/metrics")
+    log = consumer.terminate()
+    versions = [json.loads(r.value)["rule"]["version"] for r in records]
+    assert len(records) == len(expected) and "2099.1" in versions and "2026.11.1" in versions
+    assert f"read {len(lines)} = processed {len(lines)} + rejected 0" in log  # nothing dropped across reloads
+    assert _metric(text, "otrules_rule_reloads_total", outcome="refused") == 1
+    assert _metric(text, "otrules_rule_reloads_total", outcome="applied") == 1
+    assert "unknown fact 'goal.mett'" in log and 'versions="2099.1"' in text
+    assert not PATIENT_ID.search(log.encode())
+

@@ -25,15 +25,17 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
-from otrules.consumers.kafka import cloudevents
+from otrules.consumers.kafka import cloudevents, redact
 from otrules.consumers.kafka.netclient import RetryingNetClient
+from otrules.consumers.kafka.health import Health
+from otrules.consumers.kafka.metrics import Metrics
 from otrules.consumers.kafka.settings import KafkaSettings
 from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, StateStore, encode
 from otrules.consumers.kafka.topics import ensure_topics
-from otrules.engine import Engine, PatientState
-from otrules.schemas import EventRejected, parse_event
+from otrules.engine import CompiledRuleset, Engine, PatientState
+from otrules.schemas import Catalogue, EventRejected, parse_event
 
 log = structlog.get_logger("otrules.consume")
 
@@ -61,16 +63,25 @@ class _Batch:
     offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
     first: dict[TopicPartition, int] = field(default_factory=dict)
     snapshots: dict[tuple[int, str], bytes | None] = field(default_factory=dict)  # (partition, patient) -> before
+    rec_timestamps: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of events that recommended
 
 
 class Service(ConsumerRebalanceListener):
     """Consumes ot.events, produces recommendations exactly once."""
 
-    def __init__(self, settings: KafkaSettings, engine: Engine, clock: Callable[[], str] = utc_now) -> None:
+    def __init__(self, settings: KafkaSettings, engine: Engine, clock: Callable[[], str] = utc_now,
+                 metrics: Metrics | None = None, health: Health | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self.metrics.set_rulesets(list(engine.rulesets))
         self.counters = Counters()
+        self._next_rules: tuple[list[CompiledRuleset], Catalogue] | None = None  # validated by the watcher
+        self._joined = False
+        self._sizes: dict[int, dict[str, int]] = {}  # partition -> patient -> serialised bytes
+        self._last_lag = 0.0
         self.stores: dict[int, StateStore] = {}
         self._to_restore: set[int] = set()
         self._to_sweep: set[int] = set()  # restored partitions are swept straight away
@@ -85,14 +96,34 @@ class Service(ConsumerRebalanceListener):
         """Finish the current batch, then close (safe from a signal handler)."""
         self._stop.set()
 
+    def offer_rulesets(self, rulesets: list[CompiledRuleset], catalogue: Catalogue) -> None:
+        """Validated rules from the watcher thread; they go live between batches."""
+        self._next_rules = (rulesets, catalogue)
+
+    def refuse_rulesets(self, why: str) -> None:
+        self.metrics.reloads.labels("refused").inc()
+        log.error("rules reload refused; the live rules stay", reason=why)
+
+    def _swap_rules(self) -> None:
+        offered, self._next_rules = self._next_rules, None
+        if offered is None:
+            return
+        rulesets, catalogue = offered
+        try:
+            engine = Engine(rulesets, catalogue)
+        except Exception as exc:  # compiled fine in the child; refuse rather than stop
+            self.refuse_rulesets(f"could not be built: {exc}")
+            return
+        self.engine = engine
+        self.metrics.set_rulesets(rulesets)
+        self.metrics.reloads.labels("applied").inc()
+        log.info("rules reloaded", rulesets=[f"{rs.name} {rs.version} {rs.digest[:19]}" for rs in rulesets])
+
     def run(self) -> Counters:
         s = self.settings
         ensure_topics(s)
         common = {"bootstrap_servers": s.bootstrap_servers, **s.client}
-        self.producer = KafkaProducer(transactional_id=s.transactional_id, enable_idempotence=True, acks="all",
-                                      linger_ms=5, transaction_timeout_ms=s.transaction_timeout_ms,
-                                      kafka_client=RetryingNetClient, **common)
-        self.producer.init_transactions()  # fences and aborts a previous incarnation of this instance
+        self.producer = self._new_producer()
         self.consumer = KafkaConsumer(group_id=s.group_id, enable_auto_commit=False, isolation_level="read_committed",
                                       auto_offset_reset="earliest", max_poll_records=s.batch_max_records,
                                       session_timeout_ms=s.session_timeout_ms, client_id=f"otrules-{s.instance_id}",
@@ -105,6 +136,15 @@ class Service(ConsumerRebalanceListener):
         finally:
             self._close()
         return self.counters
+
+    def _new_producer(self) -> KafkaProducer:
+        s = self.settings
+        producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, transactional_id=s.transactional_id,
+                                 enable_idempotence=True, acks="all", linger_ms=5,
+                                 transaction_timeout_ms=s.transaction_timeout_ms, kafka_client=RetryingNetClient,
+                                 **s.client)
+        producer.init_transactions()  # fences and aborts a previous incarnation of this instance
+        return producer
 
     def _close(self) -> None:
         for store in self.stores.values():
@@ -124,10 +164,17 @@ class Service(ConsumerRebalanceListener):
             if store is not None:
                 store.close()
             self._to_restore.discard(tp.partition)
+            self._sizes.pop(tp.partition, None)
+            for gauge in (self.metrics.patients, self.metrics.state_bytes, self.metrics.lag):
+                try:
+                    gauge.remove(str(tp.partition))
+                except KeyError:
+                    pass
         if revoked:
             log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self._joined = True
         for tp in assigned:
             self._to_restore.add(tp.partition)
 
@@ -157,19 +204,61 @@ class Service(ConsumerRebalanceListener):
             remaining = {tp for tp in tps if restorer.position(tp) < end[tp]}
             while remaining:
                 for tp, messages in restorer.poll(timeout_ms=200).items():
+                    sizes = self._sizes.setdefault(tp.partition, {})
                     for msg in messages:
-                        self.stores[tp.partition].put_raw(msg.key.decode(), msg.value)
+                        patient = msg.key.decode()
+                        self.stores[tp.partition].put_raw(patient, msg.value)
+                        if msg.value is None:
+                            sizes.pop(patient, None)
+                        else:
+                            sizes[patient] = len(msg.value)
                         records += 1
                 remaining = {tp for tp in remaining if restorer.position(tp) < end[tp]}
         finally:
             restorer.close()
-        log.info("restored", partitions=sorted(partitions), records=records,
-                 seconds=round(time.monotonic() - started, 3))
+        seconds = time.monotonic() - started
+        self.metrics.restore_seconds.observe(seconds)
+        for p in partitions:
+            self._observe_state(p)
+        log.info("restored", partitions=sorted(partitions), records=records, seconds=round(seconds, 3))
+
+    # ------------------------------------------------------------ observation
+
+    def _observe_state(self, partition: int) -> None:
+        store = self.stores.get(partition)
+        if store is None:
+            return
+        self.metrics.patients.labels(str(partition)).set(store.patients())
+        self.metrics.state_bytes.labels(str(partition)).set(sum(self._sizes.get(partition, {}).values()))
+
+    def _observe_lag(self) -> None:
+        assert self.consumer is not None
+        self._last_lag = time.monotonic()
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, high - self.consumer.position(tp)))
+
+    def _update_readiness(self) -> None:
+        """Ready: a stable member of the group (heartbeats answered), every assigned partition restored,
+        and the transactional producer initialised (run() does that before the first poll)."""
+        assert self.consumer is not None
+        stable = self.consumer.group_metadata().state == MemberState.STABLE
+        if not self._joined:
+            self.health.ready, self.health.reason = False, "waiting for partitions from the consumer group"
+        elif self._to_restore:
+            self.health.ready, self.health.reason = False, "restoring state"
+        elif not stable:
+            self.health.ready, self.health.reason = False, "not a stable member of the consumer group"
+        else:
+            self.health.ready, self.health.reason = True, "ready"
 
     # ------------------------------------------------------------ the loop
 
     def _step(self) -> None:
         assert self.consumer is not None and self.producer is not None
+        self.health.beat()
+        self._swap_rules()
         polled = self.consumer.poll(timeout_ms=self.settings.batch_max_ms, max_records=self.settings.batch_max_records)
         if self._to_restore:
             pending, self._to_restore = set(self._to_restore), set()
@@ -181,6 +270,9 @@ class Service(ConsumerRebalanceListener):
         if interval > 0 and self._to_sweep:
             partitions, self._to_sweep = sorted(self._to_sweep & set(self.stores)), set()
             self._sweep(partitions)
+        self._update_readiness()
+        if time.monotonic() - self._last_lag >= 1.0:
+            self._observe_lag()
         if not polled:
             return
         batch = _Batch()
@@ -196,10 +288,21 @@ class Service(ConsumerRebalanceListener):
             for (partition, patient), _ in batch.snapshots.items():
                 state = self.stores[partition].get(patient)
                 if state is not None:
-                    self.producer.send(self.settings.changelog_topic, key=patient.encode(), value=encode(state),
+                    value = encode(state)
+                    self._sizes.setdefault(partition, {})[patient] = len(value)
+                    self.producer.send(self.settings.changelog_topic, key=patient.encode(), value=value,
                                        partition=partition)
             self.producer.send_offsets_to_transaction(batch.offsets, self.consumer.group_metadata())
+            committing = time.monotonic()
             self.producer.commit_transaction()
+            done = time.monotonic()
+            self.metrics.commit_seconds.observe(done - committing)
+            self.metrics.batch_size.observe(self.counters.read - before[0])
+            wall = time.time()
+            for ts in batch.rec_timestamps:
+                self.metrics.latency.observe(max(0.0, wall - ts / 1000))
+            for partition in {p for p, _ in batch.snapshots}:
+                self._observe_state(partition)
             self.counters.batches += 1
             log.info("committed", partitions=sorted(tp.partition for tp in polled),
                      events=self.counters.read - before[0], recommendations=self.counters.recommendations - before[1],
@@ -208,7 +311,7 @@ class Service(ConsumerRebalanceListener):
             log.exception("batch failed; aborting and rewinding")
             self._abort(batch)
 
-    def _sweep(self, partitions: list[int]) -> None:
+    def _sweep(self, partitions: list[int]) -> None:  # noqa: C901 - one transaction, kept in one place
         """Advance the clock to now over the owned plans, in one transaction of its own.
 
         Recommendations from the sweep, the changed states and the tombstones
@@ -242,6 +345,7 @@ class Service(ConsumerRebalanceListener):
                     made += len(recs)
                     if gone:
                         store.put_raw(patient, None)
+                        self._sizes.get(partition, {}).pop(patient, None)
                         expired += 1
                     else:
                         store.put(state)
@@ -256,6 +360,7 @@ class Service(ConsumerRebalanceListener):
                     self.stores[partition].put_raw(patient, before)
             return
         self.counters.sweeps += 1
+        self.metrics.sweeps.inc()
         self.counters.swept += made
         self.counters.expired += expired
         log.info("swept", partitions=partitions, at=now.isoformat(), recommendations=made, expired=expired)
@@ -266,6 +371,7 @@ class Service(ConsumerRebalanceListener):
         self.producer.send(self.settings.output_topic, key=rec.patient_id.encode(), value=rec.to_json().encode(),
                            headers=cloudevents.headers(rec))
         self.counters.recommendations += 1
+        self.metrics.recommendations.labels(rec.kind, rec.rule.id).inc()
 
     def _handle(self, tp: TopicPartition, msg: Any, batch: _Batch) -> None:
         assert self.producer is not None
@@ -286,10 +392,13 @@ class Service(ConsumerRebalanceListener):
         store.put(state)
         if outcome.duplicate:
             self.counters.duplicates += 1
+            self.metrics.events.labels(event.type, "duplicate").inc()
             return
         self.counters.processed += 1
+        self.metrics.events.labels(event.type, "processed").inc()
         for rec in outcome.recommendations:
             self._send_recommendation(rec)
+            batch.rec_timestamps.append(msg.timestamp)
 
     def _dead_letter(self, tp: TopicPartition, msg: Any, reason: str) -> None:
         assert self.producer is not None
@@ -301,16 +410,27 @@ class Service(ConsumerRebalanceListener):
             ("otrules.source.offset", str(msg.offset).encode()),
         ]
         self.producer.send(self.settings.dlq_topic, key=msg.key, value=msg.value, headers=headers)
-        log.warning("rejected", topic=tp.topic, partition=tp.partition, offset=msg.offset, reason=_no_values(reason))
+        self.metrics.events.labels("invalid", "rejected").inc()
+        self.metrics.dead_letters.inc()
+        log.warning("rejected", topic=tp.topic, partition=tp.partition, offset=msg.offset, field=_no_values(reason),
+                    key=redact.hash_id(msg.key))
 
     def _abort(self, batch: _Batch) -> None:
         assert self.consumer is not None and self.producer is not None
         self.counters.aborted += 1
+        self.metrics.aborted.inc()
         try:
             self.producer.abort_transaction()
         except Exception:
-            log.exception("abort failed")
-            raise
+            # The producer is unusable (fenced, or its state machine is stuck after an
+            # outage): a new one with the same transactional id fences it and aborts
+            # its open transaction, so nothing of this batch becomes visible.
+            log.warning("abort failed; replacing the transactional producer", exc_info=True)
+            try:
+                self.producer.close(timeout=5)
+            except Exception:
+                pass
+            self.producer = self._new_producer()
         for (partition, patient), before in batch.snapshots.items():
             store = self.stores.get(partition)
             if store is not None:

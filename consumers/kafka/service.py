@@ -27,6 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
+from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka import cloudevents, redact
 from otrules.consumers.kafka.netclient import RetryingNetClient
 from otrules.consumers.kafka.health import Health
@@ -38,10 +39,6 @@ from otrules.engine import CompiledRuleset, Engine, PatientState
 from otrules.schemas import Catalogue, EventRejected, parse_event
 
 log = structlog.get_logger("otrules.consume")
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

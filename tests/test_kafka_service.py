@@ -190,34 +190,36 @@ def test_end_to_end_equals_the_embedded_run(kafka_bootstrap, tmp_path):
 
 
 def test_sigkill_mid_stream_and_restart_loses_and_repeats_nothing(kafka_bootstrap, tmp_path):
-    lines = stream(100, seed=12)
+    lines = stream(300, seed=12)  # ~11,000 events in batches of 20: several seconds of work to interrupt
     expected = embedded(lines)
     topics = Topics(kafka_bootstrap, partitions=2)
     produce(kafka_bootstrap, topics.input, lines)
-    first = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "50")
-    wait_for_output(kafka_bootstrap, topics.output, len(expected) // 4)
+    first = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "20")
+    wait_for_output(kafka_bootstrap, topics.output, len(expected) // 10)
     first.kill()
     assert count_committed(kafka_bootstrap, topics.output) < len(expected), "killed too late to prove anything"
-    second = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "50")
+    second = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "20")
     records = read_all(kafka_bootstrap, topics.output, len(expected))
     second.terminate()
     assert recommendations(records) == expected
 
 
 def test_scale_out_survivor_takes_over_and_restores_state(kafka_bootstrap, tmp_path):
-    lines = stream(100, seed=13)
+    lines = stream(200, seed=13)
     expected = embedded(lines)
     topics = Topics(kafka_bootstrap, partitions=4)
-    a = Consumer(kafka_bootstrap, topics, "a", tmp_path, "--batch-max-records", "50")
-    b = Consumer(kafka_bootstrap, topics, "b", tmp_path, "--batch-max-records", "50")
+    a = Consumer(kafka_bootstrap, topics, "a", tmp_path, "--batch-max-records", "20")
+    b = Consumer(kafka_bootstrap, topics, "b", tmp_path, "--batch-max-records", "20")
     time.sleep(8)  # both join the group before data arrives, so each owns partitions
     produce(kafka_bootstrap, topics.input, lines)
     deadline = time.monotonic() + 90
     while b.log.read_text().count('"committed"') < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
     b.kill()
+    b_committed = b.log.read_text().count('"committed"')
     records = read_all(kafka_bootstrap, topics.output, len(expected), timeout=180)
     log_a = a.terminate()
+    assert b_committed < 100, "b was killed too late to prove a mid-stream takeover"
     assert recommendations(records) == expected
     restores = [json.loads(l) for l in log_a.splitlines() if '"restored"' in l]
     assert len(restores) >= 2 and restores[-1]["records"] > 0, "the survivor never restored the dead instance's state"

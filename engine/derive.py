@@ -13,6 +13,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from otrules.engine.facts import FACTS
 from otrules.engine.gas import gas_t_score
 from otrules.engine.state import GoalState, PatientState, PlanState, Series, series_key
 from otrules.schemas import (
@@ -240,19 +241,10 @@ def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fiel
     }
 
 
-_NO_GOAL: Facts = {
-    "goal.id": None, "goal.instrument": None, "goal.target": None, "goal.met": None, "goal.met_before": None,
-    "goal.progress": None, "goal.days_to_target": None, "goal.gas_level": None,
-}
+_NO_GOAL: Facts = {name: None for name in FACTS if name.startswith("goal.")}
 
 
-_NO_MEASURE: Facts = {
-    "measure.instrument": None, "measure.score": None, "measure.previous": None, "measure.baseline": None,
-    "measure.change": None, "measure.change_from_baseline": None, "measure.improvement": None,
-    "measure.improvement_from_baseline": None, "measure.mcid": None, "measure.improved": None,
-    "measure.declined": None, "measure.stable_count": None, "measure.plateau_count": None, "measure.count": None,
-    "measure.days_since_previous": None,
-}
+_NO_MEASURE: Facts = {name: None for name in FACTS if name.startswith("measure.")}
 
 
 def _goal_facts(

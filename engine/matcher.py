@@ -4,81 +4,93 @@ One durable_rules ruleset of single-pattern rules per rule group. Each set of
 facts is asserted as one flat fact with a fixed id and retracted straight
 after, so no partial matches or ids pile up inside durable_rules, one sid
 serves every patient (it allows at most 1,024), and every matching rule sees
-it (a posted *event* would be consumed by the first rule only). Actions only
-record which rules matched; the caller builds recommendations afterwards.
+it (a posted *event* would be consumed by the first rule only).
+
+The ruleset is driven through durable_rules' C core (`durable_rules_engine`)
+rather than `durable.engine.Host`: the Host serialises each message once per
+call and round-trips every match through Python action closures (state
+parsed, re-serialised and written back), which cost twice what the matching
+does. Here each message is serialised once, and a match is read off the name
+of the rule that the core hands out as its next action. No background timer
+threads exist at all (the Host's were seen to segfault when racing a caller).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from durable import engine as durable
+import durable_rules_engine as core
 
 from otrules.engine.compiler import Compiled, Derived
 from otrules.engine.facts import durable_key
 
 _names = itertools.count()
+_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
 
-
-class _QuietHost(durable.Host):
-    """A Host without its background timer threads (seen to segfault when
-    racing with the caller); otrules drives it from one thread."""
-
-    def _run(self) -> None:  # noqa: D401 - overrides the thread start-up
-        return None
+_HANDLED = 0  # result codes of core.assert_fact / retract_fact (durable/engine.py: Ruleset._handle_result)
+_OBSERVED = 2
 
 
 class Matcher:
     """Which of a group of compiled conditions hold for one set of facts."""
 
     def __init__(self, conditions: Sequence[Compiled], fact_names: Sequence[str], label: str = "rules") -> None:
-        self._name = f"otrules-{label}-{next(_names)}"
-        self._matched: set[int] = set()
+        self.name = f"otrules-{label}-{next(_names)}"
         self._derived: list[Derived] = [d for c in conditions for d in c.derived]
         self._keys = [(name, durable_key(name)) for name in dict.fromkeys(["event.type", *fact_names])]
-        self._host: durable.Host | None = None
+        self._rule_index = {f"r{i}": i for i in range(len(conditions))}
+        self.definition = {f"r{i}": {"all": [{"m": c.condition}]} for i, c in enumerate(conditions)}
+        self._handle: int | None = None
         if conditions:
-            definition = {
-                f"r{i}": {"all": [{"m": c.condition}], "run": self._collector(i)} for i, c in enumerate(conditions)
-            }
-            self._host = _QuietHost()
-            self._host.set_rulesets({self._name: definition})
+            self._handle = core.create_ruleset(self.name, json.dumps(self.definition, ensure_ascii=False))
+            weakref.finalize(self, core.delete_ruleset, self._handle)
 
-    def _collector(self, index: int) -> Any:
-        def collect(c: Any) -> None:
-            self._matched.add(index)
-
-        return collect
+    @property
+    def active(self) -> bool:
+        """False when the group has no rules (nothing is ever posted)."""
+        return self._handle is not None
 
     def message(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The flat message posted for `facts` (numbers as floats, see compiler)."""
         msg: dict[str, Any] = {"id": "f", "sid": "0"}
         for name, key in self._keys:
-            msg[key] = _plain(facts.get(name))
+            value = facts.get(name)
+            msg[key] = float(value) if type(value) is int else value
         for d in self._derived:
             msg[d.key] = d.value(facts)
         return msg
 
     def match(self, facts: dict[str, Any]) -> list[int]:
         """Indexes of the conditions that hold, in rule order."""
-        if self._host is None:
+        if self._handle is None:
             return []
-        msg = self.message(facts)
-        self._matched.clear()
+        return self.match_text(_encode(self.message(facts)))
+
+    def match_text(self, text: str) -> list[int]:
+        """`match` for a message already serialised (benchmarks post recorded ones)."""
+        handle = self._handle
+        matched: set[int] = set()  # an `or` can hand out the same rule once per branch
+        code, state = core.assert_fact(handle, text)
         try:
-            self._host.assert_fact(self._name, msg)
-        except durable.MessageNotHandledException:
-            pass
-        try:
-            self._host.retract_fact(self._name, msg)
-        except durable.MessageNotHandledException:
-            pass
-        return sorted(self._matched)
+            if code == _HANDLED:
+                action = core.start_action_for_state(handle, state)
+                pending = action[1] if action else None
+                while pending:
+                    matched.add(self._rule_index[_rule_name(pending)])
+                    pending = core.complete_and_start_action(handle, state)
+            elif code == _OBSERVED:
+                raise RuntimeError(f"durable_rules ruleset {self.name}: a fact was left asserted")
+        finally:
+            code, state = core.retract_fact(handle, text)
+            if code == _HANDLED and core.start_action_for_state(handle, state):
+                raise RuntimeError(f"durable_rules ruleset {self.name}: a retraction matched a rule")
+        return sorted(matched)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    return float(value)
+def _rule_name(action: str) -> str:
+    """`{"r3":{"m":{...}}}` -> `r3`: the core's action message names the rule first."""
+    return action[2:action.index('"', 2)]

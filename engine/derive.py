@@ -54,10 +54,11 @@ def apply_event(state: PatientState, event: Event, catalogue: Catalogue) -> Even
     elif isinstance(event, DischargeEvent):
         plan.discharged = True
         plan.closed_on = event.local_date
-    base = _plan_facts(state, plan, event.local_date, _event_fields(event), catalogue)
+    met_now = _goals_met(plan, catalogue)
+    base = _plan_facts(state, plan, event.local_date, _event_fields(event), met_now)
     per_measure = tuple(
         (m, {**base, **mf, **_goal_facts(plan, plan.goals.get(m.goal_id) if m.goal_id else None, event.local_date,
-                                         catalogue, met_before)})
+                                         met_now, met_before)})
         for m, mf in measure_facts
     )
     return EventFacts(base, per_measure)
@@ -82,20 +83,23 @@ def clock_facts(state: PatientState, at: dt.datetime, catalogue: Catalogue) -> l
         plan = state.plans[plan_id]
         if plan.discharged:
             continue
-        base = _plan_facts(state, plan, today, fields, catalogue)
+        met_now = _goals_met(plan, catalogue)
+        base = _plan_facts(state, plan, today, fields, met_now)
         met = {gid: g.met_ever for gid, g in plan.goals.items()}
-        per_goal = tuple((gid, {**base, **_NO_MEASURE, **_goal_facts(plan, g, today, catalogue, met)})
+        per_goal = tuple((gid, {**base, **_NO_MEASURE, **_goal_facts(plan, g, today, met_now, met)})
                          for gid, g in plan.goals.items())
         out.append(ClockFacts(plan, base, per_goal))
     return out
 
 
 def _event_fields(event: Event) -> Facts:
+    # isinstance, not getattr(event, name, None): a missing attribute on a pydantic
+    # model raises inside __getattr__, which cost more than the rest of this function
     return {
         "event.type": event.type,
-        "event.kind": getattr(event, "kind", None),
-        "event.status": getattr(event, "status", None),
-        "event.reason": getattr(event, "reason", None),
+        "event.kind": event.kind if isinstance(event, EvaluationEvent) else None,
+        "event.status": event.status if isinstance(event, VisitEvent) else None,
+        "event.reason": event.reason if isinstance(event, DischargeEvent) else None,
         "event.occurred_at": rfc3339(event.occurred_at),
     }
 
@@ -213,10 +217,15 @@ def _plateau(before: Series | None, score: float, mcid: float | None) -> tuple[f
 # ---------------------------------------------------------------- facts
 
 
+def _goals_met(plan: PlanState, catalogue: Catalogue) -> dict[str, bool]:
+    """Whether each goal's latest score meets its target, worked out once per event."""
+    return {gid: _goal_met(g, catalogue) for gid, g in plan.goals.items()}
+
+
 def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fields: Facts,
-                catalogue: Catalogue) -> Facts:
+                met_now: dict[str, bool]) -> Facts:
     goals = list(plan.goals.values())
-    met = sum(1 for g in goals if _goal_met(g, catalogue))
+    met = sum(met_now.values())
     levels = [g.gas_level for g in goals]
     gas_t = None
     if goals and all(level is not None for level in levels):
@@ -248,7 +257,7 @@ _NO_MEASURE: Facts = {name: None for name in FACTS if name.startswith("measure."
 
 
 def _goal_facts(
-    plan: PlanState, state: GoalState | None, today: dt.date, catalogue: Catalogue, met_before: dict[str, bool]
+    plan: PlanState, state: GoalState | None, today: dt.date, met_now: dict[str, bool], met_before: dict[str, bool]
 ) -> Facts:
     if state is None:
         return _NO_GOAL
@@ -257,7 +266,7 @@ def _goal_facts(
         "goal.id": goal.goal_id,
         "goal.instrument": goal.instrument,
         "goal.target": goal.target,
-        "goal.met": None if state.latest is None else _goal_met(state, catalogue),
+        "goal.met": None if state.latest is None else met_now[goal.goal_id],
         "goal.met_before": met_before.get(goal.goal_id, False),
         "goal.progress": _progress(plan, state),
         "goal.days_to_target": (goal.target_date - today).days if goal.target_date else None,

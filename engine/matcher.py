@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import durable_rules_engine as core
+import orjson
 
 from otrules.engine.compiler import Compiled, Derived
 from otrules.engine.facts import durable_key
 
 _names = itertools.count()
-_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
 
 _HANDLED = 0  # result codes of core.assert_fact / retract_fact (durable/engine.py: Ruleset._handle_result)
 _OBSERVED = 2
@@ -68,7 +68,7 @@ class Matcher:
         """Indexes of the conditions that hold, in rule order."""
         if self._handle is None:
             return []
-        return self.match_text(_encode(self.message(facts)))
+        return self.match_text(orjson.dumps(self.message(facts)).decode())
 
     def match_text(self, text: str) -> list[int]:
         """`match` for a message already serialised (benchmarks post recorded ones)."""

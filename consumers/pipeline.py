@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from otrules.consumers.deadletter import DeadLetter, DeadLetterSink
 from otrules.consumers.jsonl import Line
-from otrules.engine import Engine, PatientState
+from otrules.consumers.states import PatientStates
+from otrules.engine import Engine
 from otrules.schemas import EventRejected, Recommendation, parse_event
 
 
@@ -47,13 +48,14 @@ class Pipeline:
         dead_letters: DeadLetterSink,
         on_reject: Callable[[DeadLetter], None] | None = None,
         source_name: str = "-",
+        states: PatientStates | None = None,
     ) -> None:
         self.engine = engine
         self.emit = emit
         self.dead_letters = dead_letters
         self.on_reject = on_reject
         self.source_name = source_name
-        self.states: dict[str, PatientState] = {}
+        self.states = states if states is not None else PatientStates()
         self.summary = RunSummary()
 
     def feed(self, lines: Iterable[Line]) -> RunSummary:
@@ -69,9 +71,7 @@ class Pipeline:
         except EventRejected as exc:
             self._reject(line, exc.reason)
             return
-        state = self.states.get(event.patient_id)
-        if state is None:
-            state = self.states[event.patient_id] = PatientState(event.patient_id)
+        state = self.states.get_or_new(event.patient_id)
         outcome = self.engine.process(state, event)
         if outcome.duplicate:
             summary.duplicates += 1
@@ -85,13 +85,13 @@ class Pipeline:
         """Advance the clock to `at` for every patient (sorted, so output is deterministic);
         then forget patients whose plans all closed more than `retention` ago."""
         made = 0
-        for patient_id in sorted(self.states):
-            state = self.states[patient_id]
+        for patient_id in self.states.patient_ids():
+            state = self.states.get_or_new(patient_id)
             recs = self.engine.sweep(state, at)
             made += len(recs)
             self._emit(recs)
             if retention is not None and self.engine.expire(state, at, retention):
-                del self.states[patient_id]
+                self.states.discard(patient_id)
                 self.summary.expired += 1
         self.summary.swept += made
         return made

@@ -118,9 +118,9 @@ def _apply_plan(plan: PlanState, event: PlanEvent) -> None:
     for goal in event.goals:
         previous = old.get(goal.goal_id)
         if previous is None:
-            plan.goals[goal.goal_id] = GoalState(goal)
+            plan.goals[goal.goal_id] = GoalState.of(goal)
         else:
-            previous.goal = goal
+            previous.update(goal)
             plan.goals[goal.goal_id] = previous
 
 
@@ -140,11 +140,11 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
     before = plan.series.get(key)
     instrument = catalogue.get(measure.instrument)
     goal = plan.goals.get(measure.goal_id) if measure.goal_id else None
-    own_goal = goal is not None and goal.goal.instrument == measure.instrument
+    own_goal = goal is not None and goal.instrument == measure.instrument
 
     previous = before.last if before else None
-    if own_goal and goal.goal.baseline is not None:  # type: ignore[union-attr]
-        baseline = goal.goal.baseline  # type: ignore[union-attr]
+    if own_goal and goal.baseline is not None:  # type: ignore[union-attr]
+        baseline = goal.baseline  # type: ignore[union-attr]
     else:
         baseline = before.first if before else score
     change = _diff(score, previous)
@@ -229,7 +229,7 @@ def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fiel
     levels = [g.gas_level for g in goals]
     gas_t = None
     if goals and all(level is not None for level in levels):
-        t = gas_t_score(levels, [g.goal.gas_weight for g in goals])  # type: ignore[arg-type]
+        t = gas_t_score(levels, [g.gas_weight for g in goals])  # type: ignore[arg-type]
         gas_t = None if t is None else round(t, 2)
     return {
         **event_fields,
@@ -261,7 +261,7 @@ def _goal_facts(
 ) -> Facts:
     if state is None:
         return _NO_GOAL
-    goal = state.goal
+    goal = state
     return {
         "goal.id": goal.goal_id,
         "goal.instrument": goal.instrument,
@@ -276,7 +276,7 @@ def _goal_facts(
 
 def goal_direction(goal_state: GoalState, catalogue: Catalogue) -> int:
     """+1 if higher scores are better for this goal, -1 if lower are."""
-    goal = goal_state.goal
+    goal = goal_state
     instrument = catalogue.get(goal.instrument)
     if instrument is not None:
         return instrument.sign
@@ -288,11 +288,11 @@ def goal_direction(goal_state: GoalState, catalogue: Catalogue) -> int:
 def _goal_met(goal_state: GoalState, catalogue: Catalogue) -> bool:
     if goal_state.latest is None:
         return False
-    return goal_direction(goal_state, catalogue) * (goal_state.latest - goal_state.goal.target) >= 0
+    return goal_direction(goal_state, catalogue) * (goal_state.latest - goal_state.target) >= 0
 
 
 def _progress(plan: PlanState, goal_state: GoalState) -> float | None:
-    goal = goal_state.goal
+    goal = goal_state
     if goal_state.latest is None:
         return None
     baseline = goal.baseline

@@ -63,9 +63,9 @@ class Engine:
 
     def process(self, state: PatientState, event: Event) -> Outcome:
         """Apply `event` to `state` (in place) and return what the rules recommend."""
-        if event.event_id in state.seen_event_ids:
+        if state.has_seen(event.event_id):
             return Outcome(duplicate=True)
-        state.seen_event_ids.add(event.event_id)
+        state.remember(event.event_id)
         facts = apply_event(state, event, self.catalogue)
         out: list[Recommendation] = []
         for loaded in self._loaded:

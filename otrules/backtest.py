@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from otrules.consumers import Line
-from otrules.engine import Engine, PatientState
+from otrules.consumers import Line, PatientStates
+from otrules.engine import Engine
 from otrules.schemas import EventRejected, Recommendation, parse_event
 
 Key = tuple[str, str, str, str]  # rule, patient, event, goal
@@ -75,18 +75,16 @@ class Report:
 class _Side:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.states: dict[str, PatientState] = {}
+        self.states = PatientStates()
         self.found: dict[Key, Brief] = {}
 
     def feed(self, event: Any) -> None:
-        state = self.states.get(event.patient_id)
-        if state is None:
-            state = self.states[event.patient_id] = PatientState(event.patient_id)
+        state = self.states.get_or_new(event.patient_id)
         self._keep(self.engine.process(state, event).recommendations)
 
     def sweep(self, at: dt.datetime) -> None:
-        for patient_id in sorted(self.states):
-            self._keep(self.engine.sweep(self.states[patient_id], at))
+        for patient_id in self.states.patient_ids():
+            self._keep(self.engine.sweep(self.states.get_or_new(patient_id), at))
 
     def _keep(self, recs: Iterable[Recommendation]) -> None:
         for rec in recs:

@@ -37,7 +37,7 @@ def explain(engine: Engine, lines: Iterable[Line], event_id: str, patient_id: st
             continue
         state = states.setdefault(event.patient_id, PatientState(event.patient_id))
         if event.event_id == event_id and patient_id in (None, event.patient_id):
-            duplicate = event.event_id in state.seen_event_ids
+            duplicate = state.has_seen(event.event_id)
             checks = [] if duplicate else engine.checks(engine.explain_facts(copy.deepcopy(state), event))
             outcome = engine.process(state, event)
             return Explanation(event, checks, list(outcome.recommendations), duplicate)

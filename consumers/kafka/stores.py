@@ -7,11 +7,11 @@ bytes), so what is restored is byte for byte what was written.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Protocol
 
+from otrules.consumers.states import PatientStates
 from otrules.engine import PatientState
 
 
@@ -27,46 +27,15 @@ class StateStore(Protocol):
 
 
 def encode(state: PatientState) -> bytes:
-    return json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+    return state.to_bytes()
 
 
 def decode(value: bytes) -> PatientState:
-    return PatientState.from_dict(json.loads(value))
+    return PatientState.from_bytes(value)
 
 
-class MemoryStore:
-    """Decoded states in a dict: fastest, bounded by memory."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, PatientState] = {}
-        self._raw: dict[str, bytes] = {}
-
-    def get(self, patient_id: str) -> PatientState | None:
-        state = self._states.get(patient_id)
-        if state is None and patient_id in self._raw:
-            state = self._states[patient_id] = decode(self._raw.pop(patient_id))
-        return state
-
-    def put(self, state: PatientState) -> None:
-        self._states[state.patient_id] = state
-
-    def put_raw(self, patient_id: str, value: bytes | None) -> None:
-        """From the changelog while restoring (None is a tombstone); decoded on first use."""
-        self._states.pop(patient_id, None)
-        if value is None:
-            self._raw.pop(patient_id, None)
-        else:
-            self._raw[patient_id] = value
-
-    def patients(self) -> int:
-        return len(self._states) + len(self._raw)
-
-    def patient_ids(self) -> list[str]:
-        return sorted({*self._states, *self._raw})
-
-    def close(self) -> None:
-        self._states.clear()
-        self._raw.clear()
+class MemoryStore(PatientStates):
+    """In memory: compact bytes, with recently used states decoded (see consumers/states.py)."""
 
 
 class SqliteStore:

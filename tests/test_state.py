@@ -1,0 +1,72 @@
+"""Patient state: the compact serialised form, and the in-memory store that holds it."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from otrules import defaults
+from otrules.consumers import DeadLetterSink, JsonlSource, PatientStates, Pipeline
+from otrules.engine import Engine, PatientState
+
+
+def _run(states: PatientStates) -> tuple[list[str], Pipeline]:
+    engine = Engine(defaults.rulesets(), defaults.catalogue())
+    recs: list[str] = []
+    pipeline = Pipeline(engine, lambda r: recs.append(r.to_json()), DeadLetterSink(None), states=states)
+    pipeline.feed(JsonlSource(io.BytesIO(defaults.SAMPLE_STREAM.read_bytes())))
+    pipeline.sweep(pipeline.summary.last_event_at)
+    return recs, pipeline
+
+
+def test_every_sample_state_survives_the_round_trip():
+    _, pipeline = _run(PatientStates())
+    assert len(pipeline.states) == 40
+    for patient_id in pipeline.states.patient_ids():
+        state = pipeline.states.get(patient_id)
+        value = state.to_bytes()
+        again = PatientState.from_bytes(value)
+        assert again == state and again.to_bytes() == value
+
+
+def test_states_evicted_to_bytes_give_the_same_recommendations():
+    """hot=1: every event of another patient pushes the last one out to bytes and back."""
+    everything_live, _ = _run(PatientStates(hot=10_000))
+    always_evicted, _ = _run(PatientStates(hot=1))
+    assert len(everything_live) > 100
+    assert always_evicted == everything_live
+
+
+def test_a_duplicate_is_still_recognised_after_the_round_trip(engine):
+    from conftest import Story, goal
+
+    story = Story().plan(0, [goal("g1", "COPM-performance", 3, 8)]).visit(2)
+    from otrules.schemas import parse_event
+
+    events = [parse_event(json.dumps(e), engine.catalogue) for e in story.events]
+    state = PatientState("p-1")
+    for event in events:
+        assert not engine.process(state, event).duplicate
+    restored = PatientState.from_bytes(state.to_bytes())
+    assert engine.process(restored, events[1]).duplicate
+    assert restored.plans["poc-1"].visits_attended == 1
+
+
+def test_remembered_event_ids_cost_eight_bytes_whatever_their_length():
+    short, long = PatientState("p"), PatientState("p")
+    for i in range(100):
+        short.remember(f"e{i}")
+        long.remember(f"{i:04d}-" + "x" * 60)
+    assert len(long.to_bytes()) == len(short.to_bytes()) < 100 * 12
+
+
+def test_an_unknown_format_is_refused_with_its_version():
+    with pytest.raises(ValueError, match="format 1 is not the format 2"):
+        PatientState.from_bytes(b'{"patient_id":"p-1","plans":{}}')
+
+
+def test_hot_must_be_positive():
+    with pytest.raises(ValueError, match="hot: must be at least 1, got 0"):
+        PatientStates(hot=0)

@@ -70,3 +70,13 @@ def test_an_unknown_format_is_refused_with_its_version():
 def test_hot_must_be_positive():
     with pytest.raises(ValueError, match="hot: must be at least 1, got 0"):
         PatientStates(hot=0)
+
+
+def test_a_digest_counts_only_on_its_own_eight_byte_boundary():
+    from otrules.engine.state import event_digest
+
+    digest = event_digest("e-1")
+    state = PatientState("p", seen_events=b"\x00" * 4 + digest + b"\x00" * 4)  # straddles two entries
+    assert not state.has_seen("e-1")
+    state.seen_events = b"\x00" * 8 + digest
+    assert state.has_seen("e-1")

@@ -219,7 +219,7 @@ def _plateau(before: Series | None, score: float, mcid: float | None) -> tuple[f
 
 def _goals_met(plan: PlanState, catalogue: Catalogue) -> dict[str, bool]:
     """Whether each goal's latest score meets its target, worked out once per event."""
-    return {gid: _goal_met(g, catalogue) for gid, g in plan.goals.items()}
+    return {gid: g.latest is not None and _goal_met(g, catalogue) for gid, g in plan.goals.items()}
 
 
 def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fields: Facts,
@@ -286,9 +286,10 @@ def goal_direction(goal_state: GoalState, catalogue: Catalogue) -> int:
 
 
 def _goal_met(goal_state: GoalState, catalogue: Catalogue) -> bool:
-    if goal_state.latest is None:
+    latest = goal_state.latest
+    if latest is None:
         return False
-    return goal_direction(goal_state, catalogue) * (goal_state.latest - goal_state.target) >= 0
+    return goal_direction(goal_state, catalogue) * (latest - goal_state.target) >= 0
 
 
 def _progress(plan: PlanState, goal_state: GoalState) -> float | None:

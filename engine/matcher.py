@@ -56,10 +56,9 @@ class Matcher:
 
     def message(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The flat message posted for `facts` (numbers as floats, see compiler)."""
-        msg: dict[str, Any] = {"id": "f", "sid": "0"}
-        for name, key in self._keys:
-            value = facts.get(name)
-            msg[key] = float(value) if type(value) is int else value
+        get = facts.get
+        msg = {key: float(v) if type(v := get(name)) is int else v for name, key in self._keys}
+        msg["id"], msg["sid"] = "f", "0"
         for d in self._derived:
             msg[d.key] = d.value(facts)
         return msg

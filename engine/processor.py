@@ -63,17 +63,17 @@ class Engine:
 
     def process(self, state: PatientState, event: Event) -> Outcome:
         """Apply `event` to `state` (in place) and return what the rules recommend."""
-        if state.has_seen(event.event_id):
-            return Outcome(duplicate=True)
-        state.remember(event.event_id)
+        if not state.remember(event.event_id):
+            return _DUPLICATE
         facts = apply_event(state, event, self.catalogue)
         out: list[Recommendation] = []
         for loaded in self._loaded:
             hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
             if loaded.per_measure.rules:
                 hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
-            self._emit(state, loaded, hits, event, out)
-        return Outcome(duplicate=False, recommendations=tuple(out))
+            if hits:
+                self._emit(state, loaded, hits, event, out)
+        return Outcome(duplicate=False, recommendations=tuple(out)) if out else _NOTHING
 
     def sweep(self, state: PatientState, at: dt.datetime) -> tuple[Recommendation, ...]:
         """Check every open plan at time `at`, as if a clock event had arrived.
@@ -133,6 +133,10 @@ class Engine:
                 else:
                     out += [RuleCheck(loaded.ruleset, rule, m, fs, rule.id in hit) for m, fs, hit in per_measure]
         return out
+
+
+_DUPLICATE = Outcome(duplicate=True)
+_NOTHING = Outcome(duplicate=False)
 
 
 @dataclass(frozen=True, slots=True)

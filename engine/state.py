@@ -131,14 +131,22 @@ class PatientState:
         return plan
 
     def has_seen(self, event_id: str) -> bool:
-        digest, seen = event_digest(event_id), self.seen_events
+        return self._seen(event_digest(event_id))
+
+    def remember(self, event_id: str) -> bool:
+        """Remember an event id; False if it had been seen already."""
+        digest = event_digest(event_id)
+        if self._seen(digest):
+            return False
+        self.seen_events += digest
+        return True
+
+    def _seen(self, digest: bytes) -> bool:
+        seen = self.seen_events
         at = seen.find(digest)
         while at > 0 and at % 8:  # a match must start on a digest boundary
             at = seen.find(digest, at + 1)
         return at >= 0
-
-    def remember(self, event_id: str) -> None:
-        self.seen_events += event_digest(event_id)
 
     def to_bytes(self) -> bytes:
         """Compact JSON, keys sorted: the same state always gives the same bytes."""

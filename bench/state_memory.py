@@ -72,11 +72,9 @@ def child(path: Path, kind: str) -> None:
     n = 0
     if kind == "store":
         store = PatientStates()
-        for value in read_states(path):
-            store.put_raw(PatientState.from_bytes(value).patient_id, value)
+        for value in read_states(path):  # as after processing: decoded states put, the older evicted to bytes
+            store.put(PatientState.from_bytes(value))
             n += 1
-        for patient_id in store.patient_ids()[-store.hot:]:  # the most recent ones decoded, as in use
-            store.get(patient_id)
     else:
         store = {}
         for value in read_states(path):

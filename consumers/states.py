@@ -29,11 +29,16 @@ class PatientStates:
         self._live: OrderedDict[str, PatientState] = OrderedDict()
         self._raw: dict[str, bytes] = {}
 
-    def get(self, patient_id: str) -> PatientState | None:
+    def get(self, patient_id: str, keep: bool = True) -> PatientState | None:
+        """keep=False: a patient held as bytes is decoded without joining the decoded few
+        (a sweep over every patient); the caller puts it back if it changes it."""
         state = self._live.get(patient_id)
         if state is not None:
             self._live.move_to_end(patient_id)
             return state
+        if not keep:
+            value = self._raw.get(patient_id)
+            return None if value is None else PatientState.from_bytes(value)
         value = self._raw.pop(patient_id, None)
         if value is None:
             return None

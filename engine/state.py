@@ -150,13 +150,16 @@ class PatientState:
 
     def to_bytes(self) -> bytes:
         """Compact JSON, keys sorted: the same state always gives the same bytes."""
-        return orjson.dumps({
+        value = orjson.dumps({
             "v": FORMAT,
             "patient": self.patient_id,
             "plans": {k: p.to_dict() for k, p in self.plans.items()},
             "seen": base64.b64encode(self.seen_events).decode(),
             "throttle": {k: _epoch(v) for k, v in self.throttle.items()},
         }, option=orjson.OPT_SORT_KEYS)
+        # orjson's bytes keep the ~8 KB buffer they were written into; stores hold these
+        # for every patient, so keep an exact-size copy instead
+        return bytes(memoryview(value))
 
     @classmethod
     def from_bytes(cls, value: bytes) -> "PatientState":

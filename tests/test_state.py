@@ -80,3 +80,31 @@ def test_a_digest_counts_only_on_its_own_eight_byte_boundary():
     assert not state.has_seen("e-1")
     state.seen_events = b"\x00" * 8 + digest
     assert state.has_seen("e-1")
+
+
+def test_serialised_states_hold_no_more_memory_than_their_length():
+    """orjson's bytes keep the larger buffer they were written into (seen: ~8 KB for 1 KB);
+    stores keep one per patient, so to_bytes must hand out exact-size bytes."""
+    import tracemalloc
+
+    _, pipeline = _run(PatientStates())
+    states = [pipeline.states.get(p) for p in pipeline.states.patient_ids()]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [s.to_bytes() for s in states for _ in range(25)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1.5 * sum(len(v) for v in kept) + 100 * len(kept)
+
+
+def test_a_sweep_read_decodes_without_keeping_or_evicting():
+    store = PatientStates(hot=1)
+    store.put(PatientState("p-1"))
+    store.put(PatientState("p-2"))  # p-1 goes out to bytes
+    swept = store.get("p-1", keep=False)
+    swept.remember("e-1")  # not put back: the stored bytes are unchanged
+    assert store.get("p-2", keep=False) is store.get("p-2")  # still the live one
+    assert not store.get("p-1").has_seen("e-1")
+    assert store.patient_ids() == ["p-1", "p-2"] and store.get("nobody", keep=False) is None

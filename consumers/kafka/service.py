@@ -327,7 +327,7 @@ class Service(ConsumerRebalanceListener):
             for partition in partitions:
                 store = self.stores[partition]
                 for patient in store.patient_ids():
-                    state = store.get(patient)
+                    state = store.get(patient, keep=False)  # most are unchanged: no decoded copy kept
                     if state is None:
                         continue
                     before = encode(state)
@@ -345,7 +345,7 @@ class Service(ConsumerRebalanceListener):
                         self._sizes.get(partition, {}).pop(patient, None)
                         expired += 1
                     else:
-                        store.put(state)
+                        store.put_raw(patient, after)
                     self.producer.send(self.settings.changelog_topic, key=patient.encode(), value=after,
                                        partition=partition)
             self.producer.commit_transaction()

@@ -18,7 +18,7 @@ from otrules.engine import PatientState
 class StateStore(Protocol):
     """Patient states of one input partition."""
 
-    def get(self, patient_id: str) -> PatientState | None: ...
+    def get(self, patient_id: str, keep: bool = True) -> PatientState | None: ...
     def put(self, state: PatientState) -> None: ...
     def put_raw(self, patient_id: str, value: bytes | None) -> None: ...
     def patients(self) -> int: ...
@@ -49,7 +49,7 @@ class SqliteStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS state (patient TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self._db.execute("DELETE FROM state")  # always rebuilt from the changelog on assignment
 
-    def get(self, patient_id: str) -> PatientState | None:
+    def get(self, patient_id: str, keep: bool = True) -> PatientState | None:
         row = self._db.execute("SELECT value FROM state WHERE patient = ?", (patient_id,)).fetchone()
         return decode(row[0]) if row else None
 

@@ -75,8 +75,23 @@ class Topics:
                 "--changelog-topic", self.changelog, "--group-id", self.group]
 
 
+@pytest.fixture(autouse=True)
+def _stop_leftover_consumers():
+    """A failed test leaves its consumer running, spinning against a broker that is gone:
+    kill it, and show the end of its log beside the failure."""
+    yield
+    while Consumer.running:
+        consumer = Consumer.running.pop()
+        if consumer.proc.poll() is None:
+            consumer.proc.kill()
+            consumer.proc.wait(timeout=30)
+            print(f"--- {consumer.log.name} (killed after the test) ---\n{consumer.log.read_text()[-3000:]}")
+
+
 class Consumer:
     """`otrules consume` as a real process."""
+
+    running: list["Consumer"] = []  # stopped by _stop_leftover_consumers if a test fails before it does
 
     def __init__(self, bootstrap: str, topics: Topics, instance: str, tmp: Path, *extra: str) -> None:
         self.log = tmp / f"consume-{instance}-{time.monotonic_ns()}.log"
@@ -88,6 +103,7 @@ class Consumer:
             cmd += ["--http-port", "0"]  # several instances on one machine
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        Consumer.running.append(self)
 
     def http_port(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout

@@ -249,7 +249,7 @@ _SECRET_OPTIONS = {"sasl_password", "log_hash_key"}
               help="Partitions of topics otrules creates.")
 @click.option("--replication-factor", type=click.IntRange(min=1), default=1, envvar="OTRULES_REPLICATION_FACTOR",
               show_default=True)
-@click.option("--batch-max-records", type=click.IntRange(min=1), default=500, envvar="OTRULES_BATCH_MAX_RECORDS",
+@click.option("--batch-max-records", type=click.IntRange(min=1), default=2000, envvar="OTRULES_BATCH_MAX_RECORDS",
               show_default=True)
 @click.option("--batch-max-ms", type=click.IntRange(min=1), default=100, envvar="OTRULES_BATCH_MAX_MS", show_default=True)
 @click.option("--transaction-timeout-ms", type=click.IntRange(min=1000), default=10_000,

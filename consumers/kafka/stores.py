@@ -50,6 +50,7 @@ class SqliteStore:
         self._db.execute("DELETE FROM state")  # always rebuilt from the changelog on assignment
 
     def get(self, patient_id: str, keep: bool = True) -> PatientState | None:
+        """Decoded from the file at every call (so `keep` changes nothing here)."""
         row = self._db.execute("SELECT value FROM state WHERE patient = ?", (patient_id,)).fetchone()
         return decode(row[0]) if row else None
 

@@ -92,8 +92,16 @@ class PatientStates:
         self._live.clear()
         self._raw.clear()
 
-    def _keep(self, state: PatientState) -> None:
-        self._live[state.patient_id] = state
-        while len(self._live) > self.hot:
+    def resize(self, hot: int) -> None:
+        """Keep at most `hot` decoded from now on (the service shares one budget among its partitions)."""
+        if hot < 1:
+            raise ValueError(f"hot: must be at least 1, got {hot}")
+        self.hot = hot
+        while len(self._live) > hot:
             patient_id, old = self._live.popitem(last=False)
             self._raw[patient_id] = old.to_bytes()
+
+    def _keep(self, state: PatientState) -> None:
+        self._live[state.patient_id] = state
+        if len(self._live) > self.hot:
+            self.resize(self.hot)

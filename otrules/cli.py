@@ -258,6 +258,9 @@ _SECRET_OPTIONS = {"sasl_password", "log_hash_key"}
               show_default=True, help="Where owned patients' state is kept (the changelog is the source of truth).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".otrules-state"),
               envvar="OTRULES_STATE_DIR", show_default=True)
+@click.option("--decoded-states", type=click.IntRange(min=1), default=1024, envvar="OTRULES_DECODED_STATES",
+              show_default=True, help="Memory store: patients kept decoded, across all owned partitions; the rest "
+              "are held as compact bytes. Raise it if many more patients than this are seen each few minutes.")
 @click.option("--sweep-interval-seconds", type=click.FloatRange(min=0), default=300, envvar="OTRULES_SWEEP_INTERVAL_SECONDS",
               show_default=True, help="Advance the clock over owned open plans this often (0: never).")
 @click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
@@ -282,7 +285,8 @@ _SECRET_OPTIONS = {"sasl_password", "log_hash_key"}
 def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: str, group_id: str,
             instance_id: str | None, input_topic: str, output_topic: str, dlq_topic: str, changelog_topic: str,
             partitions: int, replication_factor: int, batch_max_records: int, batch_max_ms: int,
-            transaction_timeout_ms: int, store: str, state_dir: Path, sweep_interval_seconds: float,
+            transaction_timeout_ms: int, store: str, state_dir: Path, decoded_states: int,
+            sweep_interval_seconds: float,
             retention_days: int, http_host: str, http_port: int, reload_poll_seconds: float,
             security_protocol: str, sasl_mechanism: str | None, sasl_username: str | None,
             sasl_password: str | None, ssl_cafile: str | None, ssl_certfile: str | None, ssl_keyfile: str | None,
@@ -316,7 +320,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: 
         input_topic=input_topic, output_topic=output_topic, dlq_topic=dlq_topic, changelog_topic=changelog_topic,
         partitions=partitions, replication_factor=replication_factor, batch_max_records=batch_max_records,
         batch_max_ms=batch_max_ms, transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir,
-        sweep_interval_s=sweep_interval_seconds, retention_days=retention_days, client=client)
+        decoded_states=decoded_states, sweep_interval_s=sweep_interval_seconds, retention_days=retention_days,
+        client=client)
     metrics, health = Metrics(), Health()
     service = Service(settings, _engine(rules, catalogue), metrics=metrics, health=health)
     if http_port >= 0:

@@ -108,3 +108,13 @@ def test_a_sweep_read_decodes_without_keeping_or_evicting():
     assert store.get("p-2", keep=False) is store.get("p-2")  # still the live one
     assert not store.get("p-1").has_seen("e-1")
     assert store.patient_ids() == ["p-1", "p-2"] and store.get("nobody", keep=False) is None
+
+
+def test_resize_sends_the_least_recently_used_out_to_bytes():
+    store = PatientStates(hot=3)
+    for p in ("p-1", "p-2", "p-3"):
+        store.put(PatientState(p))
+    store.get("p-1")  # now the most recent
+    store.resize(1)
+    assert list(store._live) == ["p-1"] and sorted(store._raw) == ["p-2", "p-3"]
+    assert store.patient_ids() == ["p-1", "p-2", "p-3"]

@@ -181,7 +181,10 @@ class Service(ConsumerRebalanceListener):
     def _new_store(self, partition: int) -> StateStore:
         if self.settings.store == "sqlite":
             return SqliteStore(self.settings.state_dir / self.settings.group_id / f"partition-{partition}.sqlite")
-        return MemoryStore()
+        return MemoryStore(hot=self._decoded_share(len(self.stores) + 1))
+
+    def _decoded_share(self, partitions: int) -> int:
+        return max(1, self.settings.decoded_states // max(1, partitions))
 
     def _restore(self, partitions: set[int]) -> None:
         """Load each partition's patients from its changelog partition, up to the end."""
@@ -213,6 +216,10 @@ class Service(ConsumerRebalanceListener):
                 remaining = {tp for tp in remaining if restorer.position(tp) < end[tp]}
         finally:
             restorer.close()
+        share = self._decoded_share(len(self.stores))  # one budget of decoded states, whatever is owned
+        for store in self.stores.values():
+            if isinstance(store, MemoryStore):
+                store.resize(share)
         seconds = time.monotonic() - started
         self.metrics.restore_seconds.observe(seconds)
         for p in partitions:

@@ -26,6 +26,7 @@ class KafkaSettings:
     sweep_interval_s: float = 300.0  # advance the clock over owned plans this often (0: never)
     retention_days: int = 90  # a discharged plan's state is kept this long (event time), then tombstoned
     store: str = "memory"  # or "sqlite"
+    decoded_states: int = 1024  # memory store: patients kept decoded, shared by all owned partitions
     state_dir: Path = Path(".otrules-state")
     client: dict[str, Any] = field(default_factory=dict)  # passed to every kafka-python client (security etc.)
 

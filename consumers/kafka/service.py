@@ -205,14 +205,16 @@ class Service(ConsumerRebalanceListener):
             while remaining:
                 for tp, messages in restorer.poll(timeout_ms=200).items():
                     sizes = self._sizes.setdefault(tp.partition, {})
-                    for msg in messages:
-                        patient = msg.key.decode()
-                        self.stores[tp.partition].put_raw(patient, msg.value)
-                        if msg.value is None:
-                            sizes.pop(patient, None)
-                        else:
-                            sizes[patient] = len(msg.value)
-                        records += 1
+                    store = self.stores[tp.partition]
+                    with store.bulk():
+                        for msg in messages:
+                            patient = msg.key.decode()
+                            store.put_raw(patient, msg.value)
+                            if msg.value is None:
+                                sizes.pop(patient, None)
+                            else:
+                                sizes[patient] = len(msg.value)
+                    records += len(messages)
                 remaining = {tp for tp in remaining if restorer.position(tp) < end[tp]}
         finally:
             restorer.close()

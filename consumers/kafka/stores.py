@@ -7,9 +7,11 @@ bytes), so what is restored is byte for byte what was written.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 from otrules.consumers.states import PatientStates
 from otrules.engine import PatientState
@@ -23,6 +25,7 @@ class StateStore(Protocol):
     def put_raw(self, patient_id: str, value: bytes | None) -> None: ...
     def patients(self) -> int: ...
     def patient_ids(self) -> list[str]: ...
+    def bulk(self) -> ContextManager[None]: ...
     def close(self) -> None: ...
 
 
@@ -36,6 +39,10 @@ def decode(value: bytes) -> PatientState:
 
 class MemoryStore(PatientStates):
     """In memory: compact bytes, with recently used states decoded (see consumers/states.py)."""
+
+    def bulk(self) -> ContextManager[None]:
+        """Many writes in a row (a restore): nothing to group in memory."""
+        return contextlib.nullcontext()
 
 
 class SqliteStore:
@@ -62,6 +69,17 @@ class SqliteStore:
             self._db.execute("DELETE FROM state WHERE patient = ?", (patient_id,))
         else:
             self._db.execute("INSERT OR REPLACE INTO state (patient, value) VALUES (?, ?)", (patient_id, value))
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Many writes in a row (a restore) as one SQLite transaction, not one each."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def patients(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM state").fetchone()[0])

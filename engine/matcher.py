@@ -18,7 +18,6 @@ threads exist at all (the Host's were seen to segfault when racing a caller).
 from __future__ import annotations
 
 import itertools
-import json
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +45,7 @@ class Matcher:
         self.definition = {f"r{i}": {"all": [{"m": c.condition}]} for i, c in enumerate(conditions)}
         self._handle: int | None = None
         if conditions:
-            self._handle = core.create_ruleset(self.name, json.dumps(self.definition, ensure_ascii=False))
+            self._handle = core.create_ruleset(self.name, orjson.dumps(_durable_numbers(self.definition)).decode())
             weakref.finalize(self, core.delete_ruleset, self._handle)
 
     @property
@@ -61,6 +60,9 @@ class Matcher:
         msg["id"], msg["sid"] = "f", "0"
         for d in self._derived:
             msg[d.key] = d.value(facts)
+        for key, v in msg.items():
+            if type(v) is float and v and not _PLAIN_FLOATS[0] <= abs(v) < _PLAIN_FLOATS[1]:
+                msg[key] = _durable_number(v)
         return msg
 
     def match(self, facts: dict[str, Any]) -> list[int]:
@@ -88,6 +90,29 @@ class Matcher:
             if code == _HANDLED and core.start_action_for_state(handle, state):
                 raise RuntimeError(f"durable_rules ruleset {self.name}: a retraction matched a rule")
         return sorted(matched)
+
+
+_PLAIN_FLOATS = (1e-5, 1e16)  # orjson writes floats outside this range in exponent form
+
+
+def _durable_number(v: float) -> orjson.Fragment:
+    """`v` as a JSON number durable_rules can read: its parser refuses an exponent
+    whose mantissa has no point (`1e-6`, `1e+16`: error 204) and takes `1.0e-06`."""
+    text = repr(v)
+    if "e" in text and "." not in text:
+        text = text.replace("e", ".0e")
+    return orjson.Fragment(text)
+
+
+def _durable_numbers(node: Any) -> Any:
+    """A ruleset definition with every float made readable to durable_rules (see above)."""
+    if isinstance(node, dict):
+        return {k: _durable_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_durable_numbers(v) for v in node]
+    if type(node) is float and node and not _PLAIN_FLOATS[0] <= abs(node) < _PLAIN_FLOATS[1]:
+        return _durable_number(node)
+    return node
 
 
 def _rule_name(action: str) -> str:

@@ -86,3 +86,19 @@ def test_the_generator_reaches_both_outcomes():
     assert matcher.match({"event.type": "x", "measure.score": 2.0}) == [0]
     assert matcher.match({"event.type": "x", "measure.score": 0.5}) == []
     assert matcher.match({"event.type": "x", "measure.score": None}) == []
+
+
+EXTREMES = [0.0, -0.0, 1e-6, 2e-6, -1e-7, 1e-5, 20.000001, 1e15, 1e16, 1.5e16, 2e16, -1e16, 1e300, -1e300, 5e-324]
+
+
+def test_tiny_and_huge_numbers_match_as_python_compares_them():
+    """orjson and json write these in exponent form (`1e-6`, `1e+16`), which durable_rules
+    refuses (error 204) unless the mantissa has a point: a valid score once stopped the stream."""
+    for constant in EXTREMES:
+        for op in ["<", "<=", "==", ">", ">="]:
+            node = check(Compare(op, Fact("measure.score"), Const(constant)))
+            matcher = Matcher([compile_condition(node, "x")], ["measure.score"], label="extremes")
+            for value in EXTREMES:
+                facts = {"event.type": "evaluation", "measure.score": value}
+                got = matcher.match(facts) == [0]
+                assert got == evaluate(node, facts), f"{value} {op} {constant}: durable_rules {got}"

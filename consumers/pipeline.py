@@ -72,7 +72,13 @@ class Pipeline:
             self._reject(line, exc.reason)
             return
         state = self.states.get_or_new(event.patient_id)
-        outcome = self.engine.process(state, event)
+        try:
+            outcome = self.engine.process(state, event)
+        except Exception as exc:  # an engine fault on one event must not stop a years-long run
+            # Not rolled back (a snapshot per event would cost a quarter of the run's time):
+            # the patient keeps what was applied before the fault. The Kafka service rolls back.
+            self._reject(line, f"internal error: the rules engine failed on this event ({type(exc).__name__})")
+            return
         if outcome.duplicate:
             summary.duplicates += 1
             return

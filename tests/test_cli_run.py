@@ -169,3 +169,28 @@ def test_retention_forgets_closed_plans_in_event_time():
     assert set(pipeline.states) == {"p-1", "p-2"}
     pipeline.sweep(day(110), dt.timedelta(days=90))  # 90 days: forgotten; the open plan stays
     assert set(pipeline.states) == {"p-2"} and pipeline.summary.expired == 1
+
+
+def test_an_engine_fault_on_one_event_is_dead_lettered_and_the_run_goes_on():
+    """A stand-in fault (the real engine, raising on one event id); the run must not stop."""
+    import io
+
+    from otrules import defaults
+    from otrules.consumers import JsonlSource, Pipeline
+    from otrules.consumers.deadletter import DeadLetterSink
+    from otrules.engine import Engine
+
+    class FailsOn(Engine):
+        def process(self, state, event):
+            if event.event_id == "p-00003-e0005":
+                raise RuntimeError("injected")
+            return super().process(state, event)
+
+    sink = io.StringIO()
+    letters = DeadLetterSink(sink)
+    pipeline = Pipeline(FailsOn(defaults.rulesets(), defaults.catalogue()), lambda r: None, letters)
+    summary = pipeline.feed(JsonlSource(io.BytesIO(defaults.SAMPLE_STREAM.read_bytes())))
+    assert (summary.rejected, summary.processed) == (1, summary.read - 1)
+    letter = json.loads(sink.getvalue())
+    assert letter["reason"] == "internal error: the rules engine failed on this event (RuntimeError)"
+    assert '"event_id":"p-00003-e0005"' in letter["original"]

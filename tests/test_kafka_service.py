@@ -461,3 +461,51 @@ def test_rules_reload_refuses_a_broken_ruleset_and_swaps_a_valid_one_live(kafka_
     assert "unknown fact 'goal.mett'" in log and 'versions="2099.1"' in text
     assert not PATIENT_ID.search(log.encode())
 
+
+
+class _FailsOn(Engine):
+    """The real engine, made to raise on one event id: a stand-in for an engine fault
+    (such as durable_rules refusing a number) that no valid input is known to cause now."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(defaults.rulesets(), defaults.catalogue())
+        self.event_id = event_id
+
+    def process(self, state, event):
+        if event.event_id == self.event_id:
+            raise RuntimeError(f"injected fault on {event.event_id}")  # a value the logs must not show
+        return super().process(state, event)
+
+
+def test_an_event_the_engine_fails_on_is_rolled_back_and_dead_lettered_once(kafka_bootstrap, tmp_path):
+    import threading
+
+    from otrules.consumers.kafka.service import Service
+    from otrules.consumers.kafka.settings import KafkaSettings
+
+    lines = stream(30, seed=23)
+    poison = lines[len(lines) // 2]
+    poison_id = json.loads(poison)["event_id"]
+    expected = embedded([line for line in lines if line != poison])  # as if it never happened: rolled back
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id=topics.group, instance_id=unique_name("p"),
+                             input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
+                             changelog_topic=topics.changelog, sweep_interval_s=0, batch_max_records=50,
+                             state_dir=tmp_path / "state")
+    service = Service(settings, _FailsOn(poison_id))
+    runner = threading.Thread(target=service.run, daemon=True)
+    runner.start()
+    try:
+        records = read_all(kafka_bootstrap, topics.output, len(expected))
+        letters = read_all(kafka_bootstrap, topics.dlq, 1, timeout=30)
+    finally:
+        service.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert recommendations(records) == expected
+    assert [m.value for m in letters] == [poison]
+    assert dict(letters[0].headers)["otrules.reason"].decode() == (
+        "internal error: the rules engine failed on this event (RuntimeError); it was rolled back and set aside")
+    c = service.counters
+    assert (c.rejected, c.aborted, c.processed) == (1, 1, len(lines) - 1)

@@ -15,11 +15,12 @@ batch rolls the in-memory state back to its snapshot and rewinds the offsets.
 
 from __future__ import annotations
 
+
 import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -61,6 +62,16 @@ class _Batch:
     first: dict[TopicPartition, int] = field(default_factory=dict)
     snapshots: dict[tuple[int, str], bytes | None] = field(default_factory=dict)  # (partition, patient) -> before
     rec_timestamps: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of events that recommended
+    counted: Counters = field(default_factory=Counters)  # the counters before it: an abort puts them back
+
+
+class _EventFailed(Exception):
+    """The engine raised on one event: the batch is rolled back, and on the retry that
+    event alone is dead-lettered (a poison event must not stop the partition for good)."""
+
+    def __init__(self, partition: int, offset: int, error: BaseException) -> None:
+        super().__init__(f"partition {partition} offset {offset}: {type(error).__name__}")
+        self.partition, self.offset, self.error = partition, offset, error
 
 
 class Service(ConsumerRebalanceListener):
@@ -82,6 +93,7 @@ class Service(ConsumerRebalanceListener):
         self.stores: dict[int, StateStore] = {}
         self._to_restore: set[int] = set()
         self._to_sweep: set[int] = set()  # restored partitions are swept straight away
+        self._poisoned: dict[tuple[int, int], str] = {}  # (partition, offset) -> error class, for the retry
         self._last_sweep = time.monotonic()
         self._stop = threading.Event()
         self.consumer: KafkaConsumer | None = None
@@ -161,6 +173,8 @@ class Service(ConsumerRebalanceListener):
             if store is not None:
                 store.close()
             self._to_restore.discard(tp.partition)
+            for poisoned in [k for k in self._poisoned if k[0] == tp.partition]:
+                del self._poisoned[poisoned]
             self._sizes.pop(tp.partition, None)
             for gauge in (self.metrics.patients, self.metrics.state_bytes, self.metrics.lag):
                 try:
@@ -281,7 +295,7 @@ class Service(ConsumerRebalanceListener):
             self._observe_lag()
         if not polled:
             return
-        batch = _Batch()
+        batch = _Batch(counted=replace(self.counters))
         started = time.monotonic()
         before = self.counters.read, self.counters.recommendations
         self.producer.begin_transaction()
@@ -313,6 +327,13 @@ class Service(ConsumerRebalanceListener):
             log.info("committed", partitions=sorted(tp.partition for tp in polled),
                      events=self.counters.read - before[0], recommendations=self.counters.recommendations - before[1],
                      ms=round((time.monotonic() - started) * 1000, 1))
+        except _EventFailed as failed:
+            # class name only: an exception's text may carry an identifier or a score
+            log.error("event failed in the engine; batch rolled back, the event will be dead-lettered",
+                      partition=failed.partition, offset=failed.offset, error=type(failed.error).__name__)
+            log.debug("engine failure", exc_info=failed.error)
+            self._poisoned[(failed.partition, failed.offset)] = type(failed.error).__name__
+            self._abort(batch)
         except Exception:
             log.exception("batch failed; aborting and rewinding")
             self._abort(batch)
@@ -329,7 +350,7 @@ class Service(ConsumerRebalanceListener):
         self._last_sweep = time.monotonic()
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         retention = dt.timedelta(days=self.settings.retention_days)
-        batch = _Batch()
+        batch = _Batch(counted=replace(self.counters))
         made = expired = 0
         self.producer.begin_transaction()
         try:
@@ -360,6 +381,7 @@ class Service(ConsumerRebalanceListener):
             self.producer.commit_transaction()
         except Exception:
             log.exception("sweep failed; aborting")
+            self.counters = replace(batch.counted, aborted=self.counters.aborted + 1)
             self.producer.abort_transaction()
             for (partition, patient), before in batch.snapshots.items():
                 if partition in self.stores:
@@ -394,7 +416,15 @@ class Service(ConsumerRebalanceListener):
             batch.snapshots[key] = None if state is None else encode(state)
         if state is None:
             state = PatientState(event.patient_id)
-        outcome = self.engine.process(state, event)
+        error = self._poisoned.pop((tp.partition, msg.offset), None)
+        if error is not None:
+            self._dead_letter(tp, msg, f"internal error: the rules engine failed on this event ({error}); "
+                                       "it was rolled back and set aside")
+            return
+        try:
+            outcome = self.engine.process(state, event)
+        except Exception as exc:
+            raise _EventFailed(tp.partition, msg.offset, exc) from exc
         store.put(state)
         if outcome.duplicate:
             self.counters.duplicates += 1
@@ -423,7 +453,8 @@ class Service(ConsumerRebalanceListener):
 
     def _abort(self, batch: _Batch) -> None:
         assert self.consumer is not None and self.producer is not None
-        self.counters.aborted += 1
+        # what was read in this batch will be read again: count it when it commits
+        self.counters = replace(batch.counted, aborted=self.counters.aborted + 1)
         self.metrics.aborted.inc()
         try:
             self.producer.abort_transaction()

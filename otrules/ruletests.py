@@ -17,27 +17,36 @@ A clinical lead writes a short patient story and the recommendations it must
           - {rule: plateau}
 
 Compact events: one key, the event type; `day` counts from `start`; ids,
-patient, plan and times are filled in; measures may be written
-"INSTRUMENT SCORE [GOAL]"; `visits: {days: [1, 2, 3], status: missed}` writes
-several visits; `clock: {day: 120}` advances time with no event (a sweep of
-every open plan, as `otrules run --as-of` and the Kafka service do). Any field
-of the real event may be given as well.
+patient, plan and times are filled in, and so are the fields a real event
+must carry (a plan's setting, frequency and certification, a goal's
+description, an evaluation's kind and clinician, a discharge's reason);
+measures may be written "INSTRUMENT SCORE [GOAL]"; `visits: {days: [1, 2, 3],
+status: missed}` writes several visits; `clock: {day: 120}` advances time with
+no event (a sweep of every open plan, as `otrules run --as-of` and the Kafka
+service do). Any field of the real event may be given as well; YAML dates and
+date-times become the ISO strings they stand for. A case that cannot be
+expanded is a `SuiteError` naming file, line, case and field.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import TypeAdapter, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from otrules.engine import Engine, PatientState, Problem
 from otrules.schemas import EventRejected, Recommendation, parse_event
+from otrules.schemas.events import DateTime
 
 _HOURS = {"plan": 8, "evaluation": 10, "visit": 9, "discharge": 16}
+_DATE_TIME: TypeAdapter[dt.datetime] = TypeAdapter(DateTime, config={"strict": True})
 _MATCH_KEYS = ("rule", "kind", "goal", "indicator", "event", "patient", "summary_contains")
 
 
@@ -55,6 +64,7 @@ class Case:
     expect: list[dict[str, Any]]
     expect_not: list[dict[str, Any]]
     exactly: bool = False
+    event_lines: list[int | None] = field(default_factory=list)  # YAML line of each event, for messages
 
 
 @dataclass(frozen=True)
@@ -81,11 +91,73 @@ class CaseResult:
 # ---------------------------------------------------------------- loading
 
 
+class CaseError(ValueError):
+    """A malformed case; `line`/`col` (1-based) point at the offending YAML node when known."""
+
+    def __init__(self, message: str, at: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.at = at
+
+
 def find_suites(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         out.extend(sorted(p.glob("*.tests.y*ml")) if p.is_dir() else [p])
     return out
+
+
+def _pos(node: Any, key: Any = None) -> tuple[int, int] | None:
+    """1-based (line, column) of `node`, or of its item `key`, when ruamel kept it."""
+    lc = getattr(node, "lc", None)
+    if lc is None:
+        return None
+    try:
+        if key is None:
+            line, col = lc.line, lc.col
+        elif isinstance(key, int):
+            line, col = lc.item(key)
+        else:
+            line, col = lc.key(key)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return None
+    return line + 1, col + 1
+
+
+def _plain(value: Any) -> Any:
+    """YAML values as the JSON an event pipeline would send: a YAML date or
+    date-time becomes its ISO 8601 / RFC 3339 string (a date-time written with
+    no offset stays without one, and the event is then rejected for it)."""
+    if isinstance(value, dt.datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value  # anything else (a YAML set, a tagged value) is rejected as not JSON when the event is parsed
+
+
+def _start_date(data: dict[str, Any], path: Path) -> dt.date:
+    value = data.get("start", "2026-01-05")
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        line, col = _pos(data, "start") or (1, 1)
+        raise SuiteError([Problem(str(path), line, col, f"start: expected a date YYYY-MM-DD, got {value!r}")]) from None
 
 
 def load_suite(path: Path) -> Suite:
@@ -97,102 +169,206 @@ def load_suite(path: Path) -> Suite:
                                   f"not valid YAML: {exc.problem}")]) from None
     if not isinstance(data, dict) or "cases" not in data or "rules" not in data:
         raise SuiteError([Problem(str(path), 1, 1, "a test file needs `rules:` (the rules file) and `cases:`")])
-    start = dt.date.fromisoformat(str(data.get("start", "2026-01-05")))
+    start = _start_date(data, path)
+    raw_cases = data["cases"] or []
+    if not isinstance(raw_cases, list):
+        line, col = _pos(data, "cases") or (1, 1)
+        raise SuiteError([Problem(str(path), line, col,
+                                  "cases: expected a list of cases, each starting with `- name:`")])
     problems: list[Problem] = []
     cases: list[Case] = []
-    for raw in data["cases"] or []:
-        line = raw.lc.line + 1 if hasattr(raw, "lc") else 1
+    for i, raw in enumerate(raw_cases):
+        case_at = _pos(raw) or _pos(raw_cases, i) or (1, 1)
+        line = case_at[0]
+        if not isinstance(raw, dict):
+            problems.append(Problem(str(path), *case_at, f"case {i + 1}: expected a mapping with name, events, "
+                                                         f"expect, expect_not; got {_plain(raw)!r}"))
+            continue
         name = str(raw.get("name", f"case at line {line}"))
         unknown = set(raw) - {"name", "events", "expect", "expect_not", "exactly", "description"}
         if unknown:
-            first = sorted(unknown)[0]
-            kline, kcol = raw.lc.key(first) if hasattr(raw, "lc") else (line - 1, 0)
-            problems.append(Problem(str(path), kline + 1, kcol + 1,
-                                    f"case {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+            first = sorted(unknown, key=str)[0]
+            problems.append(Problem(str(path), *(_pos(raw, first) or case_at),
+                                    f"case {name!r}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                                     "use name, events, expect, expect_not, exactly"))
             continue
         try:
-            events = expand_events(raw.get("events") or [], start)
-            expect = [_matcher(m) for m in raw.get("expect") or []]
-            expect_not = [_matcher(m) for m in raw.get("expect_not") or []]
-        except ValueError as exc:
-            problems.append(Problem(str(path), line, raw.lc.col + 1 if hasattr(raw, "lc") else 1, f"case {name!r}: {exc}"))
+            expanded = _expand(_list_of(raw, "events"), start)
+            expect = [_matcher(m, "expect", raw) for m in _list_of(raw, "expect")]
+            expect_not = [_matcher(m, "expect_not", raw) for m in _list_of(raw, "expect_not")]
+        except CaseError as exc:
+            problems.append(Problem(str(path), *(exc.at or case_at), f"case {name!r}: {exc}"))
             continue
-        cases.append(Case(name, line, events, expect, expect_not, bool(raw.get("exactly", False))))
+        cases.append(Case(name, line, [e for e, _ in expanded], expect, expect_not, bool(raw.get("exactly", False)),
+                          [at for _, at in expanded]))
     if problems:
         raise SuiteError(problems)
     return Suite(path, (path.parent / str(data["rules"])).resolve(), cases)
 
 
-def _matcher(m: Any) -> dict[str, Any]:
+def _list_of(case: dict[str, Any], key: str) -> list[Any]:
+    value = case.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CaseError(f"{key}: expected a list (each item starting with `- `), got {_plain(value)!r}",
+                        _pos(case, key))
+    return value
+
+
+def _matcher(m: Any, key: str, case: Any) -> dict[str, Any]:
     if not isinstance(m, dict):
-        raise ValueError(f"an expectation is a mapping of {', '.join(_MATCH_KEYS)}; got {m!r}")
+        raise CaseError(f"{key}: an expectation is a mapping of {', '.join(_MATCH_KEYS)}; got {_plain(m)!r}",
+                        _pos(case, key))
     unknown = set(m) - set(_MATCH_KEYS)
     if unknown:
-        raise ValueError(f"unknown expectation key(s) {', '.join(sorted(unknown))}; use {', '.join(_MATCH_KEYS)}")
-    return dict(m)
+        first = sorted(unknown, key=str)[0]
+        raise CaseError(f"{key}: unknown expectation key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"use {', '.join(_MATCH_KEYS)}", _pos(m, first) or _pos(case, key))
+    return _plain(dict(m))
 
 
 def expand_events(raw_events: list[Any], start: dt.date) -> list[dict[str, Any]]:
-    """Compact events to real ones (see the module doc)."""
-    out: list[dict[str, Any]] = []
-    for item in raw_events:
+    """Compact events to real ones (see the module doc); `CaseError` names the field."""
+    return [event for event, _ in _expand(raw_events, start)]
+
+
+_EVENT_KEYS = "plan, evaluation, visit, visits, discharge or clock"
+
+
+def _expand(raw_events: list[Any], start: dt.date) -> list[tuple[dict[str, Any], int | None]]:
+    """(event, its YAML line) for each compact event."""
+    out: list[tuple[dict[str, Any], int | None]] = []
+    for i, item in enumerate(raw_events):
+        at = _pos(raw_events, i)
+        where = f"events[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
-            raise ValueError(f"each event is one key (plan, evaluation, visit, visits, discharge); got {dict(item) if isinstance(item, dict) else item!r}")
+            raise CaseError(f"{where}: each event is one key ({_EVENT_KEYS}); got {_plain(item)!r}", at)
         (kind, body), = item.items()
-        body = dict(body or {})
-        if kind == "visits":
-            for day in body.pop("days"):
-                out.append(_event("visit", {**body, "day": day}, start, len(out) + 1))
-            continue
-        if kind == "clock":
-            day = int(body.pop("day", 0))
-            at = body.pop("at", f"{(start + dt.timedelta(days=day)).isoformat()}T{body.pop('time', '23:00')}:00Z")
-            out.append({"type": "clock", "at": at})
-            continue
-        if kind not in _HOURS:
-            raise ValueError(f"unknown event type {kind!r}; use plan, evaluation, visit, visits, discharge or clock")
-        out.append(_event(kind, body, start, len(out) + 1))
+        where = f"{where} ({kind})"
+        if kind not in _HOURS and kind not in ("visits", "clock"):
+            raise CaseError(f"{where}: unknown event type {kind!r}; use {_EVENT_KEYS}", at)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise CaseError(f"{where}: expected a mapping of fields such as {{day: 3}}, got {_plain(body)!r}", at)
+        node = body
+        body = _plain(dict(body))
+        line = at[0] if at else None
+        try:
+            if kind == "visits":
+                days = body.pop("days", None)
+                if not isinstance(days, list) or not days:
+                    got = "it is missing" if days is None else f"got {days!r}"
+                    raise CaseError(f"days: expected a list of day numbers such as "
+                                    f"visits: {{days: [3, 5, 8], status: missed}}; {got}", _pos(node, "days"))
+                for day in days:
+                    out.append((_event("visit", {**body, "day": day}, start, len(out) + 1), line))
+                continue
+            if kind == "clock":
+                day = _whole(body.pop("day", 0), "day")
+                time = _hh_mm(body.pop("time", "23:00"))
+                clock_at = _clock_at(body.pop("at", f"{(start + dt.timedelta(days=day)).isoformat()}T{time}:00Z"))
+                out.append(({"type": "clock", "at": clock_at}, line))
+                continue
+            out.append((_event(kind, body, start, len(out) + 1), line))
+        except CaseError as exc:
+            raise CaseError(f"{where}: {exc}", exc.at or _field_pos(node, str(exc).split(":", 1)[0]) or at) from None
     return out
 
 
+def _field_pos(node: Any, path: str) -> tuple[int, int] | None:
+    """Where `goals[0].target_day` was written in an event's mapping, as deep as it goes."""
+    found = None
+    for part in re.findall(r"[^.\[\]]+", path):
+        key: Any = int(part) if part.isdigit() else part
+        in_list = isinstance(node, list) and isinstance(key, int) and key < len(node)
+        if in_list or isinstance(node, dict) and key in node:
+            found = _pos(node, key) or found
+            node = node[key]
+        else:
+            break
+    return found
+
+
+def _whole(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CaseError(f"{field}: expected a whole number of days, got {value!r}")
+    return value
+
+
+def _hh_mm(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"[0-2][0-9]:[0-5][0-9]", text) or int(text[:2]) > 23:
+        raise CaseError(f"time: expected HH:MM (24-hour, quoted or not), got {value!r}")
+    return text
+
+
+def _clock_at(value: Any) -> str:
+    """The clock's time, held to the same RFC 3339 rule as an event's occurred_at."""
+    try:
+        at = _DATE_TIME.validate_json(json.dumps(value))
+    except (ValidationError, TypeError):
+        raise CaseError(f"at: expected an RFC 3339 date-time with an offset such as 2026-05-01T09:00:00Z, "
+                        f"got {value!r}") from None
+    return at.isoformat().replace("+00:00", "Z")
+
+
 def _event(kind: str, body: dict[str, Any], start: dt.date, n: int) -> dict[str, Any]:
-    day = body.pop("day", 0)
-    time = str(body.pop("time", f"{_HOURS[kind]:02d}:00"))
-    date = start + dt.timedelta(days=int(day))
+    day = _whole(body.pop("day", 0), "day")
+    time = _hh_mm(body.pop("time", f"{_HOURS[kind]:02d}:00"))
+    date = start + dt.timedelta(days=day)
     event: dict[str, Any] = {"type": kind, "event_id": body.pop("event_id", f"e-{n:03d}"),
                              "patient_id": body.pop("patient", body.pop("patient_id", "p-1")),
                              "plan_id": body.pop("plan", body.pop("plan_id", "poc-1")),
                              "occurred_at": body.pop("at", f"{date.isoformat()}T{time}:00Z")}
     if kind == "plan":
-        cert_days = int(body.pop("cert_days", 90))
+        cert_days = _whole(body.pop("cert_days", 90), "cert_days")
+        if cert_days < 1:
+            raise CaseError(f"cert_days: expected at least 1 day, got {cert_days!r}")
         event.update(setting="outpatient", frequency_per_week=2, certified_from=date.isoformat(),
-                     certified_until=(date + dt.timedelta(days=cert_days - 1)).isoformat(), goals=[])
-        for goal in body.get("goals", []):
-            if "target_day" in goal:
-                goal = dict(goal)
-                goal["target_date"] = (start + dt.timedelta(days=int(goal.pop("target_day")))).isoformat()
-            event["goals"].append(dict(goal))
-        body.pop("goals", None)
+                     certified_until=(date + dt.timedelta(days=cert_days - 1)).isoformat(),
+                     goals=[_goal(g, i, start) for i, g in enumerate(_field_list(body.pop("goals", []), "goals"))])
     elif kind == "evaluation":
         event["kind"] = body.pop("kind", "progress")
-        event["measures"] = [_measure(m) for m in body.pop("measures", [])]
+        event["clinician_id"] = body.pop("clinician_id", "ot-1")
+        event["measures"] = [_measure(m, i) for i, m in enumerate(_field_list(body.pop("measures", []), "measures"))]
     elif kind == "visit":
         event["status"] = body.pop("status", "attended")
+    elif kind == "discharge":
+        event["reason"] = body.pop("reason", "goals-met")
     event.update(body)
     return event
 
 
-def _measure(m: Any) -> dict[str, Any]:
+def _field_list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise CaseError(f"{field}: expected a list, got {value!r}")
+    return value
+
+
+def _goal(goal: Any, i: int, start: dt.date) -> dict[str, Any]:
+    if not isinstance(goal, dict):
+        raise CaseError(f"goals[{i}]: expected a mapping such as {{goal_id: g1, instrument: COPM-performance, "
+                        f"target: 7}}, got {goal!r}")
+    goal = dict(goal)
+    if "target_day" in goal:
+        days = _whole(goal.pop("target_day"), f"goals[{i}].target_day")
+        goal["target_date"] = (start + dt.timedelta(days=days)).isoformat()
+    goal.setdefault("description", f"goal {goal.get('goal_id', i + 1)}")
+    return goal
+
+
+def _measure(m: Any, i: int = 0) -> dict[str, Any]:
     if isinstance(m, dict):
         return dict(m)
     parts = str(m).split()
     if len(parts) not in (2, 3):
-        raise ValueError(f"a measure is 'INSTRUMENT SCORE [GOAL]', got {m!r}")
+        raise CaseError(f"measures[{i}]: a measure is 'INSTRUMENT SCORE [GOAL]', got {m!r}")
     try:
         score = float(parts[1])
     except ValueError:
-        raise ValueError(f"score {parts[1]!r} in {m!r} is not a number") from None
+        raise CaseError(f"measures[{i}]: score {parts[1]!r} in {m!r} is not a number") from None
     out: dict[str, Any] = {"instrument": parts[0], "score": int(score) if score.is_integer() else score}
     if len(parts) == 3:
         out["goal_id"] = parts[2]
@@ -216,7 +392,8 @@ def run_case(engine: Engine, case: Case) -> CaseResult:
         try:
             event = parse_event(raw, engine.catalogue)
         except EventRejected as exc:
-            result.error = f"event {n} is not valid: {exc.reason}"
+            line = case.event_lines[n - 1] if n <= len(case.event_lines) else None
+            result.error = f"event {n}{f' (line {line})' if line else ''} is not valid: {exc.reason}"
             return result
         index_of[event.event_id] = n
         state = states.setdefault(event.patient_id, PatientState(event.patient_id))

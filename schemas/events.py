@@ -2,32 +2,89 @@
 
 Events are validated from their JSON bytes in strict mode, so a score sent as
 the string "5" or a date-time without an offset is rejected rather than
-guessed at. Score ranges depend on the instrument catalogue and are checked by
-`parse_event` after the structural validation.
+guessed at. Date-times must be RFC 3339 (`2026-01-05T09:00:00Z`,
+`2026-01-05T10:00:00.5+01:00`) and dates `YYYY-MM-DD`: pydantic on its own
+would also read "20260105" or "1767225600" as Unix time. Score ranges depend
+on the instrument catalogue and are checked by `parse_event` after the
+structural validation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
-from otrules.schemas._errors import EventRejected, describe_validation_error, show_value
+from otrules.schemas._errors import EventRejected, describe_validation_error, field_path, show_value
 from otrules.schemas.instruments import Catalogue
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 Score = Annotated[float, Field(allow_inf_nan=False)]
+
+# RFC 3339 §5.6 `date-time` ("T" and "Z" may be lower case) and `full-date`.
+# [0-9], not \d: the Rust regex engine's \d also matches non-ASCII digits.
+_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_TIME = r"[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+_OFFSET = r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+DATE_TIME_PATTERN = f"^{_DATE}[Tt]{_TIME}{_OFFSET}$"
+DATE_PATTERN = f"^{_DATE}$"
+
+
+class _Rfc3339:
+    """A JSON string in RFC 3339 form first, then pydantic's date/datetime.
+
+    The shape is checked before pydantic parses the value (all in
+    pydantic-core), so numbers and digit strings never reach its Unix-time
+    reading. A date-time without an offset passes the shape check on purpose,
+    to get pydantic's clearer "Input should have timezone info".
+    """
+
+    def __init__(self, shape: str, then: core_schema.CoreSchema, message: str, json_schema: dict[str, Any]) -> None:
+        self.shape, self.then, self.message, self.json_schema = shape, then, message, json_schema
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.chain_schema([
+            core_schema.custom_error_schema(core_schema.str_schema(pattern=self.shape, strict=True),
+                                            custom_error_type="rfc3339_format", custom_error_message=self.message),
+            self.then,
+        ])
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return dict(self.json_schema)
+
+
+DateTime = Annotated[dt.datetime, _Rfc3339(
+    f"^{_DATE}[Tt]{_TIME}{_OFFSET}?$",
+    core_schema.datetime_schema(tz_constraint="aware", strict=False),
+    'Input should be an RFC 3339 date-time with an offset (Z or ±hh:mm), such as "2026-01-05T09:00:00Z"',
+    {"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN},
+)]
+"""RFC 3339 date-time with an explicit offset, e.g. 2026-01-05T09:00:00Z or ...+01:00."""
+
+Date = Annotated[dt.date, _Rfc3339(
+    DATE_PATTERN,
+    core_schema.date_schema(strict=False),
+    'Input should be a date written YYYY-MM-DD, such as "2026-04-04"',
+    {"type": "string", "format": "date", "pattern": DATE_PATTERN},
+)]
+"""RFC 3339 full-date, YYYY-MM-DD."""
 
 Setting = Literal["inpatient-rehab", "outpatient", "home-health", "school", "skilled-nursing", "acute"]
 SETTINGS: tuple[str, ...] = get_args(Setting)
@@ -39,7 +96,7 @@ class _EventBase(BaseModel):
     event_id: NonEmpty
     patient_id: NonEmpty
     plan_id: NonEmpty
-    occurred_at: AwareDatetime
+    occurred_at: DateTime
     schema_version: Literal["1"] = "1"
 
     @property
@@ -52,11 +109,11 @@ class Goal(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
     goal_id: NonEmpty
-    description: str | None = None
+    description: NonEmpty
     instrument: NonEmpty
     baseline: Score | None = None
     target: Score
-    target_date: dt.date | None = None
+    target_date: Date | None = None
     gas_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
 
 
@@ -65,10 +122,10 @@ class PlanEvent(_EventBase):
 
     type: Literal["plan"]
     setting: Setting
-    frequency_per_week: Annotated[int, Field(ge=0, le=21)] | None = None
-    certified_from: dt.date | None = None
-    certified_until: dt.date | None = None
-    goals: list[Goal] = Field(default_factory=list)
+    frequency_per_week: Annotated[int, Field(ge=0, le=21)]
+    certified_from: Date
+    certified_until: Date
+    goals: list[Goal]  # may be empty: the contract sets no minimum
 
     @field_validator("goals")
     @classmethod
@@ -79,6 +136,15 @@ class PlanEvent(_EventBase):
                 raise ValueError(f"goal_id {goal.goal_id!r} appears twice")
             seen.add(goal.goal_id)
         return goals
+
+    @field_validator("certified_until")
+    @classmethod
+    def _not_before_certified_from(cls, until: dt.date, info: ValidationInfo) -> dt.date:
+        since = info.data.get("certified_from")
+        if since is not None and until < since:
+            raise PydanticCustomError("date_order", "Input should not be before certified_from \"{certified_from}\"",
+                                      {"certified_from": since.isoformat()})
+        return until
 
 
 class Measure(BaseModel):
@@ -92,7 +158,7 @@ class Measure(BaseModel):
 class EvaluationEvent(_EventBase):
     type: Literal["evaluation"]
     kind: Literal["initial", "re-evaluation", "progress", "discharge"]
-    clinician_id: str | None = None
+    clinician_id: NonEmpty
     measures: Annotated[list[Measure], Field(min_length=1)]
 
     @property
@@ -110,7 +176,7 @@ class VisitEvent(_EventBase):
 
 class DischargeEvent(_EventBase):
     type: Literal["discharge"]
-    reason: str | None = None
+    reason: NonEmpty
 
 
 Event = Annotated[
@@ -124,7 +190,10 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None = None) -> Event:
     """Validate one event; raise `EventRejected` naming the field and the value."""
     if isinstance(raw, dict):
-        raw = json.dumps(raw)
+        try:
+            raw = json.dumps(raw, allow_nan=False)
+        except (TypeError, ValueError):
+            raise EventRejected(*_not_json(raw)) from None
     elif isinstance(raw, bytes):
         try:
             raw.decode("utf-8")
@@ -138,6 +207,28 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
     if catalogue is not None and isinstance(event, EvaluationEvent):
         _check_scores(event, catalogue)
     return event
+
+
+def _not_json(value: Any, loc: tuple[Any, ...] = ()) -> tuple[str, str]:
+    """(reason, field) for the first value in a Python event that JSON cannot hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{field_path(loc)}: not a JSON object key (got {type(key).__name__} {key!r})", field_path(loc)
+            found = _not_json(item, (*loc, key))
+            if found[0]:
+                return found
+        return "", ""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _not_json(item, (*loc, i))
+            if found[0]:
+                return found
+        return "", ""
+    if value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return "", ""
+    shown = value.isoformat() if isinstance(value, (dt.date, dt.time)) else repr(value)
+    return f"{field_path(loc)}: not a JSON value (got {type(value).__name__} {shown})", field_path(loc)
 
 
 def _reason(exc: ValidationError, raw: bytes | str) -> str:

@@ -47,7 +47,7 @@ def test_two_runs_are_byte_identical_apart_from_emitted_at(tmp_path):
 BAD_LINES = [
     b"this is not json",
     b'{"type":"referral","event_id":"x1","patient_id":"p-9","plan_id":"poc-9","occurred_at":"2026-01-05T09:00:00Z"}',
-    b'{"type":"evaluation","event_id":"x2","patient_id":"p-9","plan_id":"poc-9","occurred_at":"2026-01-05T09:00:00Z",'
+    b'{"type":"evaluation","event_id":"x2","patient_id":"p-9","plan_id":"poc-9","occurred_at":"2026-01-05T09:00:00Z","clinician_id":"ot-1",'
     b'"kind":"progress","measures":[{"instrument":"COPM-performance","score":11}]}',
     b'{"type":"visit","event_id":"x3","patient_id":"p-9","plan_id":"poc-9","status":"attended"}',
     b"\xff\xfe not utf-8",

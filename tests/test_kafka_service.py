@@ -263,7 +263,7 @@ def test_poison_input_is_dead_lettered_and_the_stream_goes_on(kafka_bootstrap, t
     bad = [b"not json at all",
            b'{"type":"referral","event_id":"x1","patient_id":"p-00001","plan_id":"poc","occurred_at":"2026-01-05T09:00:00Z"}',
            b'{"type":"evaluation","event_id":"x2","patient_id":"p-00002","plan_id":"poc-00002-1",'
-           b'"occurred_at":"2026-01-05T09:00:00Z","kind":"progress","measures":[{"instrument":"COPM-performance","score":11}]}']
+           b'"occurred_at":"2026-01-05T09:00:00Z","kind":"progress","clinician_id":"ot-1","measures":[{"instrument":"COPM-performance","score":11}]}']
     lines = good[:500] + bad[:1] + good[500:1000] + bad[1:] + good[1000:] + [good[10]]  # and one duplicate
     assert len(good) > 1000
     expected = embedded(lines)

@@ -2,28 +2,68 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 
 from otrules.schemas import EventRejected, EvaluationEvent, PlanEvent, parse_event
 
+RFC3339 = 'Input should be an RFC 3339 date-time with an offset (Z or ±hh:mm), such as "2026-01-05T09:00:00Z"'
+YMD = 'Input should be a date written YYYY-MM-DD, such as "2026-04-04"'
 BASE = {"event_id": "e-1", "patient_id": "p-1", "plan_id": "poc-1", "occurred_at": "2026-01-05T09:00:00Z"}
 
 
 def evaluation(**over):
-    ev = {"type": "evaluation", **BASE, "kind": "progress",
+    ev = {"type": "evaluation", **BASE, "kind": "progress", "clinician_id": "ot-4",
           "measures": [{"instrument": "COPM-performance", "score": 5, "goal_id": "g1"}]}
     ev.update(over)
     return ev
 
 
+def plan(**over):
+    ev = {"type": "plan", **BASE, "setting": "outpatient", "frequency_per_week": 2, "certified_from": "2026-01-05",
+          "certified_until": "2026-04-04",
+          "goals": [{"goal_id": "g1", "description": "Independent upper-body dressing", "instrument": "COPM-performance",
+                     "baseline": 3, "target": 7, "target_date": "2026-03-01", "gas_weight": 1}]}
+    ev.update(over)
+    return ev
+
+
+def without(event, field):
+    return {k: v for k, v in event.items() if k != field}
+
+
 def test_valid_events_parse(catalogue):
     assert isinstance(parse_event(evaluation(), catalogue), EvaluationEvent)
-    plan = {"type": "plan", **BASE, "setting": "outpatient", "frequency_per_week": 2, "certified_from": "2026-01-05",
-            "certified_until": "2026-04-04", "goals": [{"goal_id": "g1", "instrument": "COPM-performance", "target": 7}]}
-    parsed = parse_event(plan, catalogue)
+    minimal_goal = {"goal_id": "g1", "description": "Dress", "instrument": "COPM-performance", "target": 7}
+    parsed = parse_event(plan(goals=[minimal_goal]), catalogue)
     assert isinstance(parsed, PlanEvent) and parsed.goals[0].gas_weight == 1 and parsed.schema_version == "1"
+    assert parsed.goals[0].baseline is None and parsed.goals[0].target_date is None
+    assert parse_event(plan(goals=[]), catalogue).goals == []  # the contract sets no minimum number of goals
+    assert parse_event(evaluation(measures=[{"instrument": "FIM-motor", "score": 61}]), catalogue).measures[0].goal_id is None
+    discharge = parse_event({"type": "discharge", **BASE, "reason": "goals-met"}, catalogue)
+    assert discharge.reason == "goals-met"
+
+
+def test_the_contract_examples_parse(catalogue):
+    """The events of contracts.md §1, verbatim."""
+    examples = [
+        '{"type":"plan","event_id":"e-001","patient_id":"p-17","plan_id":"poc-17-1",'
+        '"occurred_at":"2026-01-05T09:00:00Z","setting":"outpatient",'
+        '"frequency_per_week":2,"certified_from":"2026-01-05","certified_until":"2026-04-04",'
+        '"goals":[{"goal_id":"g1","description":"Independent upper-body dressing",'
+        '"instrument":"COPM-performance","baseline":3,"target":7,"target_date":"2026-03-01","gas_weight":1}]}',
+        '{"type":"evaluation","event_id":"e-002","patient_id":"p-17","plan_id":"poc-17-1",'
+        '"occurred_at":"2026-01-19T10:30:00Z","kind":"progress","clinician_id":"ot-4",'
+        '"measures":[{"instrument":"COPM-performance","score":5,"goal_id":"g1"},'
+        '{"instrument":"GAS","score":0,"goal_id":"g1"},{"instrument":"FIM-motor","score":61}]}',
+        '{"type":"visit","event_id":"e-003","patient_id":"p-17","plan_id":"poc-17-1",'
+        '"occurred_at":"2026-01-07T15:00:00Z","status":"attended"}',
+        '{"type":"discharge","event_id":"e-004","patient_id":"p-17","plan_id":"poc-17-1",'
+        '"occurred_at":"2026-03-02T16:00:00Z","reason":"goals-met"}',
+    ]
+    assert [parse_event(e.encode(), catalogue).type for e in examples] == ["plan", "evaluation", "visit", "discharge"]
 
 
 @pytest.mark.parametrize(
@@ -36,7 +76,7 @@ def test_valid_events_parse(catalogue):
         (json.dumps({k: v for k, v in evaluation().items() if k != "patient_id"}), "patient_id: required field is missing"),
         (json.dumps(evaluation(patient_id="")), 'patient_id: String should have at least 1 character (got "")'),
         (json.dumps(evaluation(occurred_at="2026-01-05T09:00:00")), 'occurred_at: Input should have timezone info (got "2026-01-05T09:00:00")'),
-        (json.dumps(evaluation(occurred_at="yesterday")), 'occurred_at: Input should be a valid datetime'),
+        (json.dumps(evaluation(occurred_at="yesterday")), f'occurred_at: {RFC3339} (got "yesterday")'),
         (json.dumps(evaluation(kind="weekly")), "kind: Input should be 'initial', 're-evaluation', 'progress' or 'discharge' (got \"weekly\")"),
         (json.dumps(evaluation(measures=[{"instrument": "COPM-performance", "score": "5"}])), 'measures[0].score: Input should be a valid number (got "5")'),
         (json.dumps(evaluation(measures=[{"instrument": "COPM-performance", "score": 11}])), "measures[0].score: 11 is outside the range 1–10 of COPM-performance"),
@@ -46,15 +86,134 @@ def test_valid_events_parse(catalogue):
         (json.dumps(evaluation(measures=[])), "measures: List should have at least 1 item"),
         (json.dumps(evaluation(schema_version="2")), "schema_version: Input should be '1'"),
         (json.dumps({"type": "visit", **BASE, "status": "late"}), "status: Input should be 'attended', 'missed' or 'cancelled' (got \"late\")"),
-        (json.dumps({"type": "plan", **BASE, "setting": "outpatient",
-                     "goals": [{"goal_id": "g1", "instrument": "BBT", "target": 9},
-                               {"goal_id": "g1", "instrument": "BBT", "target": 9}]}), "goals: Value error, goal_id 'g1' appears twice"),
+        (json.dumps(plan(goals=[{"goal_id": "g1", "description": "d", "instrument": "BBT", "target": 9},
+                                {"goal_id": "g1", "description": "d", "instrument": "BBT", "target": 9}])),
+         "goals: Value error, goal_id 'g1' appears twice"),
     ],
 )
 def test_rejections_name_field_and_value(catalogue, raw, reason):
     with pytest.raises(EventRejected) as info:
         parse_event(raw.encode() if isinstance(raw, str) else raw, catalogue)
     assert info.value.reason.startswith(reason), info.value.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["20260310093000",  # was read as Unix milliseconds: year 2612
+     "20260105",  # was read as Unix seconds: 1970-08-23
+     "1767225600",  # was read as Unix seconds: 2026-01-01
+     1767225600, True, None, [], {},
+     "2026-01-05",  # a date is not a date-time
+     "2026-01-05 09:00:00Z", "2026-01-05_09:00:00Z",  # RFC 3339 separates with T
+     "2026-01-05T09:00Z",  # RFC 3339 has seconds
+     "2026-01-05T09:00:00+0100", "2026-01-05T09:00:00+01",  # offsets are ±hh:mm
+     "2026-1-5T09:00:00Z", " 2026-01-05T09:00:00Z", "2026-01-05T09:00:00Z\n",
+     "２０２６-01-05T09:00:00Z"],  # full-width digits
+)
+def test_occurred_at_accepts_only_rfc3339_with_offset(catalogue, value):
+    raw = json.dumps(evaluation(occurred_at=value), ensure_ascii=False).encode()
+    with pytest.raises(EventRejected) as info:
+        parse_event(raw, catalogue)
+    assert info.value.reason == f"occurred_at: {RFC3339} (got {json.dumps(value, ensure_ascii=False)})"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("2026-01-05T09:00:00", 'occurred_at: Input should have timezone info (got "2026-01-05T09:00:00")'),
+     ("2026-02-30T09:00:00Z", 'occurred_at: Input should be a valid datetime or date, day value is outside expected range '
+                              '(got "2026-02-30T09:00:00Z")'),
+     ("2026-01-05T25:00:00Z", 'occurred_at: Input should be a valid datetime or date, unexpected extra characters '
+                              'at the end of the input (got "2026-01-05T25:00:00Z")')],
+)
+def test_occurred_at_that_looks_right_but_is_not_a_time(catalogue, value, reason):
+    """The shape is RFC 3339, so pydantic's own message about the value is given."""
+    with pytest.raises(EventRejected) as info:
+        parse_event(evaluation(occurred_at=value), catalogue)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("2026-01-05T09:00:00Z", dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)),
+     ("2026-01-05t09:00:00z", dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)),
+     ("2026-01-05T09:00:00+00:00", dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)),
+     ("2026-01-05T10:30:00.25+01:30", dt.datetime(2026, 1, 5, 9, 0, 0, 250000, tzinfo=dt.timezone.utc)),
+     ("2026-01-04T23:00:00-05:00", dt.datetime(2026, 1, 5, 4, tzinfo=dt.timezone.utc))],
+)
+def test_rfc3339_date_times_are_read_with_their_offset(catalogue, value, expected):
+    event = parse_event(json.dumps(evaluation(occurred_at=value)).encode(), catalogue)
+    assert event.occurred_at == expected and event.occurred_at.utcoffset() is not None
+
+
+@pytest.mark.parametrize("value", ["20260105", "1767225600", 20260105, 1767225600, "2026-1-5", "2026-01-05T00:00:00Z",
+                                   "05/01/2026", "", None])
+@pytest.mark.parametrize("field", ["certified_from", "certified_until", "target_date"])
+def test_dates_accept_only_yyyy_mm_dd(catalogue, field, value):
+    if field == "target_date":
+        event, where = plan(goals=[{**plan()["goals"][0], "target_date": value}]), "goals[0].target_date"
+        if value is None:  # an optional date may be null
+            assert parse_event(event, catalogue).goals[0].target_date is None
+            return
+    else:
+        event, where = plan(**{field: value}), field
+    with pytest.raises(EventRejected) as info:
+        parse_event(event, catalogue)
+    assert info.value.reason == f"{where}: {YMD} (got {json.dumps(value)})"
+
+
+def test_an_impossible_date_is_rejected(catalogue):
+    with pytest.raises(EventRejected) as info:
+        parse_event(plan(certified_until="2026-02-30"), catalogue)
+    assert info.value.reason == ('certified_until: Input should be a valid date or datetime, day value is outside '
+                                 'expected range (got "2026-02-30")')
+
+
+def test_a_certification_that_ends_before_it_starts_is_rejected(catalogue):
+    with pytest.raises(EventRejected) as info:
+        parse_event(plan(certified_from="2026-01-05", certified_until="2026-01-04"), catalogue)
+    assert info.value.reason == 'certified_until: Input should not be before certified_from "2026-01-05" (got "2026-01-04")'
+    assert parse_event(plan(certified_from="2026-01-05", certified_until="2026-01-05"), catalogue).certified_until \
+        == dt.date(2026, 1, 5)
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [(without(plan(), "frequency_per_week"), "frequency_per_week: required field is missing"),
+     (without(plan(), "certified_from"), "certified_from: required field is missing"),
+     (without(plan(), "certified_until"), "certified_until: required field is missing"),
+     (without(plan(), "goals"), "goals: required field is missing"),
+     (without(plan(), "setting"), "setting: required field is missing"),
+     (plan(goals=[without(plan()["goals"][0], "description")]), "goals[0].description: required field is missing"),
+     (plan(goals=[without(plan()["goals"][0], "target")]), "goals[0].target: required field is missing"),
+     (plan(frequency_per_week=None), "frequency_per_week: Input should be a valid integer (got null)"),
+     (plan(certified_until=None), f"certified_until: {YMD} (got null)"),
+     (plan(goals=None), "goals: Input should be a valid array (got null)"),
+     (without(evaluation(), "clinician_id"), "clinician_id: required field is missing"),
+     (evaluation(clinician_id=""), 'clinician_id: String should have at least 1 character (got "")'),
+     (evaluation(clinician_id=4), "clinician_id: Input should be a valid string (got 4)"),
+     (without(evaluation(), "kind"), "kind: required field is missing"),
+     ({"type": "discharge", **BASE}, "reason: required field is missing"),
+     ({"type": "discharge", **BASE, "reason": None}, "reason: Input should be a valid string (got null)"),
+     ({"type": "discharge", **BASE, "reason": " "}, 'reason: String should match pattern'),
+     ({"type": "visit", **BASE}, "status: required field is missing")],
+)
+def test_fields_the_contract_does_not_make_optional_are_required(catalogue, event, reason):
+    with pytest.raises(EventRejected) as info:
+        parse_event(event, catalogue)
+    assert info.value.reason.startswith(reason), info.value.reason
+    assert "; " not in info.value.reason, info.value.reason  # only the one field is wrong
+
+
+def test_the_optional_fields_may_be_left_out(catalogue):
+    g = without(without(without(plan()["goals"][0], "baseline"), "target_date"), "gas_weight")
+    parsed = parse_event(without(plan(goals=[g]), "schema_version"), catalogue)
+    assert (parsed.goals[0].baseline, parsed.goals[0].target_date, parsed.goals[0].gas_weight) == (None, None, 1)
+
+
+def test_a_python_value_that_is_not_json_is_rejected_not_a_crash(catalogue):
+    with pytest.raises(EventRejected) as info:
+        parse_event(plan(certified_until=dt.date(2026, 4, 4)), catalogue)
+    assert info.value.reason == "certified_until: not a JSON value (got date 2026-04-04)"
 
 
 def test_unknown_instrument_is_accepted(catalogue):
@@ -64,3 +223,17 @@ def test_unknown_instrument_is_accepted(catalogue):
 
 def test_extra_fields_are_ignored(catalogue):
     assert parse_event(evaluation(source_system="epic"), catalogue).event_id == "e-1"
+
+
+def test_the_committed_json_schema_holds_the_same_date_rules():
+    """Pipelines that validate with schemas/json/event.schema.json reject what otrules rejects."""
+    import jsonschema
+    from pathlib import Path
+
+    schema = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "json" / "event.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid(plan()) and validator.is_valid(evaluation())
+    for bad in (evaluation(occurred_at="20260310093000"), evaluation(occurred_at="2026-01-05T09:00:00"),
+                plan(certified_until="20260404"), without(plan(), "certified_until"), without(evaluation(), "clinician_id"),
+                {"type": "discharge", **BASE}):
+        assert not validator.is_valid(bad), bad

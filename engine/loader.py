@@ -14,12 +14,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from otrules.engine.conditions import (
     And,
@@ -39,7 +40,7 @@ from otrules.engine.conditions import (
     walk,
 )
 from otrules.engine.facts import FACTS
-from otrules.schemas import Catalogue, Recommend, RuleSpec, RulesetFile, Throttle
+from otrules.schemas import Catalogue, Instrument, InstrumentOverride, Recommend, RuleSpec, RulesetFile, Throttle
 from otrules.schemas._errors import field_path, show_value
 
 SUMMARY_MAX = 140
@@ -72,6 +73,11 @@ class RulesetError(ValueError):
         self.problems = problems
 
 
+Leaf = tuple[Node, int, int, bool]
+"""A parsed condition string, the line and column where its text starts, and whether
+columns inside it can be counted from there (a one-line plain or quoted scalar)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One checked rule: immutable, with its condition parsed and typed."""
@@ -90,6 +96,7 @@ class Rule:
     line: int
     enabled: bool = True
     when_at: tuple[int, int] = (1, 1)  # line and column where a one-line condition's text starts
+    when_leaves: tuple[Leaf, ...] = ()  # each condition string of `when`, where it is in the file
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,7 @@ class CompiledRuleset:
     rules: tuple[Rule, ...]
     spec: RulesetFile = field(repr=False)
     instrument_at: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # override -> line, col
+    instrument_field_at: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # "id.min" -> line, col
 
     @property
     def label(self) -> str:
@@ -123,21 +131,36 @@ def load_catalogue(path: str | Path) -> Catalogue:
         raise RulesetError(_pydantic_problems(str(path), data, exc)) from None
 
 
-def load_ruleset(path: str | Path) -> CompiledRuleset:
-    """Read, validate and type-check one rules file."""
+def load_ruleset(path: str | Path, catalogue: Catalogue | None = None) -> CompiledRuleset:
+    """Read, validate and type-check one rules file (see `parse_ruleset_text` for `catalogue`)."""
     path = Path(path)
-    return parse_ruleset_text(path.read_text(encoding="utf-8"), str(path))
+    text, problems = _decode(path.read_bytes(), str(path))
+    if problems:
+        raise RulesetError(problems)
+    return parse_ruleset_text(text, str(path), catalogue)
 
 
-def parse_ruleset_text(text: str, filename: str = "<rules>") -> CompiledRuleset:
+def parse_ruleset_text(text: str, filename: str = "<rules>", catalogue: Catalogue | None = None) -> CompiledRuleset:
+    """Validate and type-check a rules file's text; RulesetError lists every error.
+
+    With a `catalogue`, a file that is rejected also has its instruments checked
+    (as `instrument_problems` does for a file that loads), so one pass shows all.
+    """
     data, problems = _parse_yaml(text, filename)
     if problems:
         raise RulesetError(problems)
     try:
+        return _compile(data, filename, catalogue)
+    except RecursionError:
+        raise RulesetError([Problem(filename, 1, 1, "nested too deeply to check")]) from None
+
+
+def _compile(data: Any, filename: str, catalogue: Catalogue | None) -> CompiledRuleset:
+    try:
         spec = RulesetFile.model_validate(data)
     except ValidationError as exc:
         problems = _pydantic_problems(filename, data, exc)
-        problems += _condition_problems_raw(filename, data)
+        problems += _raw_problems(filename, data, catalogue)
         raise RulesetError(_dedupe(problems)) from None
     rules: list[Rule] = []
     problems = []
@@ -147,14 +170,17 @@ def parse_ruleset_text(text: str, filename: str = "<rules>") -> CompiledRuleset:
         line, col = _pos(node, None)
         if rule_spec.id in seen:
             problems.append(Problem(filename, *_pos(node, "id"), f"duplicate rule id (first at line {seen[rule_spec.id]})", rule_spec.id))
-            continue
-        seen[rule_spec.id] = line
+        else:
+            seen[rule_spec.id] = line
         try:
-            rules.append(_build_rule(rule_spec, node, filename, line))
+            rules.append(_build_rule(rule_spec, node, filename, line))  # a duplicate too, so all its errors show
         except _RuleProblems as bad:
             problems.extend(bad.problems)
+    instrument_at = {iid: _pos(data.get("instruments"), iid) for iid in spec.instruments}
     if problems:
-        raise RulesetError(problems)
+        if catalogue is not None:  # also for rules that did not build
+            problems += _raw_instrument_problems(filename, data, _raw_rule_problems(filename, data)[1], catalogue)
+        raise RulesetError(_dedupe(problems))
     return CompiledRuleset(
         name=spec.ruleset,
         version=spec.version,
@@ -163,12 +189,19 @@ def parse_ruleset_text(text: str, filename: str = "<rules>") -> CompiledRuleset:
         source=filename,
         rules=tuple(r for r in rules),
         spec=spec,
-        instrument_at={iid: _pos(data.get("instruments"), iid) for iid in spec.instruments},
+        instrument_at=instrument_at,
+        instrument_field_at=_field_at(data),
     )
 
 
-def load_rulesets(paths: Iterable[str | Path]) -> list[CompiledRuleset]:
-    """Rules files and folders (every *.yaml in a folder that has `ruleset:`)."""
+def load_rulesets(paths: Iterable[str | Path], catalogue: Catalogue | None = None) -> list[CompiledRuleset]:
+    """Rules files and folders (every *.yaml in a folder that has `ruleset:`).
+
+    When any file is rejected, the error lists every problem in every file,
+    instruments included when a `catalogue` is given. A set that loads is
+    returned; callers check its instruments with `instrument_problems`.
+    """
+    paths = list(paths)
     files: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -180,20 +213,25 @@ def load_rulesets(paths: Iterable[str | Path]) -> list[CompiledRuleset]:
         raise RulesetError([Problem(", ".join(map(str, paths)) or "(none)", 1, 1, "no rules files found")])
     problems: list[Problem] = []
     loaded: list[CompiledRuleset] = []
+    unchecked: list[Problem] = []  # instrument problems of files that load, reported only with the others
     for f in files:
         try:
-            loaded.append(load_ruleset(f))
+            loaded.append(load_ruleset(f, catalogue))
         except RulesetError as exc:
             problems.extend(exc.problems)
+            continue
         except OSError as exc:
             problems.append(Problem(str(f), 1, 1, f"cannot read the file: {exc.strerror}"))
+            continue
+        if catalogue is not None:
+            unchecked.extend(instrument_problems(loaded[-1], catalogue))
     names: dict[str, str] = {}
     for rs in loaded:
         if rs.name in names:
             problems.append(Problem(rs.source, 1, 1, f"ruleset {rs.name!r} is also defined in {names[rs.name]}"))
         names.setdefault(rs.name, rs.source)
     if problems:
-        raise RulesetError(problems)
+        raise RulesetError(_in_file_order(problems + unchecked, files))
     return loaded
 
 
@@ -208,12 +246,14 @@ class _RuleProblems(Exception):
 def _build_rule(spec: RuleSpec, node: Any, filename: str, line: int) -> Rule:
     problems: list[Problem] = []
     condition = None
+    leaves: list[Leaf] = []
     try:
-        condition = _condition(spec.when, node.get("when"), node, filename, spec.id)
+        condition = _condition(spec.when, node.get("when"), node, filename, spec.id, leaves=leaves)
     except _RuleProblems as bad:
         problems.extend(bad.problems)
     names = facts_named(condition) if condition is not None else []
-    template_facts = _template_problems(spec, node, filename, problems)
+    texts = {"summary": spec.recommend.summary, "detail": spec.recommend.detail}
+    template_facts = _template_problems(texts, node.get("recommend"), filename, spec.id, problems)
     if problems:
         raise _RuleProblems(problems)
     assert condition is not None
@@ -235,17 +275,29 @@ def _build_rule(spec: RuleSpec, node: Any, filename: str, line: int) -> Rule:
         line=line,
         enabled=spec.enabled,
         when_at=_when_at(node),
+        when_leaves=tuple(leaves),
     )
 
 
-def _condition(when: Any, raw: Any, parent: Any, filename: str, rule_id: str, key: Any = "when") -> Node:
-    """Parse `when`, a string or {all|any|not: ...}; positions from the YAML."""
+def _condition(when: Any, raw: Any, parent: Any, filename: str, rule_id: str | None, key: Any = "when",
+               leaves: list[Leaf] | None = None) -> Node:
+    """Parse `when`, a string or {all|any|not: ...}; positions from the YAML.
+
+    Each condition string that parses is added to `leaves` with its position (even
+    if it does not type-check, so its instruments can be checked in the same pass)."""
     if isinstance(when, str):
         line, col = _pos(parent, key)
         col += _scalar_offset(raw)
+        parsed = None
         try:
-            return check(parse(when))
+            parsed = parse(when)
+            node = check(parsed)
+            if leaves is not None:
+                leaves.append((node, line, col, _is_plain_one_line(raw)))
+            return node
         except ConditionError as err:
+            if leaves is not None and parsed is not None:
+                leaves.append((parsed, line, col, _is_plain_one_line(raw)))
             at = col + (err.col - 1 if err.col else 0) if _is_plain_one_line(raw) else col
             raise _RuleProblems([Problem(filename, line, at, f"when: {err.message}", rule_id, err.hint)]) from None
     problems: list[Problem] = []
@@ -254,13 +306,13 @@ def _condition(when: Any, raw: Any, parent: Any, filename: str, rule_id: str, ke
         word = "all" if hasattr(when, "all") else "any"
         for i, sub in enumerate(getattr(when, word)):
             try:
-                items.append(_condition(sub, raw[word][i], raw[word], filename, rule_id, i))
+                items.append(_condition(sub, raw[word][i], raw[word], filename, rule_id, i, leaves))
             except _RuleProblems as bad:
                 problems.extend(bad.problems)
         if problems:
             raise _RuleProblems(problems)
         return And(tuple(items)) if word == "all" else Or(tuple(items))
-    return Not(_condition(when.not_, raw["not"], raw, filename, rule_id, "not"))
+    return Not(_condition(when.not_, raw["not"], raw, filename, rule_id, "not", leaves))
 
 
 def _when_at(node: Any) -> tuple[int, int]:
@@ -269,31 +321,55 @@ def _when_at(node: Any) -> tuple[int, int]:
     return (line, col + _scalar_offset(raw)) if _is_plain_one_line(raw) else (line, col)
 
 
-def instrument_problems(ruleset: CompiledRuleset, known: set[str]) -> list[Problem]:
-    """Instrument ids in conditions and overrides that the catalogue does not know.
+def instrument_problems(ruleset: CompiledRuleset, known: set[str] | Catalogue) -> list[Problem]:
+    """Instrument ids in conditions and overrides that the catalogue does not know,
+    and overrides that would leave an instrument invalid (e.g. min above max).
 
-    `known` holds the catalogue's ids; a ruleset may define new instruments under
-    `instruments:` (with min, max and better), which then count as known.
+    `known` is the catalogue or its ids; a ruleset may define new instruments under
+    `instruments:` (with min, max and better), which then count as known. Given only
+    ids, overrides of catalogue entries are not checked (the engine checks them again).
     """
+    if isinstance(known, Catalogue):
+        values: Mapping[str, Instrument | None] = known.instruments
+    else:
+        values = dict.fromkeys(known)  # ids only: overrides of catalogue entries are left to the engine
+    return _instrument_check(ruleset.source, ruleset.spec.instruments, ruleset.instrument_at, ruleset.instrument_field_at,
+                             [(r.id, leaf) for r in ruleset.rules for leaf in r.when_leaves], values)
+
+
+def _instrument_check(source: str, overrides: dict[str, InstrumentOverride], at: dict[str, tuple[int, int]],
+                      field_at: dict[str, tuple[int, int]], conditions: list[tuple[str | None, Leaf]],
+                      catalogue: Mapping[str, Instrument | None]) -> list[Problem]:
+    """`catalogue` maps ids to entries, or to None where only the id is known."""
     problems: list[Problem] = []
+    known = set(catalogue)
     defined = set(known)
-    for iid, override in ruleset.spec.instruments.items():
-        if iid in known:
-            continue
-        missing = [k for k in ("min", "max", "better") if getattr(override, k) is None]
-        if missing:
-            problems.append(Problem(ruleset.source, *ruleset.instrument_at.get(iid, (1, 1)),
-                                    f"instruments.{iid}: not in the catalogue; a new instrument needs {', '.join(missing)}",
-                                    None, _did_you_mean(iid, known)))
-        else:
+    for iid, override in overrides.items():
+        where = at.get(iid, (1, 1))
+        if iid not in known:
+            missing = [k for k in ("min", "max", "better") if getattr(override, k) is None]
+            if missing:
+                problems.append(Problem(source, *where,
+                                        f"instruments.{iid}: not in the catalogue; a new instrument needs {', '.join(missing)}",
+                                        None, _did_you_mean(iid, known)))
+                continue
             defined.add(iid)
-    for rule in ruleset.rules:
-        for node in walk(rule.condition):
+        elif catalogue[iid] is None:
+            continue  # no values to check the override against
+        base = catalogue.get(iid)
+        for name, message in override.problems(base, iid):
+            spot = name or ("min" if override.min is not None else "max" if override.max is not None else "")
+            hint = None
+            if not name and base is not None and (override.min is None or override.max is None):
+                hint = f"the catalogue range is {base.range_text()}; override both min and max"
+            problems.append(Problem(source, *field_at.get(f"{iid}.{spot}", where),
+                                    f"instruments.{iid}{'.' + name if name else ''}: {message}", None, hint))
+    for rule_id, (condition, line, start, exact) in conditions:
+        for node in walk(condition):
             for name, value, col in _instrument_literals(node):
                 if value not in defined:
-                    line, start = rule.when_at
-                    problems.append(Problem(ruleset.source, line, start + col - 1,
-                                            f"when: unknown instrument {value!r} compared with {name}", rule.id,
+                    problems.append(Problem(source, line, start + col - 1 if exact else start,
+                                            f"when: unknown instrument {value!r} compared with {name}", rule_id,
                                             _did_you_mean(value, defined) or "see rules/instruments.yaml for the ids"))
     return problems
 
@@ -316,28 +392,29 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str | None:
     return f"did you mean {close[0]}?" if close else None
 
 
-def _template_problems(spec: RuleSpec, node: Any, filename: str, problems: list[Problem]) -> list[str]:
-    """Check `{fact.name}` placeholders; return the facts they name."""
+def _template_problems(texts: dict[str, Any], recommend: Any, filename: str, rule_id: str | None,
+                       problems: list[Problem]) -> list[str]:
+    """Check `{fact.name}` placeholders in summary and detail; return the facts they name."""
     named: list[str] = []
-    recommend = node.get("recommend") if isinstance(node, dict) else None
     for key in ("summary", "detail"):
-        text = getattr(spec.recommend, key)
-        if not text:
+        text = texts.get(key)
+        if not text or not isinstance(text, str):
             continue
         line, col = _pos(recommend, key)
         for m in _PLACEHOLDER.finditer(text):
             name = m.group(1).strip()
             if name not in FACTS:
-                problems.append(Problem(filename, line, col, f"recommend.{key}: unknown fact {{{name}}}", spec.id,
+                problems.append(Problem(filename, line, col, f"recommend.{key}: unknown fact {{{name}}}", rule_id,
                                         unknown_fact_hint(name)))
             else:
                 named.append(name)
-    estimate = _rendered_length(spec.recommend.summary)
+    summary = texts.get("summary")
+    estimate = _rendered_length(summary) if isinstance(summary, str) else 0
     if estimate > SUMMARY_MAX:
         line, col = _pos(recommend, "summary")
         problems.append(Problem(filename, line, col,
                                 f"recommend.summary can reach about {estimate} characters once filled in; at most {SUMMARY_MAX}",
-                                spec.id, "shorten the text; longer summaries are cut with '…'"))
+                                rule_id, "shorten the text; longer summaries are cut with '…'"))
     return named
 
 
@@ -357,10 +434,25 @@ def _rendered_length(template: str) -> int:
 
 def _read_yaml(path: Path) -> tuple[Any, list[Problem]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         return None, [Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror}")]
+    text, problems = _decode(raw, str(path))
+    if problems:
+        return None, problems
     return _parse_yaml(text, str(path))
+
+
+def _decode(raw: bytes, filename: str) -> tuple[str, list[Problem]]:
+    """The file's text; a file that is not UTF-8 is a problem at the first bad byte."""
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = len(raw[line_start:exc.start].decode("utf-8", errors="replace")) + 1
+        return "", [Problem(filename, line, col, f"not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be read",
+                            None, "save the file as UTF-8")]
 
 
 def _parse_yaml(text: str, filename: str) -> tuple[Any, list[Problem]]:
@@ -371,9 +463,26 @@ def _parse_yaml(text: str, filename: str) -> tuple[Any, list[Problem]]:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, [Problem(filename, line, col, f"not valid YAML: {exc.problem or exc.context}")]
+    except ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        return None, [Problem(filename, line, col, f"not valid YAML: unacceptable character {char}: {exc.reason}",
+                              None, "delete it; YAML files cannot hold control characters")]
+    except YAMLError as exc:
+        return None, [Problem(filename, 1, 1, f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+    except RecursionError:
+        return None, [Problem(filename, 1, 1, "not valid YAML: nested too deeply")]
     if not isinstance(data, dict):
         return None, [Problem(filename, 1, 1, "a rules file is a mapping with ruleset, version and rules")]
     return data, []
+
+
+def _line_col(text: str, position: Any) -> tuple[int, int]:
+    """1-based line and column of a character offset in `text`."""
+    if not isinstance(position, int) or not 0 <= position <= len(text):
+        return 1, 1
+    line_start = text.rfind("\n", 0, position) + 1
+    return text.count("\n", 0, position) + 1, position - line_start + 1
 
 
 def _pos(node: Any, key: Any) -> tuple[int, int]:
@@ -432,20 +541,89 @@ def _pydantic_problems(filename: str, data: Any, exc: ValidationError) -> list[P
     return problems
 
 
-def _condition_problems_raw(filename: str, data: Any) -> list[Problem]:
-    """Condition errors in rules that pydantic rejected for other reasons, so one pass shows all."""
-    problems: list[Problem] = []
-    rules = data.get("rules") if isinstance(data, dict) else None
-    if not isinstance(rules, list):
-        return problems
-    for node in rules:
-        if not isinstance(node, dict) or not isinstance(node.get("when"), str):
-            continue
-        try:
-            _condition(node["when"], node["when"], node, filename, str(node.get("id")))
-        except _RuleProblems as bad:
-            problems.extend(bad.problems)
+def _raw_problems(filename: str, data: Any, catalogue: Catalogue | None) -> list[Problem]:
+    """What `_compile` would also report for a file that pydantic rejected, so one pass
+    shows all: conditions (every string in when, all, any and not), placeholders,
+    summary length, duplicate ids and, with a catalogue, instruments. Parts pydantic
+    rejected are skipped; it has reported them."""
+    problems, conditions = _raw_rule_problems(filename, data)
+    if catalogue is not None:
+        problems += _raw_instrument_problems(filename, data, conditions, catalogue)
     return problems
+
+
+def _raw_rule_problems(filename: str, data: Any) -> tuple[list[Problem], list[tuple[str | None, Leaf]]]:
+    """Problems in the rules of a file that may be only partly well-formed, and each
+    condition string that parses, by rule id."""
+    problems: list[Problem] = []
+    conditions: list[tuple[str | None, Leaf]] = []
+    rules = data.get("rules") if isinstance(data, dict) else None
+    seen: dict[str, int] = {}
+    for node in rules if isinstance(rules, list) else []:
+        if not isinstance(node, dict):
+            continue
+        rule_id = str(node["id"]) if node.get("id") else None
+        if isinstance(node.get("id"), str):
+            if node["id"] in seen:
+                problems.append(Problem(filename, *_pos(node, "id"), f"duplicate rule id (first at line {seen[node['id']]})", rule_id))
+            else:
+                seen[node["id"]] = _pos(node, None)[0]
+        if "when" in node:
+            leaves: list[Leaf] = []
+            _raw_condition(node["when"], node, "when", filename, rule_id, leaves, problems)
+            conditions += [(rule_id, leaf) for leaf in leaves]
+        recommend = node.get("recommend")
+        if isinstance(recommend, dict):
+            _template_problems(recommend, recommend, filename, rule_id, problems)
+    return problems, conditions
+
+
+def _raw_instrument_problems(filename: str, data: Any, conditions: list[tuple[str | None, Leaf]],
+                             catalogue: Catalogue) -> list[Problem]:
+    """`instrument_problems` for a file that may be only partly well-formed."""
+    overrides: dict[str, InstrumentOverride] = {}
+    raw = data.get("instruments") if isinstance(data, dict) else None
+    for iid, value in raw.items() if isinstance(raw, dict) else []:
+        try:
+            if isinstance(iid, str):
+                overrides[iid] = InstrumentOverride.model_validate(value)
+        except ValidationError:
+            continue  # reported by pydantic
+    at = {iid: _pos(raw, iid) for iid in overrides}
+    return _instrument_check(filename, overrides, at, _field_at(data), conditions, catalogue.instruments)
+
+
+def _raw_condition(raw: Any, parent: Any, key: Any, filename: str, rule_id: str | None, leaves: list[Leaf],
+                   problems: list[Problem]) -> None:
+    """Check each condition string in a `when` that may be only partly well-formed."""
+    if isinstance(raw, str):
+        if raw:
+            try:
+                _condition(raw, raw, parent, filename, rule_id, key, leaves)
+            except _RuleProblems as bad:
+                problems.extend(bad.problems)
+        return
+    if not isinstance(raw, dict):
+        return
+    for word in ("all", "any"):
+        if isinstance(raw.get(word), list):
+            for i, sub in enumerate(raw[word]):
+                _raw_condition(sub, raw[word], i, filename, rule_id, leaves, problems)
+    if "not" in raw:
+        _raw_condition(raw["not"], raw, "not", filename, rule_id, leaves, problems)
+
+
+def _field_at(data: Any) -> dict[str, tuple[int, int]]:
+    """Positions of the fields of each instrument override, keyed "id.field"."""
+    raw = data.get("instruments") if isinstance(data, dict) else None
+    if not isinstance(raw, dict):
+        return {}
+    return {f"{iid}.{name}": _pos(value, name) for iid, value in raw.items() if isinstance(value, dict) for name in value}
+
+
+def _in_file_order(problems: list[Problem], files: list[Path]) -> list[Problem]:
+    order = {str(f): i for i, f in enumerate(files)}
+    return sorted(problems, key=lambda p: order.get(p.file, len(order)))
 
 
 def _drop_union_noise(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -482,7 +660,8 @@ def _digest(spec: RulesetFile) -> str:
 
 def _looks_like_ruleset(path: Path) -> bool:
     try:
-        head = path.read_text(encoding="utf-8")[:4096]
+        with path.open("rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")  # a file that is not UTF-8 is reported by the loader
     except OSError:
         return False
     return re.search(r"^ruleset\s*:", head, re.MULTILINE) is not None

@@ -54,7 +54,7 @@ class Engine:
     """Rulesets compiled into durable_rules, plus the instrument catalogue."""
 
     def __init__(self, rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> None:
-        problems = [p for rs in rulesets for p in instrument_problems(rs, set(catalogue.instruments))]
+        problems = [p for rs in rulesets for p in instrument_problems(rs, catalogue)]
         if problems:
             raise RulesetError(problems)
         self.catalogue = effective_catalogue(rulesets, catalogue)

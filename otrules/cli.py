@@ -96,8 +96,8 @@ def validate(paths: tuple[Path, ...], catalogue: Path | None) -> None:
 
     try:
         cat = defaults.catalogue(catalogue)
-        loaded = defaults.rulesets(paths)
-        problems = [p for rs in loaded for p in instrument_problems(rs, set(cat.instruments))]
+        loaded = defaults.rulesets(paths, cat)
+        problems = [p for rs in loaded for p in instrument_problems(rs, cat)]
         if problems:
             raise RulesetError(problems)
     except RulesetError as exc:
@@ -129,7 +129,7 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
     def engine_for(rules_path: Path) -> Engine:
         path = rules_override or rules_path
         if path not in engines:
-            engines[path] = Engine(defaults.rulesets([path]), cat)
+            engines[path] = Engine(defaults.rulesets([path], cat), cat)
         return engines[path]
 
     try:
@@ -395,7 +395,8 @@ def _configure_logging() -> None:
 
 def _engine(rules: tuple[Path, ...], catalogue: Path | None) -> Engine:
     try:
-        return Engine(defaults.rulesets(rules), defaults.catalogue(catalogue))
+        cat = defaults.catalogue(catalogue)
+        return Engine(defaults.rulesets(rules, cat), cat)
     except RulesetError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

@@ -14,8 +14,10 @@ CATALOGUE = bundled.path(bundled.CATALOGUE)
 SAMPLE_STREAM = bundled.path(bundled.SAMPLE_STREAM)
 
 
-def rulesets(paths: Sequence[str | Path] = ()) -> list[CompiledRuleset]:
-    return load_rulesets(list(paths) or [DEFAULT_RULES])
+def rulesets(paths: Sequence[str | Path] = (), catalogue: Catalogue | None = None) -> list[CompiledRuleset]:
+    """The rules files at `paths` (default: ot-core); with the `catalogue` they will run
+    against, a rejected file's errors also name unknown instruments and bad overrides."""
+    return load_rulesets(list(paths) or [DEFAULT_RULES], catalogue)
 
 
 def catalogue(path: str | Path | None = None) -> Catalogue:

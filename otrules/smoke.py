@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--catalogue", type=Path, default=None)
     ap.add_argument("rules", nargs="+", type=Path)
     args = ap.parse_args(argv)
-    engine = Engine(defaults.rulesets(args.rules), defaults.catalogue(args.catalogue))
+    cat = defaults.catalogue(args.catalogue)
+    engine = Engine(defaults.rulesets(args.rules, cat), cat)
     with open(defaults.SAMPLE_STREAM, "rb") as stream:
         summary = Pipeline(engine, lambda rec: None, DeadLetterSink(None)).feed(islice(JsonlSource(stream), SMOKE_EVENTS))
     return 0 if summary.balanced else 1

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from otrules.schemas._errors import show_value
 
 
 class Instrument(BaseModel):
@@ -31,7 +33,7 @@ class Instrument(BaseModel):
     @model_validator(mode="after")
     def _range_is_ordered(self) -> "Instrument":
         if self.min >= self.max:
-            raise ValueError(f"min {self.min} must be below max {self.max}")
+            raise ValueError(f"min {_num(self.min)} must be below max {_num(self.max)}")
         return self
 
     def range_text(self) -> str:
@@ -73,11 +75,26 @@ class InstrumentOverride(BaseModel):
     source: str | None = None
 
     def apply(self, base: Instrument | None, instrument_id: str) -> Instrument:
-        changes = self.model_dump(exclude_none=True)
-        if base is not None:
-            return base.model_copy(update=changes)
+        """`base` (None for a new instrument) with this override, validated as an Instrument;
+        ValueError says why it cannot be (e.g. an override that puts min above max)."""
+        try:
+            return self._merge(base, instrument_id)
+        except ValidationError as exc:
+            reasons = "; ".join(f"{name}: {message}" if name else message for name, message in _reasons(exc))
+            raise ValueError(f"{instrument_id}: {reasons}") from None
+
+    def problems(self, base: Instrument | None, instrument_id: str) -> list[tuple[str, str]]:
+        """Why `apply` would fail, as (field or "", message) pairs; [] if it would not."""
+        try:
+            self._merge(base, instrument_id)
+        except ValidationError as exc:
+            return _reasons(exc)
+        return []
+
+    def _merge(self, base: Instrument | None, instrument_id: str) -> Instrument:
         # A new instrument must say enough to be checked and compared.
-        return Instrument.model_validate({"name": instrument_id, **changes})
+        start = base.model_dump() if base is not None else {"name": instrument_id}
+        return Instrument.model_validate({**start, **self.model_dump(exclude_none=True)})
 
 
 class Catalogue(BaseModel):
@@ -99,6 +116,19 @@ class Catalogue(BaseModel):
         for iid, override in overrides.items():
             merged[iid] = override.apply(merged.get(iid), iid)
         return self.model_copy(update={"instruments": merged})
+
+
+def _reasons(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            out.append((name, str(err["ctx"]["error"])))
+        elif err["type"] == "missing":
+            out.append((name, "required field is missing"))
+        else:
+            out.append((name, f"{err['msg']} (got {show_value(err.get('input'))})"))
+    return out
 
 
 def _num(x: float) -> str:

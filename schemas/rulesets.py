@@ -25,7 +25,10 @@ def parse_duration(text: str) -> dt.timedelta:
     match = _DURATION.match(str(text))
     if not match:
         raise ValueError(f"{text!r} is not a duration; write a whole number and a unit, e.g. 14d, 12h, 2w, 30m")
-    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long; a duration can be at most {dt.timedelta.max.days} days") from None
 
 
 class _Frozen(BaseModel):

@@ -72,21 +72,31 @@ class RulesWatcher:
             if now == self._seen and not forced:
                 continue
             self._seen = now
-            self.check()
+            try:
+                self.check()
+            except Exception as exc:  # the watcher outlives anything; the live rules stay
+                log.error("rules reload check failed; still watching", error=type(exc).__name__)
+                log.debug("rules reload check failure", exc_info=exc)
 
     def check(self) -> None:
+        """Load, check and smoke-run the rules; `on_valid` if they pass, else `on_invalid` with why."""
         from otrules.smoke import check_in_child
 
         try:
             catalogue = load_catalogue(self.catalogue)
-            loaded = load_rulesets(self.paths)
-            problems = [p for rs in loaded for p in instrument_problems(rs, set(catalogue.instruments))]
+            loaded = load_rulesets(self.paths, catalogue)
+            problems = [p for rs in loaded for p in instrument_problems(rs, catalogue)]
             if problems:
                 raise RulesetError(problems)
+            crash = check_in_child(self.paths, self.catalogue)
         except RulesetError as exc:
             self.on_invalid("; ".join(str(p) for p in exc.problems[:5]))
             return
-        crash = check_in_child(self.paths, self.catalogue)
+        except Exception as exc:  # a loader bug must not stop the watcher: refuse like a bad file
+            log.error("rules could not be loaded", error=type(exc).__name__)
+            log.debug("rules load failure", exc_info=exc)
+            self.on_invalid(f"the rules could not be loaded ({type(exc).__name__})")
+            return
         if crash:
             self.on_invalid(crash)
             return

@@ -150,7 +150,7 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
               help="The JSONL stream that holds the event (and everything before it).")
 @click.option("--event-id", required=True, envvar="OTRULES_EVENT_ID", help="The event to explain.")
 @click.option("--patient", default=None, envvar="OTRULES_PATIENT", help="Its patient, if event ids repeat across patients.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, envvar="OTRULES_JSON", help="Machine-readable output.")
 def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, event_id: str, patient: str | None,
             as_json: bool) -> None:
     """Every rule one event was checked against; for a rule that did not fire, the first false clause."""
@@ -179,10 +179,11 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
 @catalogue_option
 @click.option("--input", "input_path", default=None, envvar="OTRULES_INPUT", metavar="F|-",
               help="JSONL history. Default: the bundled sample stream.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--json", "as_json", is_flag=True, envvar="OTRULES_JSON", help="Machine-readable report.")
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True, envvar="OTRULES_SAMPLES",
               help="Patients to show whose recommendations changed.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--progress/--no-progress", default=None, envvar="OTRULES_PROGRESS",
+              help="Progress bar (default: when stderr is a terminal).")
 def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
              as_json: bool, samples: int, progress: bool | None) -> None:
     """What a ruleset change would have recommended differently over a history."""
@@ -344,10 +345,12 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: 
 
 
 @main.command()
-@click.option("--patients", type=click.IntRange(min=1), default=None, help="Number of patients.")
-@click.option("--events", type=click.IntRange(min=1), default=None, help="Exact number of events.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_path", default="-", metavar="F|-", show_default=True)
+@click.option("--patients", type=click.IntRange(min=1), default=None, envvar="OTRULES_PATIENTS",
+              help="Number of patients.")
+@click.option("--events", type=click.IntRange(min=1), default=None, envvar="OTRULES_EVENTS",
+              help="Exact number of events.")
+@click.option("--seed", type=int, default=0, show_default=True, envvar="OTRULES_SEED")
+@click.option("--out", "out_path", default="-", metavar="F|-", show_default=True, envvar="OTRULES_OUT")
 def generate(patients: int | None, events: int | None, seed: int, out_path: str) -> None:
     """Write a synthetic, clinically plausible event stream (deterministic per seed)."""
     from otrules import synthetic

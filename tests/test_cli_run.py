@@ -97,6 +97,23 @@ def test_options_read_otrules_environment_variables(tmp_path):
     assert result.exit_code == 0 and out.read_text().count("\n") > 50
 
 
+def test_every_option_of_every_command_reads_an_otrules_variable():
+    """contracts.md §6: "Every option also reads an OTRULES_* environment variable"."""
+    import click
+
+    missing = [f"{name} {p.opts[0]}" for name, cmd in main.commands.items() for p in cmd.params
+               if isinstance(p, click.Option) and not (p.envvar or "").startswith("OTRULES_")]
+    assert missing == []
+
+
+def test_generate_reads_its_seed_from_the_environment():
+    runner = CliRunner()
+    seeded = runner.invoke(main, ["generate", "--patients", "2"], env={"OTRULES_SEED": "5"})
+    assert seeded.exit_code == 0
+    assert seeded.output == runner.invoke(main, ["generate", "--patients", "2", "--seed", "5"]).output
+    assert seeded.output != runner.invoke(main, ["generate", "--patients", "2"]).output
+
+
 def test_a_changed_ruleset_changes_the_output(tmp_path):
     text = defaults.DEFAULT_RULES.read_text().replace("plan.visits_missed_in_a_row >= 3", "plan.visits_missed_in_a_row >= 2")
     mine = tmp_path / "mine.yaml"

@@ -67,9 +67,13 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
         writer = RecommendationWriter(out)
         emit = table.append if fmt == "table" else writer.write
 
+        where = f"the full reason is in {_short(dlq_path)}" if dlq_path else "add --dlq FILE for the full reason"
+
         def report(letter: DeadLetter) -> None:
+            # the field, not its value: a value may be a score or a patient identifier
             if not quiet:
-                click.echo(f"{_short(source_name)}:{letter.line}: rejected: {letter.reason}", err=True)
+                click.echo(f"{_short(source_name)}:{letter.line}: rejected: {_field_of(letter.reason)} ({where})",
+                           err=True)
 
         pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, source_name=source_name)
         summary = pipeline.feed(JsonlSource(events))
@@ -377,6 +381,11 @@ def schema(out_dir: Path | None) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _field_of(reason: str) -> str:
+    """`measures[0].score: 11 is outside ...` -> `measures[0].score` (as the service logs it)."""
+    return reason.split(":", 1)[0]
 
 
 def _configure_logging() -> None:

@@ -64,13 +64,22 @@ def test_malformed_lines_are_dead_lettered_counted_and_the_run_goes_on(tmp_path)
     result = run_cli("run", "--input", str(stream), "--dlq", str(dlq), "--output", str(tmp_path / "out.jsonl"))
     assert result.returncode == 0, result.stderr
     errors = [l for l in result.stderr.splitlines() if ": rejected: " in l]
-    assert errors == [
-        f"{stream}:101: rejected: not valid JSON: expected ident at line 1 column 2",
-        f'{stream}:203: rejected: type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge',
-        f"{stream}:204: rejected: measures[0].score: 11 is outside the range 1–10 of COPM-performance",
-        f"{stream}:305: rejected: occurred_at: required field is missing",
-        f"{stream}:306: rejected: not UTF-8 text: byte 0xff at position 0",
+    see = f"(the full reason is in {dlq})"
+    assert errors == [  # the field, never the value: a score or an identifier stays out of stderr
+        f"{stream}:101: rejected: not valid JSON {see}",
+        f"{stream}:203: rejected: type {see}",
+        f"{stream}:204: rejected: measures[0].score {see}",
+        f"{stream}:305: rejected: occurred_at {see}",
+        f"{stream}:306: rejected: not UTF-8 text {see}",
     ]
+    assert [json.loads(l)["reason"] for l in dlq.read_text().splitlines()] == [
+        "not valid JSON: expected ident at line 1 column 2",
+        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge',
+        "measures[0].score: 11 is outside the range 1–10 of COPM-performance",
+        "occurred_at: required field is missing",
+        "not UTF-8 text: byte 0xff at position 0",
+    ]
+    assert "11 is outside" not in result.stderr
     total = len(good) + 5 + 1  # good lines, five bad ones and one duplicate; the blank line is not an event
     assert f"read {total} = processed {len(good)} + rejected 5 + duplicates 1" in result.stderr
     letters = [json.loads(l) for l in dlq.read_text().splitlines()]

@@ -18,7 +18,7 @@ def backtest_json(*args: str) -> dict:
 
 def test_same_rules_under_another_version_change_nothing(tmp_path):
     copy = tmp_path / "copy.yaml"
-    copy.write_text(defaults.DEFAULT_RULES.read_text().replace('version: "2026.11.1"', 'version: "2099.1"'))
+    copy.write_text(defaults.DEFAULT_RULES.read_text().replace('version: "2026.11.2"', 'version: "2099.1"'))
     report = backtest_json("--rules", str(copy), "--baseline", str(defaults.DEFAULT_RULES))
     assert report["patients_changed"] == 0 and report["samples"] == {}
     run = CliRunner().invoke(main, ["run", "--output", str(tmp_path / "out.jsonl")])
@@ -45,10 +45,10 @@ def test_a_lower_threshold_adds_recommendations_for_that_rule_only(tmp_path):
 
 def test_human_report_names_rulesets_and_patients(tmp_path):
     draft = tmp_path / "draft.yaml"
-    draft.write_text(defaults.DEFAULT_RULES.read_text().replace('version: "2026.11.1"', 'version: "draft"')
+    draft.write_text(defaults.DEFAULT_RULES.read_text().replace('version: "2026.11.2"', 'version: "draft"')
                      .replace("goal.progress >= 0.75", "goal.progress >= 0.5"))
     result = CliRunner().invoke(main, ["backtest", "--rules", str(draft), "--baseline", str(defaults.DEFAULT_RULES)])
     assert result.exit_code == 0
-    assert "baseline: ot-core 2026.11.1" in result.output and "new:      ot-core draft" in result.output
+    assert "baseline: ot-core 2026.11.2" in result.output and "new:      ot-core draft" in result.output
     assert "patients would get different recommendations" in result.output
     assert "near-target (decrease_frequency, info goal" in result.output

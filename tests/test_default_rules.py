@@ -290,7 +290,7 @@ def test_expired_certification_still_recommends_recertification(engine):
     recs = run_story(engine, story)
     assert by_rule(recs, "recertify") == []
     expired = by_rule(recs, "recertify-expired")
-    assert _kinds(expired) == [("recertify-expired", "recertify_plan", "critical", None)]
+    assert _kinds(expired) == [("recertify-expired", "recertify_plan", "warning", None)]
     assert expired[0].evidence["plan.days_until_cert_end"] == -6
     assert expired[0].summary == "Plan poc-1 certification has ended and the plan is still open: recertify now or discharge"
 

@@ -337,7 +337,7 @@ def test_sweeps_flag_silent_plans_once_per_window_and_tombstone_expired_patients
     recs = [json.loads(r.value) for r in records]
     assert sorted((r["patient_id"], r["rule"]["id"], r["indicator"]) for r in recs) == [
         ("p-silent", "re-evaluation-overdue", "warning"),
-        ("p-silent", "recertify-expired", "critical"),
+        ("p-silent", "recertify-expired", "warning"),
         ("p-silent", "target-date-passed-unscored", "warning"),
     ]
     assert all(r["triggered_by"][0].startswith("clock@") for r in recs)
@@ -444,7 +444,7 @@ def test_rules_reload_refuses_a_broken_ruleset_and_swaps_a_valid_one_live(kafka_
         time.sleep(0.3)
     assert consumer.proc.poll() is None, "a broken ruleset stopped the service"
     (rules_dir / "ot-core.yaml").write_text(defaults.DEFAULT_RULES.read_text().replace(
-        'version: "2026.11.1"', 'version: "2099.1"'))
+        'version: "2026.11.2"', 'version: "2099.1"'))
     consumer.proc.send_signal(signal.SIGHUP)
     while '"rules reloaded"' not in consumer.log.read_text() and time.monotonic() < deadline + 60:
         time.sleep(0.3)
@@ -454,7 +454,7 @@ def test_rules_reload_refuses_a_broken_ruleset_and_swaps_a_valid_one_live(kafka_
     status, text = consumer.get("/metrics")
     log = consumer.terminate()
     versions = [json.loads(r.value)["rule"]["version"] for r in records]
-    assert len(records) == len(expected) and "2099.1" in versions and "2026.11.1" in versions
+    assert len(records) == len(expected) and "2099.1" in versions and "2026.11.2" in versions
     assert f"read {len(lines)} = processed {len(lines)} + rejected 0" in log  # nothing dropped across reloads
     assert _metric(text, "otrules_rule_reloads_total", outcome="refused") == 1
     assert _metric(text, "otrules_rule_reloads_total", outcome="applied") == 1

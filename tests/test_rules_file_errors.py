@@ -356,8 +356,8 @@ def test_reload_refuses_a_file_that_is_not_utf8_and_keeps_watching(tmp_path):
         path.write_bytes(good.replace(b"description: Core", b"description: Caf\xe9 Core", 1))
         assert _wait_for(events, 1)[0] == (
             "refused", f"{path}:8:17: not UTF-8 text: byte 0xe9 cannot be read (hint: save the file as UTF-8)")
-        path.write_bytes(good.replace(b'version: "2026.11.1"', b'version: "2026.11.2"'))
-        assert _wait_for(events, 2)[1] == ("valid", ["2026.11.2"])
+        path.write_bytes(good.replace(b'version: "2026.11.2"', b'version: "2026.11.3"'))
+        assert _wait_for(events, 2)[1] == ("valid", ["2026.11.3"])
         assert watcher._thread.is_alive()
     finally:
         watcher.stop()

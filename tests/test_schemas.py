@@ -168,6 +168,21 @@ def test_an_impossible_date_is_rejected(catalogue):
                                  'expected range (got "2026-02-30")')
 
 
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00", "1899-12-31T23:59:59Z",
+                                   "2200-01-01T00:00:00Z"])
+def test_date_times_outside_1900_to_2199_are_rejected(catalogue, value):
+    """A typo in a year; near 9999 the engine's day arithmetic and a stored state's
+    timestamps would overflow (a state with a throttle in year 10000 could not be read back)."""
+    with pytest.raises(EventRejected) as info:
+        parse_event({**evaluation(), "occurred_at": value}, catalogue)
+    assert info.value.reason == f'occurred_at: Input should be in the years 1900–2199 (got "{value}")'
+    with pytest.raises(EventRejected) as info:
+        parse_event(plan(certified_until="9999-12-31"), catalogue)
+    assert info.value.reason == 'certified_until: Input should be in the years 1900–2199 (got "9999-12-31")'
+    assert parse_event({**evaluation(), "occurred_at": "1900-01-01T00:00:00Z"}, catalogue)
+    assert parse_event({**evaluation(), "occurred_at": "2199-12-31T23:59:59Z"}, catalogue)
+
+
 def test_a_certification_that_ends_before_it_starts_is_rejected(catalogue):
     with pytest.raises(EventRejected) as info:
         parse_event(plan(certified_from="2026-01-05", certified_until="2026-01-04"), catalogue)

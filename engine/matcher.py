@@ -18,6 +18,7 @@ threads exist at all (the Host's were seen to segfault when racing a caller).
 from __future__ import annotations
 
 import itertools
+import re
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -60,16 +61,17 @@ class Matcher:
         msg["id"], msg["sid"] = "f", "0"
         for d in self._derived:
             msg[d.key] = d.value(facts)
-        for key, v in msg.items():
-            if type(v) is float and v and not _PLAIN_FLOATS[0] <= abs(v) < _PLAIN_FLOATS[1]:
-                msg[key] = _durable_number(v)
         return msg
 
     def match(self, facts: dict[str, Any]) -> list[int]:
         """Indexes of the conditions that hold, in rule order."""
         if self._handle is None:
             return []
-        return self.match_text(orjson.dumps(self.message(facts)).decode())
+        msg = self.message(facts)
+        raw = orjson.dumps(msg)
+        if _EXPONENT.search(raw):  # rare: only then look at each value (see _durable_number)
+            raw = orjson.dumps(_durable_numbers(msg))
+        return self.match_text(raw.decode())
 
     def match_text(self, text: str) -> list[int]:
         """`match` for a message already serialised (benchmarks post recorded ones)."""
@@ -93,6 +95,7 @@ class Matcher:
 
 
 _PLAIN_FLOATS = (1e-5, 1e16)  # orjson writes floats outside this range in exponent form
+_EXPONENT = re.compile(rb"[0-9]e[-+]")  # how orjson writes one (a string may match too: then only slower)
 
 
 def _durable_number(v: float) -> orjson.Fragment:

@@ -15,6 +15,11 @@ Python API (used by tests/kafka_support.py)::
 CLI::
 
     python scripts/kafka/broker.py start|stop|status [--dir D]
+    python scripts/kafka/broker.py console-consumer [--bootstrap-server HOST:PORT] --topic T [ARGS...]
+
+The console consumer (Kafka's own, org.apache.kafka.tools.consumer.ConsoleConsumer)
+runs from the same cache: the Maven artifact kafka-tools is fetched with the
+broker's jars (or added to an older cache on first use).
 
 Environment: OTRULES_KAFKA_VERSION overrides the version pinned in pom.xml;
 XDG_CACHE_HOME moves the jar cache (default ~/.cache/otrules/kafka-<v>/lib).
@@ -69,40 +74,48 @@ def kafka_version() -> str:
         return override
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
-    if node is None or not (node.text or "").strip():
+    version = (node.text or "").strip() if node is not None else ""
+    if not version:
         raise BrokerError(f"{POM}: no <kafka.version> property")
-    return node.text.strip()
+    return version
 
 
 def cache_root() -> Path:
     """Outside the repository, so clones and `git clean` don't refetch 45 MB."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "otrules"
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "otrules"
 
 
-def fetch_jars(version: str | None = None, *, timeout: float = 900) -> Path:
+def fetch_jars(version: str | None = None, *, tools: bool = False, timeout: float = 900) -> Path:
     """Return a directory holding Kafka's jars, fetching them with Maven if needed.
 
     The directory appears by an atomic rename only once Maven succeeded, so its
     existence means "complete"; a file lock keeps two concurrent test sessions
-    from fetching at the same time.
+    from fetching at the same time. tools=True also wants Kafka's command-line
+    tools, which a lib/ fetched before pom.xml listed them lacks: they are then
+    added to it (the broker alone never needs them, so it never waits for that).
     """
     version = version or kafka_version()
     home = cache_root() / f"kafka-{version}"
     lib = home / "lib"
-    if lib.is_dir():
+
+    def ready() -> bool:
+        return _complete(lib, version) if tools else lib.is_dir()
+
+    if ready():
         return lib
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if lib.is_dir():  # another process fetched while we waited
+        if ready():  # another process fetched while we waited
             return lib
         mvn = shutil.which("mvn")
         if mvn is None:
             raise BrokerError("Maven (mvn) is not on PATH: it is needed once to fetch the Kafka jars")
         partial = home / f"lib.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"fetching Kafka {version} from Maven Central into {lib} (once)", file=sys.stderr)
+        what = "adding Kafka's command-line tools" if lib.is_dir() else "fetching Kafka"
+        print(f"{what} {version} from Maven Central into {lib} (once)", file=sys.stderr)
         cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
                f"-Dkafka.version={version}", "-DincludeScope=runtime",
                f"-DoutputDirectory={partial}"]
@@ -112,12 +125,33 @@ def fetch_jars(version: str | None = None, *, timeout: float = 900) -> Path:
         except subprocess.TimeoutExpired as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise BrokerError(f"Maven did not fetch Kafka {version} within {timeout:.0f}s") from exc
-        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
+        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")) or not _complete(partial, version):
             shutil.rmtree(partial, ignore_errors=True)
             raise BrokerError(f"Maven failed to fetch Kafka {version} (exit {done.returncode}):\n"
                               f"$ {' '.join(cmd)}\n{_ANSI.sub('', _tail(done.stdout + done.stderr, 40))}")
-        partial.rename(lib)
+        if lib.is_dir():
+            _add_missing_jars(partial, lib, version)
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.rename(lib)
     return lib
+
+
+def _complete(lib: Path, version: str) -> bool:
+    """The broker's jars and the tools' (kafka-tools is the last jar to arrive in lib/)."""
+    return (lib / f"kafka-tools-{version}.jar").is_file()
+
+
+def _add_missing_jars(fetched: Path, lib: Path, version: str) -> None:
+    """Complete a lib/ fetched before the tools were listed in pom.xml.
+
+    A broker may be running from it, so nothing there is replaced or removed:
+    each missing jar is renamed in whole (same file system), kafka-tools last,
+    so that its presence still means "complete".
+    """
+    for jar in sorted(fetched.glob("*.jar"), key=lambda j: j.name == f"kafka-tools-{version}.jar"):
+        if not (lib / jar.name).exists():
+            jar.replace(lib / jar.name)
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +299,7 @@ class Broker:
     def log_path(self) -> Path:
         return self.dir / LOG_FILE
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         """Fetch jars if needed, format storage on first start, launch, wait until ready."""
         if self.is_running():
             return self
@@ -308,7 +342,7 @@ class Broker:
             self._wait_exit(10)
         self._forget_process()
 
-    def restart(self, *, kill: bool = False) -> "Broker":
+    def restart(self, *, kill: bool = False) -> Broker:
         """Stop and start again on the same ports with the same data."""
         self.stop(kill=kill)
         return self.start()
@@ -330,7 +364,7 @@ class Broker:
         except (OSError, struct.error):
             return False
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         try:
             return self.start()
         except BaseException:
@@ -395,11 +429,7 @@ class Broker:
         self._save_state()
 
     def _java(self) -> str:
-        java_home = os.environ.get("JAVA_HOME")
-        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-        if not java or not os.access(java, os.X_OK):
-            raise BrokerError("java is not on PATH (Kafka needs Java 17+)")
-        return java
+        return java()
 
     def _jvm_args(self) -> list[str]:
         # C1-only JIT and the serial GC start a JVM noticeably faster on a
@@ -457,7 +487,7 @@ class Broker:
                 return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _pid_alive(self.pid):
+            if self.pid is None or not _pid_alive(self.pid):
                 return True
             time.sleep(0.1)
         return False
@@ -494,6 +524,50 @@ class Broker:
 
 
 # --------------------------------------------------------------------------
+# Kafka's own command-line tools, from the same cache
+# --------------------------------------------------------------------------
+
+# The console consumer moved to the kafka-tools jar in Kafka 3.7.
+CONSOLE_CONSUMER = ("org.apache.kafka.tools.consumer.ConsoleConsumer", "kafka.tools.ConsoleConsumer")
+
+
+def java() -> str:
+    """$JAVA_HOME/bin/java, else java on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    path = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not path or not os.access(path, os.X_OK):
+        raise BrokerError("java is not on PATH (Kafka needs Java 17+)")
+    return path
+
+
+def _main_class(lib: Path, version: str, candidates: tuple[str, ...]) -> str:
+    """The first of `candidates` that Kafka's jars of this version hold."""
+    import zipfile
+
+    entries: set[str] = set()
+    for jar in (lib / f"kafka-tools-{version}.jar", lib / f"kafka_2.13-{version}.jar"):
+        with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(jar) as z:
+            entries.update(z.namelist())
+    for name in candidates:
+        if name.replace(".", "/") + ".class" in entries:
+            return name
+    raise BrokerError(f"none of {', '.join(candidates)} is in Kafka {version}'s jars in {lib}")
+
+
+def tool_command(candidates: tuple[str, ...], args: list[str], *, version: str | None = None) -> list[str]:
+    """argv that runs one of Kafka's command-line tools (e.g. CONSOLE_CONSUMER) from the cache.
+
+    Fetches the tools on first use. Kafka's own log lines are held to warnings,
+    so stdout and stderr carry the tool's output.
+    """
+    version = version or kafka_version()
+    lib = fetch_jars(version, tools=True)
+    return [java(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", f"{lib}/*",
+            _main_class(lib, version, candidates), *args]
+
+
+# --------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------
 
@@ -503,12 +577,21 @@ def _default_dir() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="A local single-node Kafka (KRaft) for otrules tests, on 127.0.0.1.",
-        epilog="stop keeps the data: start again resumes on the same ports; delete --dir to start afresh.")
-    parser.add_argument("command", choices=["start", "stop", "status"])
+        description="A local single-node Kafka (KRaft) for otrules tests, on 127.0.0.1.", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stop keeps the data: start again resumes on the same ports; delete --dir to start afresh.\n\n"
+               "console-consumer runs Kafka's ConsoleConsumer from the same cache and passes it every other\n"
+               "argument; without --bootstrap-server it reads from the broker in --dir. E.g.\n"
+               "  broker.py console-consumer --topic ot.recommendations --from-beginning \\\n"
+               "    --isolation-level read_committed --formatter-property print.key=true --timeout-ms 5000")
+    parser.add_argument("command", choices=["start", "stop", "status", "console-consumer"])
     parser.add_argument("--dir", type=Path, default=_default_dir(),
                         help="working directory: config, data, log (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "console-consumer":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "console-consumer":
+        return _console_consumer(args.dir, extra)
     try:
         broker = Broker(args.dir, detach=True)
         if args.command == "start":
@@ -531,6 +614,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _console_consumer(workdir: Path, args: list[str]) -> int:
+    """Replace this process with Kafka's console consumer (Ctrl-C and exit status are the tool's)."""
+    try:
+        if not any(a == "--bootstrap-server" or a.startswith("--bootstrap-server=") for a in args):
+            broker = Broker(workdir)
+            if not broker.is_ready():
+                raise BrokerError(f"no --bootstrap-server given and no broker answers in {workdir} "
+                                  "(start one: broker.py start)")
+            args = ["--bootstrap-server", broker.bootstrap_servers, *args]
+        cmd = tool_command(CONSOLE_CONSUMER, args)
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
 
 
 if __name__ == "__main__":

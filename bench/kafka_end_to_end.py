@@ -78,14 +78,15 @@ def start_consume(bootstrap: str, t: dict[str, str], log: Path, batch: int) -> s
     cmd = [sys.executable, "-m", "otrules", "consume", "--bootstrap-servers", bootstrap, "--instance-id", "bench",
            "--batch-max-records", str(batch),
            "--input-topic", t["input"], "--output-topic", t["output"], "--dlq-topic", t["dlq"],
-           "--changelog-topic", t["changelog"], "--group-id", t["group"], "--sweep-interval-seconds", "0", "--http-port", "0"]
+           "--changelog-topic", t["changelog"], "--group-id", t["group"], "--sweep-interval-seconds", "0",
+           "--http-port", "0"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
 def committed_rate(log: Path, total: int, timeout: float = 600) -> tuple[float, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        batches = [json.loads(l) for l in log.read_text().splitlines() if '"committed"' in l]
+        batches = [json.loads(line) for line in log.read_text().splitlines() if '"committed"' in line]
         if sum(b["events"] for b in batches) >= total:
             break
         time.sleep(0.5)
@@ -116,6 +117,7 @@ def passthrough_rate(bootstrap: str, t: dict[str, str], total: int, batch: int) 
         if done:
             consumer.commit()
     producer.flush()
+    assert start is not None  # total > 0, so some poll returned records
     elapsed = time.monotonic() - start
     consumer.close()
     producer.close()
@@ -187,7 +189,7 @@ def main() -> None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
             base, rate = statistics.median(bases), statistics.median(rates)
-            ratios = sorted(r / b for r, b in zip(rates, bases))
+            ratios = sorted(r / b for r, b in zip(rates, bases, strict=True))
             print(f"events: {len(lines)} ({args.patients} patients), 4 partitions, one otrules process, "
                   f"batches (polls) of up to {batch} records; medians of {args.runs} runs")
             print(f"passthrough baseline (consume + produce, no transactions): {base:,.0f} events/s")

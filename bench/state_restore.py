@@ -76,19 +76,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from otrules import defaults, synthetic
-from otrules.consumers import DeadLetterSink, Line, Pipeline
+from otrules.consumers import DeadLetterSink, Pipeline, Record
 from otrules.consumers.kafka.service import Service
 from otrules.consumers.kafka.settings import KafkaSettings
 from otrules.consumers.kafka.stores import encode
 from otrules.consumers.kafka.topics import ensure_topics
 from otrules.engine import Engine, PatientState
+
+if TYPE_CHECKING:
+    from broker import Broker  # scripts/kafka/broker.py, imported when needed (see start_broker)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts" / "kafka"))
@@ -138,14 +141,14 @@ def real_states(patients: int, seed: int) -> tuple[list[RealPatient], int]:
     pipeline = Pipeline(engine, emit=lambda rec: None, dead_letters=DeadLetterSink(None))
     event_ids: dict[str, list[str]] = defaultdict(list)
 
-    def lines() -> Iterator[Line]:
+    def lines() -> Iterator[Record]:
         for n, event in enumerate(synthetic.generate(patients=patients, seed=seed), 1):
             event_ids[event["patient_id"]].append(event["event_id"])
-            yield Line(n, json.dumps(event, separators=(",", ":")).encode())
+            yield Record(json.dumps(event, separators=(",", ":")).encode(), "synthetic", line=n)
 
     summary = pipeline.feed(lines())
     assert summary.balanced and summary.rejected == summary.duplicates == 0, summary
-    real = [RealPatient(pipeline.states.get(p), event_ids[p]) for p in pipeline.states.patient_ids()]
+    real = [RealPatient(pipeline.states.get_or_new(p), event_ids[p]) for p in pipeline.states.patient_ids()]
     for patient in real:  # renaming to its own id must rebuild the state byte for byte
         assert encode(renamed(patient, patient.state.patient_id)) == encode(patient.state), patient.state.patient_id
     return real, summary.read
@@ -177,7 +180,7 @@ def changelog_records(real: list[RealPatient], patients: int) -> Iterator[tuple[
 # ---------------------------------------------------------------- Kafka
 
 
-def start_broker() -> tuple[str, object | None, str]:
+def start_broker() -> tuple[str, Broker | None, str]:
     """(bootstrap servers, Broker to close or None, a description)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
@@ -252,6 +255,12 @@ def changelog_partitions(s: KafkaSettings, partitions: int) -> list[TopicPartiti
     return [TopicPartition(s.changelog_topic, p) for p in range(partitions)]
 
 
+def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int:
+    position = consumer.position(tp)  # with no timeout it waits until the position is known
+    assert position is not None
+    return position
+
+
 def baseline_read(s: KafkaSettings, partitions: int) -> Baseline:
     """Read every changelog partition to its end with the restorer's consumer settings, dropping the values."""
     started = time.perf_counter()
@@ -264,11 +273,11 @@ def baseline_read(s: KafkaSettings, partitions: int) -> Baseline:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if consumer.position(tp) < end[tp]}
+        remaining = {tp for tp in tps if _position(consumer, tp) < end[tp]}
         while remaining:
             for messages in consumer.poll(timeout_ms=200).values():
                 records += len(messages)
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+            remaining = {tp for tp in remaining if _position(consumer, tp) < end[tp]}
     finally:
         consumer.close()
     return Baseline(time.perf_counter() - started, records, peak_rss_mib())
@@ -356,7 +365,7 @@ def report(args: argparse.Namespace, where: str, partitions: int, events: int, r
           f"{seconds_text([b.seconds for b in baseline])}, {n / base:,.0f} records/s; "
           f"peak RSS {statistics.median(b.peak_rss_mib for b in baseline):,.0f} MiB")
     for store, results in restored.items():
-        def median(field: str) -> float:
+        def median(field: str, results: list[Restored] = results) -> float:
             return statistics.median(getattr(r, field) for r in results)
 
         seconds, first = median("seconds"), median("first_access_seconds")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import TextIO
+from typing import IO
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    source: str  # file name, "-" for stdin, or topic/partition@offset
+    source: str  # file name, "-" for stdin, or topic
     line: int | None
-    reason: str
+    reason: str  # names the field and the value: for the dead-letter sink only
     raw: bytes
+    field: str  # the field alone: what stderr and logs may show
 
 
 class DeadLetterSink:
@@ -23,7 +24,7 @@ class DeadLetterSink:
     `original_base64` holds the bytes.
     """
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
         self._stream = stream
         self.count = 0
 
@@ -31,7 +32,8 @@ class DeadLetterSink:
         self.count += 1
         if self._stream is None:
             return
-        record: dict[str, object] = {"source": letter.source, "line": letter.line, "reason": letter.reason}
+        record: dict[str, object] = {"source": letter.source, "line": letter.line, "reason": letter.reason,
+                                     "field": letter.field}
         try:
             record["original"] = letter.raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -4,41 +4,37 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import IO
 
+from otrules.consumers.core import Record
 from otrules.schemas import Recommendation
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One input record and where it came from (for errors and dead letters)."""
-
-    number: int
-    raw: bytes
-
-
 class JsonlSource:
-    """Lines of a binary stream; the original bytes are kept for dead letters."""
+    """Records of a binary stream, one per non-blank line; the original bytes are kept for
+    dead letters. A UTF-8 byte-order mark before the first line is not part of it."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: IO[bytes], name: str = "-") -> None:
         self._stream = stream
+        self.name = name
 
-    def __iter__(self) -> Iterator[Line]:
+    def __iter__(self) -> Iterator[Record]:
         for number, raw in enumerate(self._stream, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             raw = raw.rstrip(b"\r\n")
             if raw.strip():
-                yield Line(number, raw)
+                yield Record(raw, self.name, line=number)
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class RecommendationWriter:
     """Compact JSON per line; `emitted_at` is the only field that varies between runs."""
 
-    def __init__(self, stream: TextIO, clock: Callable[[], str] = utc_now) -> None:
+    def __init__(self, stream: IO[str], clock: Callable[[], str] = utc_now) -> None:
         self._stream = stream
         self._clock = clock
 

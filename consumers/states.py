@@ -54,6 +54,8 @@ class PatientStates:
         return state
 
     def put(self, state: PatientState) -> None:
+        if self._live.get(state.patient_id) is state:
+            return  # changed in place (and already the most recent)
         self._raw.pop(state.patient_id, None)
         if state.patient_id in self._live:
             self._live[state.patient_id] = state

@@ -23,10 +23,10 @@ from otrules.engine.processor import Engine, Outcome
 from otrules.engine.state import PatientState
 
 __all__ = [
+    "FACTS",
     "CompiledRuleset",
     "ConditionError",
     "Engine",
-    "FACTS",
     "FactInfo",
     "Outcome",
     "PatientState",

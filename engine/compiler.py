@@ -144,7 +144,9 @@ class _Compiler:
 
 def _operand(node: Node) -> Any:
     if isinstance(node, Const):
-        return float(node.value) if isinstance(node.value, (int, float)) and not isinstance(node.value, bool) else node.value
+        if isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        return node.value
     if isinstance(node, Fact):
         return {"$m": durable_key(node.name)}
     if not facts_named(node):  # durable_rules mis-evaluates all-constant expressions: fold them

@@ -22,15 +22,17 @@ from __future__ import annotations
 import difflib
 import operator
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Union
+from typing import Any
 
 from otrules.engine.facts import FACTS, FactInfo
+from otrules.schemas import OtrulesError
 
-Value = Union[float, str, bool, None]
+Value = float | str | bool | None
 
 
-class ConditionError(ValueError):
+class ConditionError(OtrulesError, ValueError):
     """A condition that cannot be parsed or type-checked; `col` is 1-based."""
 
     def __init__(self, message: str, col: int | None = None, hint: str | None = None) -> None:
@@ -58,51 +60,51 @@ class Fact:
 @dataclass(frozen=True, slots=True)
 class Arith:
     op: str  # + - * /
-    left: "Node"
-    right: "Node"
+    left: Node
+    right: Node
     col: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Neg:
-    operand: "Node"
+    operand: Node
     col: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Compare:
     op: str  # == != < <= > >=
-    left: "Node"
-    right: "Node"
+    left: Node
+    right: Node
     col: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class In:
-    operand: "Node"
+    operand: Node
     values: tuple[Value, ...]
     col: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class And:
-    items: tuple["Node", ...]
+    items: tuple[Node, ...]
     col: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
-    items: tuple["Node", ...]
+    items: tuple[Node, ...]
     col: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Not:
-    item: "Node"
+    item: Node
     col: int = 0
 
 
-Node = Union[Const, Fact, Arith, Neg, Compare, In, And, Or, Not]
+Node = Const | Fact | Arith | Neg | Compare | In | And | Or | Not
 
 # ---------------------------------------------------------------- tokenizer
 
@@ -183,7 +185,8 @@ class _Parser:
         node = self.expr()
         if self.tok.kind != "end":
             hint = None
-            hint = {"&&": "write and", "||": "write or", "=": "write == to compare", "!": "write not"}.get(self.tok.text)
+            hint = {"&&": "write and", "||": "write or", "=": "write == to compare", "!": "write not"}.get(
+                self.tok.text)
             raise ConditionError(f"unexpected {self._describe(self.tok)}", self.tok.col, hint)
         return node
 
@@ -374,12 +377,14 @@ def _type_of(node: Node, facts: Mapping[str, FactInfo], want_bool: bool = False)
             return "bool"
         if lt != rt:
             raise ConditionError(
-                f"cannot compare {_TYPE_WORDS[lt]} ({_show_node(node.left)}) with {_TYPE_WORDS[rt]} ({_show_node(node.right)})",
+                f"cannot compare {_TYPE_WORDS[lt]} ({_show_node(node.left)}) "
+                f"with {_TYPE_WORDS[rt]} ({_show_node(node.right)})",
                 node.col,
                 "a yes/no fact is tested on its own, e.g. goal.met or not goal.met" if "bool" in (lt, rt) else None,
             )
         if lt != "number" and node.op not in ("==", "!="):
-            raise ConditionError(f"{node.op} compares numbers; {_TYPE_WORDS[lt]} can only be tested with == or !=", node.col)
+            raise ConditionError(
+                f"{node.op} compares numbers; {_TYPE_WORDS[lt]} can only be tested with == or !=", node.col)
         return "bool"
     raise AssertionError(node)  # pragma: no cover
 
@@ -436,9 +441,7 @@ def walk(node: Node) -> Iterator[Node]:
     elif isinstance(node, (Arith, Compare)):
         yield from walk(node.left)
         yield from walk(node.right)
-    elif isinstance(node, Neg):
-        yield from walk(node.operand)
-    elif isinstance(node, In):
+    elif isinstance(node, (Neg, In)):
         yield from walk(node.operand)
 
 
@@ -457,7 +460,8 @@ def to_text(node: Node) -> str:
         p = 5 if node.op in "+-" else 6
         return f"{_wrap(node.left, p)} {node.op} {_wrap(node.right, p + 1)}"
     if isinstance(node, Compare):
-        if node.op == "==" and isinstance(node.left, Fact) and isinstance(node.right, Const) and node.right.value is True:
+        if (node.op == "==" and isinstance(node.left, Fact) and isinstance(node.right, Const)
+                and node.right.value is True):
             return node.left.name  # a yes/no fact on its own, as it was written
         return f"{_wrap(node.left, 5)} {node.op} {_wrap(node.right, 5)}"
     if isinstance(node, In):

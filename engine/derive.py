@@ -143,12 +143,12 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
     own_goal = goal is not None and goal.instrument == measure.instrument
 
     previous = before.last if before else None
-    if own_goal and goal.baseline is not None:  # type: ignore[union-attr]
-        baseline = goal.baseline  # type: ignore[union-attr]
+    if own_goal and goal is not None and goal.baseline is not None:
+        baseline = goal.baseline
     else:
         baseline = before.first if before else score
     change = _diff(score, previous)
-    change_from_baseline = _diff(score, baseline)
+    change_from_baseline = _round(score - baseline)  # a baseline is always there: the first score at the latest
     sign = instrument.sign if instrument else None
     improvement = None if sign is None or change is None else _round(sign * change)
     mcid = instrument.mcid if instrument else None

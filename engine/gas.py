@@ -16,7 +16,7 @@ def gas_t_score(levels: Sequence[float], weights: Sequence[float], rho: float = 
     """
     if not levels or len(levels) != len(weights):
         return None
-    sum_wx = sum(w * x for w, x in zip(weights, levels))
+    sum_wx = sum(w * x for w, x in zip(weights, levels, strict=True))
     sum_w2 = sum(w * w for w in weights)
     sum_w = sum(weights)
     denominator = math.sqrt((1 - rho) * sum_w2 + rho * sum_w * sum_w)

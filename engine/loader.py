@@ -12,11 +12,13 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -40,7 +42,16 @@ from otrules.engine.conditions import (
     walk,
 )
 from otrules.engine.facts import FACTS
-from otrules.schemas import Catalogue, Instrument, InstrumentOverride, Recommend, RuleSpec, RulesetFile, Throttle
+from otrules.schemas import (
+    Catalogue,
+    Instrument,
+    InstrumentOverride,
+    OtrulesError,
+    Recommend,
+    RulesetFile,
+    RuleSpec,
+    Throttle,
+)
 from otrules.schemas._errors import field_path, show_value
 
 SUMMARY_MAX = 140
@@ -65,7 +76,7 @@ class Problem:
         return f"{where}{rule}{self.message}{hint}"
 
 
-class RulesetError(ValueError):
+class RulesetError(OtrulesError, ValueError):
     """A rules file (or several) that cannot be used; `problems` lists every error."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -167,9 +178,10 @@ def _compile(data: Any, filename: str, catalogue: Catalogue | None) -> CompiledR
     seen: dict[str, int] = {}
     for index, rule_spec in enumerate(spec.rules):
         node = data["rules"][index]
-        line, col = _pos(node, None)
+        line, _col = _pos(node, None)
         if rule_spec.id in seen:
-            problems.append(Problem(filename, *_pos(node, "id"), f"duplicate rule id (first at line {seen[rule_spec.id]})", rule_spec.id))
+            problems.append(Problem(filename, *_pos(node, "id"),
+                                    f"duplicate rule id (first at line {seen[rule_spec.id]})", rule_spec.id))
         else:
             seen[rule_spec.id] = line
         try:
@@ -333,7 +345,8 @@ def instrument_problems(ruleset: CompiledRuleset, known: set[str] | Catalogue) -
         values: Mapping[str, Instrument | None] = known.instruments
     else:
         values = dict.fromkeys(known)  # ids only: overrides of catalogue entries are left to the engine
-    return _instrument_check(ruleset.source, ruleset.spec.instruments, ruleset.instrument_at, ruleset.instrument_field_at,
+    return _instrument_check(ruleset.source, ruleset.spec.instruments, ruleset.instrument_at,
+                             ruleset.instrument_field_at,
                              [(r.id, leaf) for r in ruleset.rules for leaf in r.when_leaves], values)
 
 
@@ -350,7 +363,8 @@ def _instrument_check(source: str, overrides: dict[str, InstrumentOverride], at:
             missing = [k for k in ("min", "max", "better") if getattr(override, k) is None]
             if missing:
                 problems.append(Problem(source, *where,
-                                        f"instruments.{iid}: not in the catalogue; a new instrument needs {', '.join(missing)}",
+                                        f"instruments.{iid}: not in the catalogue; "
+                                        f"a new instrument needs {', '.join(missing)}",
                                         None, _did_you_mean(iid, known)))
                 continue
             defined.add(iid)
@@ -378,7 +392,8 @@ def _instrument_literals(node: Node) -> list[tuple[str, str, int]]:
     if isinstance(node, Compare):
         pairs = [(node.left, node.right), (node.right, node.left)]
         return [(f.name, c.value, c.col or node.col) for f, c in pairs
-                if isinstance(f, Fact) and f.name in _INSTRUMENT_FACTS and isinstance(c, Const) and isinstance(c.value, str)]
+                if isinstance(f, Fact) and f.name in _INSTRUMENT_FACTS
+                and isinstance(c, Const) and isinstance(c.value, str)]
     if isinstance(node, In) and isinstance(node.operand, Fact) and node.operand.name in _INSTRUMENT_FACTS:
         return [(node.operand.name, v, node.col) for v in node.values if isinstance(v, str)]
     return []
@@ -413,7 +428,8 @@ def _template_problems(texts: dict[str, Any], recommend: Any, filename: str, rul
     if estimate > SUMMARY_MAX:
         line, col = _pos(recommend, "summary")
         problems.append(Problem(filename, line, col,
-                                f"recommend.summary can reach about {estimate} characters once filled in; at most {SUMMARY_MAX}",
+                                f"recommend.summary can reach about {estimate} characters once filled in; "
+                                f"at most {SUMMARY_MAX}",
                                 rule_id, "shorten the text; longer summaries are cut with '…'"))
     return named
 
@@ -469,7 +485,8 @@ def _parse_yaml(text: str, filename: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(filename, line, col, f"not valid YAML: unacceptable character {char}: {exc.reason}",
                               None, "delete it; YAML files cannot hold control characters")]
     except YAMLError as exc:
-        return None, [Problem(filename, 1, 1, f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, [Problem(filename, 1, 1, f"not valid YAML: {first}")]
     except RecursionError:
         return None, [Problem(filename, 1, 1, "not valid YAML: nested too deeply")]
     if not isinstance(data, dict):
@@ -492,7 +509,8 @@ def _pos(node: Any, key: Any) -> tuple[int, int]:
             return node.lc.line + 1, node.lc.col + 1
         if isinstance(node, CommentedMap):
             if key in node:
-                line, col = node.lc.value(key) if not isinstance(node[key], (CommentedMap, CommentedSeq)) else node.lc.key(key)
+                nested = isinstance(node[key], (CommentedMap, CommentedSeq))
+                line, col = node.lc.key(key) if nested else node.lc.value(key)
                 return line + 1, col + 1
             return node.lc.line + 1, node.lc.col + 1
         if isinstance(node, CommentedSeq):
@@ -520,8 +538,8 @@ def _pydantic_problems(filename: str, data: Any, exc: ValidationError) -> list[P
         node, parent, last = data, None, None
         for part in loc:
             if isinstance(node, (dict, list)):
-                try:
-                    parent, last, node = node, part, node[part]
+                try:  # a str index into a list raises TypeError, which ends the walk like a missing key
+                    parent, last, node = node, part, node[part]  # type: ignore[index]
                 except (KeyError, IndexError, TypeError):
                     break
         line, col = _pos(parent, last) if parent is not None else (1, 1)
@@ -565,7 +583,8 @@ def _raw_rule_problems(filename: str, data: Any) -> tuple[list[Problem], list[tu
         rule_id = str(node["id"]) if node.get("id") else None
         if isinstance(node.get("id"), str):
             if node["id"] in seen:
-                problems.append(Problem(filename, *_pos(node, "id"), f"duplicate rule id (first at line {seen[node['id']]})", rule_id))
+                problems.append(Problem(filename, *_pos(node, "id"),
+                                        f"duplicate rule id (first at line {seen[node['id']]})", rule_id))
             else:
                 seen[node["id"]] = _pos(node, None)[0]
         if "when" in node:
@@ -618,7 +637,8 @@ def _field_at(data: Any) -> dict[str, tuple[int, int]]:
     raw = data.get("instruments") if isinstance(data, dict) else None
     if not isinstance(raw, dict):
         return {}
-    return {f"{iid}.{name}": _pos(value, name) for iid, value in raw.items() if isinstance(value, dict) for name in value}
+    return {f"{iid}.{name}": _pos(value, name)
+            for iid, value in raw.items() if isinstance(value, dict) for name in value}
 
 
 def _in_file_order(problems: list[Problem], files: list[Path]) -> list[Problem]:
@@ -631,7 +651,7 @@ def _drop_union_noise(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if p not in noise)
 
 
-def _message(err: dict[str, Any]) -> tuple[str, str | None]:
+def _message(err: ErrorDetails) -> tuple[str, str | None]:
     kind = err["type"]
     value = err.get("input")
     if kind == "missing":

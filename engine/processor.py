@@ -17,7 +17,7 @@ from otrules.engine.derive import EventFacts, apply_event, clock_facts, rfc3339
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
-from otrules.engine.state import PatientState
+from otrules.engine.state import PatientState, throttle_key
 from otrules.schemas import Catalogue, Event, Measure, Recommendation
 
 
@@ -25,6 +25,7 @@ from otrules.schemas import Catalogue, Event, Measure, Recommendation
 class Outcome:
     duplicate: bool
     recommendations: tuple[Recommendation, ...] = ()
+    dropped: int = 0  # remembered ids and plans let go by the state bound (engine/state.py)
 
 
 class _RuleGroup:
@@ -73,7 +74,10 @@ class Engine:
                 hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
             if hits:
                 self._emit(state, loaded, hits, event, out)
-        return Outcome(duplicate=False, recommendations=tuple(out)) if out else _NOTHING
+        dropped = state.trim()
+        if out or dropped:
+            return Outcome(duplicate=False, recommendations=tuple(out), dropped=dropped)
+        return _NOTHING
 
     def sweep(self, state: PatientState, at: dt.datetime) -> tuple[Recommendation, ...]:
         """Check every open plan at time `at`, as if a clock event had arrived.
@@ -97,8 +101,7 @@ class Engine:
         """Forget plans closed longer than `retention` ago (event time); True when nothing is left."""
         for plan_id in [p for p, plan in state.plans.items()
                         if plan.closed_on is not None and plan.closed_on + retention <= at.date()]:
-            del state.plans[plan_id]
-            state.throttle = {k: v for k, v in state.throttle.items() if k.split("|")[1:2] != [plan_id]}
+            state.forget_plan(plan_id)
         return not state.plans
 
     def _emit(self, state: PatientState, loaded: _LoadedRuleset, hits: list[tuple[Rule, dict[str, Any]]],
@@ -173,7 +176,8 @@ def effective_catalogue(rulesets: Sequence[CompiledRuleset], catalogue: Catalogu
         for iid, override in rs.spec.instruments.items():
             values = override.model_dump(exclude_none=True)
             if iid in owner and owner[iid][1] != values:
-                problems.append(Problem(rs.source, 1, 1, f"instruments.{iid}: overrides differ from those of ruleset {owner[iid][0]}; run them separately"))
+                problems.append(Problem(rs.source, 1, 1, f"instruments.{iid}: overrides differ from those of ruleset "
+                                                         f"{owner[iid][0]}; run them separately"))
             owner.setdefault(iid, (rs.name, values))
         try:
             merged = merged.with_overrides(rs.spec.instruments)
@@ -189,11 +193,8 @@ def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: R
     if rule.throttle is None:
         return False
     per = rule.throttle.per
-    key = f"{ruleset.name}/{rule.id}"
-    if per in ("plan", "goal"):
-        key += f"|{rec.plan_id}"
-    if per == "goal":
-        key += f"|{rec.goal_id or ''}"
+    key = throttle_key(f"{ruleset.name}/{rule.id}", rec.plan_id if per in ("plan", "goal") else None,
+                       (rec.goal_id or "") if per == "goal" else None)
     last = state.throttle.get(key)
     if last is not None and now - last < rule.throttle.window:
         return True

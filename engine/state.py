@@ -21,6 +21,12 @@ from otrules.schemas import Goal
 
 FORMAT = 2  # written as "v"; bump it when the layout below changes
 
+# The state bound: one patient's state must stay well under Kafka's 1 MB record limit
+# (it is one changelog record) whatever the feed sends. Past these, the oldest go first
+# and the engine counts them (Outcome.dropped).
+MAX_REMEMBERED_EVENTS = 4096  # event ids kept for idempotency: 32 KB; an older id sent again is processed again
+MAX_PLANS = 16  # plans kept per patient; closed (discharged) plans go before open ones, oldest first
+
 
 @dataclass(slots=True)
 class Series:
@@ -39,7 +45,7 @@ class Series:
                 self.plateau_count]
 
     @classmethod
-    def from_list(cls, v: list[Any]) -> "Series":
+    def from_list(cls, v: list[Any]) -> Series:
         return cls(v[0], v[1], dt.date.fromisoformat(v[2]), v[3], v[4], v[5], v[6])
 
 
@@ -58,7 +64,7 @@ class GoalState:
     gas_level: float | None = None
 
     @classmethod
-    def of(cls, goal: Goal) -> "GoalState":
+    def of(cls, goal: Goal) -> GoalState:
         state = cls(goal.goal_id, goal.instrument, goal.target)
         state.update(goal)
         return state
@@ -73,7 +79,7 @@ class GoalState:
                 self.met_ever, self.gas_level]
 
     @classmethod
-    def from_list(cls, goal_id: str, v: list[Any]) -> "GoalState":
+    def from_list(cls, goal_id: str, v: list[Any]) -> GoalState:
         return cls(goal_id, v[0], v[1], v[2], _date(v[3]), v[4], v[5], v[6], v[7])
 
 
@@ -105,7 +111,7 @@ class PlanState:
         }
 
     @classmethod
-    def from_dict(cls, plan_id: str, d: dict[str, Any]) -> "PlanState":
+    def from_dict(cls, plan_id: str, d: dict[str, Any]) -> PlanState:
         return cls(
             plan_id=plan_id, setting=d["setting"], frequency_per_week=d["frequency"],
             certified_from=_date(d["certified"][0]), certified_until=_date(d["certified"][1]),
@@ -141,6 +147,24 @@ class PatientState:
         self.seen_events += digest
         return True
 
+    def trim(self) -> int:
+        """Apply the state bound; returns how many remembered ids and plans were let go."""
+        dropped = 0
+        excess = len(self.seen_events) // 8 - MAX_REMEMBERED_EVENTS
+        if excess > 0:
+            self.seen_events = self.seen_events[excess * 8:]
+            dropped += excess
+        while len(self.plans) > MAX_PLANS:
+            oldest = next((p for p, plan in self.plans.items() if plan.discharged), next(iter(self.plans)))
+            self.forget_plan(oldest)
+            dropped += 1
+        return dropped
+
+    def forget_plan(self, plan_id: str) -> None:
+        """A plan and its throttles."""
+        del self.plans[plan_id]
+        self.throttle = {k: v for k, v in self.throttle.items() if throttle_plan(k) != plan_id}
+
     def _seen(self, digest: bytes) -> bool:
         seen = self.seen_events
         at = seen.find(digest)
@@ -162,7 +186,7 @@ class PatientState:
         return bytes(memoryview(value))
 
     @classmethod
-    def from_bytes(cls, value: bytes) -> "PatientState":
+    def from_bytes(cls, value: bytes) -> PatientState:
         d = orjson.loads(value)
         if not isinstance(d, dict) or d.get("v") != FORMAT:
             version = d.get("v", 1) if isinstance(d, dict) else "unknown"
@@ -171,7 +195,7 @@ class PatientState:
             patient_id=d["patient"],
             plans={k: PlanState.from_dict(k, p) for k, p in d["plans"].items()},
             seen_events=base64.b64decode(d["seen"]),
-            throttle={k: dt.datetime.fromtimestamp(v, dt.timezone.utc) for k, v in d["throttle"].items()},
+            throttle={k: dt.datetime.fromtimestamp(v, dt.UTC) for k, v in d["throttle"].items()},
         )
 
 
@@ -182,6 +206,18 @@ def event_digest(event_id: str) -> bytes:
     events (n = 1,000: 3e-14), and a collision would skip one event.
     """
     return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+
+
+def throttle_key(rule: str, plan_id: str | None = None, goal_id: str | None = None) -> str:
+    """`ruleset/rule`, then `|plan` (per plan or goal), then `|goal` (per goal)."""
+    key = rule if plan_id is None else f"{rule}|{plan_id}"
+    return key if goal_id is None else f"{key}|{goal_id}"
+
+
+def throttle_plan(key: str) -> str | None:
+    """The plan a throttle key belongs to (None for per-patient throttles)."""
+    parts = key.split("|", 2)
+    return parts[1] if len(parts) > 1 else None
 
 
 def series_key(instrument: str, goal_id: str | None) -> str:

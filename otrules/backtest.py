@@ -10,14 +10,13 @@ kind, indicator or summary *changed*.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from otrules.consumers import Line, PatientStates
+from otrules.consumers import EventCore, PatientStates, Record, Rejection
 from otrules.engine import Engine
-from otrules.schemas import EventRejected, Recommendation, parse_event
+from otrules.schemas import Recommendation
 
 Key = tuple[str, str, str, str]  # rule, patient, event, goal
 
@@ -35,7 +34,7 @@ class Brief:
     summary: str
 
     @classmethod
-    def of(cls, rec: Recommendation) -> "Brief":
+    def of(cls, rec: Recommendation) -> Brief:
         return cls(rec.rule.id, rec.kind, rec.indicator, rec.goal_id, rec.triggered_by[0], rec.occurred_at, rec.summary)
 
 
@@ -54,6 +53,7 @@ class Report:
     new: str
     events: int = 0
     rejected: int = 0
+    engine_failures: int = 0  # events an engine failed on (dead-lettered, the backtest went on)
     by_rule: dict[str, Counts] = field(default_factory=dict)
     by_kind: dict[str, Counts] = field(default_factory=dict)
     patients_changed: int = 0
@@ -66,6 +66,7 @@ class Report:
 
         return {
             "baseline": self.baseline, "new": self.new, "events": self.events, "rejected": self.rejected,
+            "engine_failures": self.engine_failures,
             "by_rule": counts(self.by_rule), "by_kind": counts(self.by_kind),
             "patients_changed": self.patients_changed, "patients_total": self.patients_total,
             "samples": {p: [{"change": c, **asdict(b)} for c, b in items] for p, items in self.samples.items()},
@@ -73,50 +74,47 @@ class Report:
 
 
 class _Side:
+    """One engine over the history: the event core with a sink that keeps what it recommends."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.states = PatientStates()
         self.found: dict[Key, Brief] = {}
+        self.core = EventCore(engine, self.states, self)
 
-    def feed(self, event: Any) -> None:
-        state = self.states.get_or_new(event.patient_id)
-        self._keep(self.engine.process(state, event).recommendations)
-
-    def sweep(self, at: dt.datetime) -> None:
-        for patient_id in self.states.patient_ids():
-            self._keep(self.engine.sweep(self.states.get_or_new(patient_id), at))
-
-    def _keep(self, recs: Iterable[Recommendation]) -> None:
+    def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
         for rec in recs:
             self.found[(rec.rule.id, rec.patient_id, rec.triggered_by[0], rec.goal_id or "")] = Brief.of(rec)
 
+    def dead_letter(self, record: Record, rejection: Rejection) -> None:
+        pass  # counted in the core's tally
 
-def backtest(new: Engine, baseline: Engine, lines: Iterable[Line], samples: int = 5,
+
+def backtest(new: Engine, baseline: Engine, records: Iterable[Record], samples: int = 5,
              progress: Callable[[int], None] | None = None, as_of: dt.datetime | None = None) -> Report:
-    """Run both engines over `lines`, advance time to `as_of` (default: the last
+    """Run both engines over `records`, advance time to `as_of` (default: the last
     event's time, as `otrules run` does), and compare what they recommend."""
     report = Report(_label(baseline), _label(new))
-    sides = (_Side(baseline), _Side(new))
+    base, fresh = _Side(baseline), _Side(new)
     same_catalogue = new.catalogue == baseline.catalogue
-    last: dt.datetime | None = None
-    for line in lines:
-        report.events += 1
-        try:
-            events = [parse_event(line.raw, new.catalogue)] * 2 if same_catalogue else [
-                parse_event(line.raw, side.engine.catalogue) for side in sides]
-        except EventRejected:
-            report.rejected += 1
-            continue
-        for side, event in zip(sides, events):
-            side.feed(event)
-        last = events[0].occurred_at if last is None else max(last, events[0].occurred_at)
+    for record in records:
+        event = fresh.core.handle(record)
+        # one parse serves both when the catalogues agree (a rejected record is rejected by both)
+        if same_catalogue and event is not None:
+            base.core.handle(record, event=event)
+        else:
+            base.core.handle(record)
         if progress is not None:
-            progress(len(line.raw) + 1)
-    if as_of or last:
-        for side in sides:
-            side.sweep(as_of or last)  # type: ignore[arg-type]
-    _compare(report, sides[0].found, sides[1].found, samples)
-    report.patients_total = len(sides[1].states)
+            progress(len(record.raw) + 1)
+    tally = fresh.core.tally
+    report.events, report.rejected = tally.read, tally.rejected
+    report.engine_failures = tally.rejected_by["engine"] + base.core.tally.rejected_by["engine"]
+    at = as_of or max(filter(None, (tally.last_event_at, base.core.tally.last_event_at)), default=None)
+    if at is not None:
+        for side in (base, fresh):
+            side.core.sweep(at)
+    _compare(report, base.found, fresh.found, samples)
+    report.patients_total = len(fresh.states)
     return report
 
 
@@ -156,7 +154,8 @@ def render(report: Report, out: Any) -> None:
     from rich.table import Table
 
     console = Console(file=out, width=120 if out is not None and not out.isatty() else None)
-    console.print(f"Backtest over {report.events} events ({report.rejected} rejected), "
+    failures = f", {report.engine_failures} failed in an engine" if report.engine_failures else ""
+    console.print(f"Backtest over {report.events} events ({report.rejected} rejected{failures}), "
                   f"{report.patients_total} patients")
     console.print(f"  baseline: {report.baseline}\n  new:      {report.new}")
     for title, table_data in (("by rule", report.by_rule), ("by kind", report.by_kind)):

@@ -14,7 +14,7 @@ from typing import IO, Any
 import click
 
 from otrules import __version__, defaults
-from otrules.consumers import DeadLetter, DeadLetterSink, JsonlSource, Pipeline, RecommendationWriter, RunSummary
+from otrules.consumers import DeadLetter, DeadLetterSink, JsonlSource, Pipeline, RecommendationWriter, Tally
 from otrules.engine import Engine, RulesetError
 from otrules.schemas import Recommendation
 
@@ -64,6 +64,7 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
     source_name = input_path or str(defaults.SAMPLE_STREAM)
     table: list[Recommendation] = []
     with _open_in(input_path) as events, _open_out(output_path) as out, _open_out(dlq_path) as dlq:
+        assert out is not None  # --output has a default
         writer = RecommendationWriter(out)
         emit = table.append if fmt == "table" else writer.write
 
@@ -72,11 +73,10 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
         def report(letter: DeadLetter) -> None:
             # the field, not its value: a value may be a score or a patient identifier
             if not quiet:
-                click.echo(f"{_short(source_name)}:{letter.line}: rejected: {_field_of(letter.reason)} ({where})",
-                           err=True)
+                click.echo(f"{_short(source_name)}:{letter.line}: rejected: {letter.field} ({where})", err=True)
 
-        pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, source_name=source_name)
-        summary = pipeline.feed(JsonlSource(events))
+        pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report)
+        summary = pipeline.feed(JsonlSource(events, source_name))
         at = sweep_at or summary.last_event_at
         if at is not None:
             pipeline.sweep(at, dt.timedelta(days=retention_days))
@@ -153,7 +153,8 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
 @click.option("--input", "input_path", required=True, envvar="OTRULES_INPUT", metavar="F|-",
               help="The JSONL stream that holds the event (and everything before it).")
 @click.option("--event-id", required=True, envvar="OTRULES_EVENT_ID", help="The event to explain.")
-@click.option("--patient", default=None, envvar="OTRULES_PATIENT", help="Its patient, if event ids repeat across patients.")
+@click.option("--patient", default=None, envvar="OTRULES_PATIENT",
+              help="Its patient, if event ids repeat across patients.")
 @click.option("--json", "as_json", is_flag=True, envvar="OTRULES_JSON", help="Machine-readable output.")
 def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, event_id: str, patient: str | None,
             as_json: bool) -> None:
@@ -165,7 +166,7 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
     engine = _engine(rules, catalogue)
     with _open_in(input_path) as events:
         try:
-            ex = explainer.explain(engine, JsonlSource(events), event_id, patient)
+            ex = explainer.explain(engine, JsonlSource(events, input_path), event_id, patient)
         except explainer.EventNotFound as exc:
             raise click.UsageError(str(exc)) from None
     if as_json:
@@ -192,7 +193,6 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
              as_json: bool, samples: int, progress: bool | None) -> None:
     """What a ruleset change would have recommended differently over a history."""
     import json
-    import os
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -200,13 +200,13 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
 
     new_engine, base_engine = _engine(rules, catalogue), _engine(baseline, catalogue)
     path = input_path or str(defaults.SAMPLE_STREAM)
-    total = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
+    total = Path(path).stat().st_size if path != "-" and Path(path).is_file() else None
     show = sys.stderr.isatty() if progress is None else progress
     bar = Progress("backtest", BarColumn(), DownloadColumn(), TimeRemainingColumn(), disable=not show or total is None,
                    transient=True)
     with bar, _open_in(input_path) as events:
         task = bar.add_task("backtest", total=total)
-        report = bt.backtest(new_engine, base_engine, JsonlSource(events), samples,
+        report = bt.backtest(new_engine, base_engine, JsonlSource(events, path), samples,
                              progress=lambda n: bar.advance(task, n))
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
@@ -233,7 +233,27 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     ctx.default_map = {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-_SECRET_OPTIONS = {"sasl_password", "log_hash_key"}
+def _settings_options(fn: Any) -> Any:
+    """The consume options, generated from KafkaSettings (one place for names, defaults and help)."""
+    from otrules.consumers.kafka.settings import option_specs
+
+    for spec in reversed(option_specs()):
+        kind: Any
+        if spec.choices:
+            kind = click.Choice(spec.choices)
+        elif spec.path == "dir":
+            kind = click.Path(file_okay=False, path_type=Path)
+        elif spec.path == "file":
+            kind = click.Path(exists=True, dir_okay=False)
+        elif spec.kind is int:
+            kind = click.IntRange(min=spec.minimum, max=spec.maximum)  # type: ignore[arg-type]
+        elif spec.kind is float:
+            kind = click.FloatRange(min=spec.minimum, max=spec.maximum)
+        else:
+            kind = str
+        fn = click.option(spec.flag, spec.name, type=kind, default=spec.default, envvar=spec.envvar,
+                          show_default=spec.show_default, help=spec.help)(fn)
+    return fn
 
 
 @main.command()
@@ -242,67 +262,20 @@ _SECRET_OPTIONS = {"sasl_password", "log_hash_key"}
               help="YAML file of option values (flags and OTRULES_* variables take precedence).")
 @rules_option
 @catalogue_option
-@click.option("--bootstrap-servers", default="127.0.0.1:9092", envvar="OTRULES_BOOTSTRAP_SERVERS", show_default=True)
-@click.option("--group-id", default="otrules", envvar="OTRULES_GROUP_ID", show_default=True)
-@click.option("--instance-id", default=None, envvar="OTRULES_INSTANCE_ID",
-              help="Stable name of this instance (default: host name); a restart with the same id fences the old one.")
-@click.option("--input-topic", default="ot.events", envvar="OTRULES_INPUT_TOPIC", show_default=True)
-@click.option("--output-topic", default="ot.recommendations", envvar="OTRULES_OUTPUT_TOPIC", show_default=True)
-@click.option("--dlq-topic", default="ot.events.dlq", envvar="OTRULES_DLQ_TOPIC", show_default=True)
-@click.option("--changelog-topic", default="otrules-state-changelog", envvar="OTRULES_CHANGELOG_TOPIC", show_default=True)
-@click.option("--partitions", type=click.IntRange(min=1), default=6, envvar="OTRULES_PARTITIONS", show_default=True,
-              help="Partitions of topics otrules creates.")
-@click.option("--replication-factor", type=click.IntRange(min=1), default=1, envvar="OTRULES_REPLICATION_FACTOR",
-              show_default=True)
-@click.option("--batch-max-records", type=click.IntRange(min=1), default=2000, envvar="OTRULES_BATCH_MAX_RECORDS",
-              show_default=True)
-@click.option("--batch-max-ms", type=click.IntRange(min=1), default=100, envvar="OTRULES_BATCH_MAX_MS", show_default=True)
-@click.option("--transaction-timeout-ms", type=click.IntRange(min=1000), default=10_000,
-              envvar="OTRULES_TRANSACTION_TIMEOUT_MS", show_default=True)
-@click.option("--store", type=click.Choice(["memory", "sqlite"]), default="memory", envvar="OTRULES_STORE",
-              show_default=True, help="Where owned patients' state is kept (the changelog is the source of truth).")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".otrules-state"),
-              envvar="OTRULES_STATE_DIR", show_default=True)
-@click.option("--decoded-states", type=click.IntRange(min=1), default=1024, envvar="OTRULES_DECODED_STATES",
-              show_default=True, help="Memory store: patients kept decoded, across all owned partitions; the rest "
-              "are held as compact bytes. Raise it if many more patients than this are seen each few minutes.")
-@click.option("--sweep-interval-seconds", type=click.FloatRange(min=0), default=300, envvar="OTRULES_SWEEP_INTERVAL_SECONDS",
-              show_default=True, help="Advance the clock over owned open plans this often (0: never).")
-@click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
-              show_default=True, help="Days a discharged plan's state is kept before it is tombstoned.")
-@click.option("--http-host", default="127.0.0.1", envvar="OTRULES_HTTP_HOST", show_default=True,
-              help="Address of /metrics, /healthz and /readyz (0.0.0.0 inside a container).")
-@click.option("--http-port", type=click.IntRange(min=-1, max=65535), default=9464, envvar="OTRULES_HTTP_PORT",
-              show_default=True, help="Port of the endpoints; 0 picks a free one, -1 turns them off.")
-@click.option("--reload-poll-seconds", type=click.FloatRange(min=0), default=5, envvar="OTRULES_RELOAD_POLL_SECONDS",
-              show_default=True, help="How often to look for changed rules files (0: only on SIGHUP).")
-@click.option("--security-protocol", type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
-              default="PLAINTEXT", envvar="OTRULES_SECURITY_PROTOCOL", show_default=True)
-@click.option("--sasl-mechanism", type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]), default=None,
-              envvar="OTRULES_SASL_MECHANISM")
-@click.option("--sasl-username", default=None, envvar="OTRULES_SASL_USERNAME")
-@click.option("--sasl-password", default=None, envvar="OTRULES_SASL_PASSWORD")
-@click.option("--ssl-cafile", type=click.Path(exists=True, dir_okay=False), default=None, envvar="OTRULES_SSL_CAFILE")
-@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None, envvar="OTRULES_SSL_CERTFILE")
-@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None, envvar="OTRULES_SSL_KEYFILE")
-@click.option("--log-hash-key", default=None, envvar="OTRULES_LOG_HASH_KEY",
-              help="Key for hashing identifiers in logs (default: a random key per process).")
-def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: str, group_id: str,
-            instance_id: str | None, input_topic: str, output_topic: str, dlq_topic: str, changelog_topic: str,
-            partitions: int, replication_factor: int, batch_max_records: int, batch_max_ms: int,
-            transaction_timeout_ms: int, store: str, state_dir: Path, decoded_states: int,
-            sweep_interval_seconds: float,
-            retention_days: int, http_host: str, http_port: int, reload_poll_seconds: float,
-            security_protocol: str, sasl_mechanism: str | None, sasl_username: str | None,
-            sasl_password: str | None, ssl_cafile: str | None, ssl_certfile: str | None, ssl_keyfile: str | None,
-            log_hash_key: str | None) -> None:
-    """The Kafka service: ot.events in, recommendations out, exactly once."""
+@_settings_options
+def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> None:
+    """The Kafka service: ot.events in, recommendations out, exactly once.
+
+    Exit status: 0 stopped (SIGTERM/SIGINT), 1 the rules failed validation,
+    2 usage error, 3 Kafka could not be reached within --connect-timeout."""
     import signal
-    import socket
+    import threading
 
     import structlog
+    from kafka.errors import KafkaError
 
     from otrules.consumers.kafka import redact
+    from otrules.consumers.kafka.connect import KafkaUnreachable, wait_for_cluster
     from otrules.consumers.kafka.health import Health, serve
     from otrules.consumers.kafka.metrics import Metrics
     from otrules.consumers.kafka.reload import RulesWatcher
@@ -311,41 +284,42 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, bootstrap_servers: 
 
     _configure_logging()
     log = structlog.get_logger("otrules.consume")
-    redact.set_key(log_hash_key)
-    params = click.get_current_context().params
-    log.info("configuration", **{k: ("***" if k in _SECRET_OPTIONS and v else str(v) if isinstance(v, (Path, tuple)) else v)
-                                 for k, v in sorted(params.items())})
-    client = {k: v for k, v in {
-        "security_protocol": security_protocol, "sasl_mechanism": sasl_mechanism,
-        "sasl_plain_username": sasl_username, "sasl_plain_password": sasl_password,
-        "ssl_cafile": ssl_cafile, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile,
-    }.items() if v is not None and not (k == "security_protocol" and v == "PLAINTEXT")}
-    settings = KafkaSettings(
-        bootstrap_servers=bootstrap_servers, group_id=group_id, instance_id=instance_id or socket.gethostname(),
-        input_topic=input_topic, output_topic=output_topic, dlq_topic=dlq_topic, changelog_topic=changelog_topic,
-        partitions=partitions, replication_factor=replication_factor, batch_max_records=batch_max_records,
-        batch_max_ms=batch_max_ms, transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir,
-        decoded_states=decoded_states, sweep_interval_s=sweep_interval_seconds, retention_days=retention_days,
-        client=client)
+    settings = KafkaSettings(**options)
+    redact.set_key(settings.log_hash_key)
+    log.info("configuration", rules=[str(r) for r in rules], catalogue=str(catalogue) if catalogue else None,
+             **settings.redacted())
+    engine = _engine(rules, catalogue)
+    stopping = threading.Event()  # set by SIGTERM/SIGINT, before and after the service exists
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        if not wait_for_cluster(settings.bootstrap_servers, settings.client, stopping, settings.connect_timeout, log):
+            click.echo("otrules consume: stopped before Kafka was reached", err=True)
+            return
+    except KafkaUnreachable as exc:
+        click.echo(f"otrules consume: {exc}", err=True)  # could not reach Kafka at <servers> within <N> s (<error>)
+        sys.exit(3)
     metrics, health = Metrics(), Health()
-    service = Service(settings, _engine(rules, catalogue), metrics=metrics, health=health)
-    if http_port >= 0:
-        _, port = serve(http_host, http_port, metrics, health)
-        log.info("http", host=http_host, port=port, paths=["/metrics", "/healthz", "/readyz"])
+    service = Service(settings, engine, metrics=metrics, health=health, stop=stopping)
+    if settings.http_port >= 0:
+        _, port = serve(settings.http_host, settings.http_port, metrics, health)
+        log.info("http", host=settings.http_host, port=port, paths=["/metrics", "/healthz", "/readyz"])
     rule_paths = list(rules) or [defaults.DEFAULT_RULES]
     watcher = RulesWatcher(rule_paths, catalogue or defaults.CATALOGUE, service.offer_rulesets,
-                           service.refuse_rulesets, poll_seconds=reload_poll_seconds or 3600 * 24).start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.stop())
+                           service.refuse_rulesets, poll_seconds=settings.reload_poll_seconds or 3600 * 24).start()
     signal.signal(signal.SIGHUP, lambda *_: watcher.request())
     try:
-        counters = service.run()
+        tally = service.run()
+    except KafkaError as exc:  # the cluster went away while the service was starting or replacing a producer
+        click.echo(f"otrules consume: Kafka failed: {type(exc).__name__}", err=True)
+        sys.exit(3)
     finally:
         watcher.stop()
-    click.echo(f"read {counters.read} = processed {counters.processed} + rejected {counters.rejected} + "
-               f"duplicates {counters.duplicates}; {counters.recommendations} recommendations in "
-               f"{counters.batches} transactions ({counters.aborted} aborted); {counters.sweeps} sweeps made "
-               f"{counters.swept} of them; {counters.expired} patients expired", err=True)
+    c = service.counts()
+    click.echo(f"read {tally.read} = processed {tally.processed} + rejected {tally.rejected} + "
+               f"duplicates {tally.duplicates}; {tally.recommendations} recommendations in "
+               f"{c['batches']} transactions ({c['aborted']} aborted); {c['sweeps']} sweeps made "
+               f"{tally.swept} of them; {tally.expired} patients expired", err=True)
 
 
 @main.command()
@@ -362,6 +336,7 @@ def generate(patients: int | None, events: int | None, seed: int, out_path: str)
     if (patients is None) == (events is None):
         raise click.UsageError("give exactly one of --patients or --events")
     with _open_out(out_path) as out:
+        assert out is not None  # --out has a default
         n = synthetic.write_jsonl(out, synthetic.generate(patients=patients, events=events, seed=seed))
     click.echo(f"wrote {n} events", err=True)
 
@@ -380,12 +355,42 @@ def schema(out_dir: Path | None) -> None:
         click.echo(str(path))
 
 
+@main.command("produce")
+@click.option("--input", "input_path", default=None, envvar="OTRULES_INPUT", metavar="F|-",
+              help="JSONL events; '-' for stdin. Default: the bundled sample stream.")
+@click.option("--bootstrap-servers", default="127.0.0.1:9092", envvar="OTRULES_BOOTSTRAP_SERVERS", show_default=True)
+@click.option("--topic", default="ot.events", envvar="OTRULES_INPUT_TOPIC", show_default=True,
+              help="Where the events go (the topic `consume` reads, hence its variable).")
+def produce_command(input_path: str | None, bootstrap_servers: str, topic: str) -> None:
+    """Load a JSONL file into Kafka, keyed by patient_id: something for `consume` to read.
+
+    Each line is sent as it is (acks=all). A line without a readable
+    patient_id is not sent and is reported by line number; the exit status is
+    then 1."""
+    from kafka.errors import KafkaError
+
+    from otrules import produce as producing
+
+    source_name = input_path or str(defaults.SAMPLE_STREAM)
+
+    def report(s: producing.Skipped) -> None:  # the line and the reason, not its content
+        click.echo(f"{_short(source_name)}:{s.line}: skipped: {s.reason}", err=True)
+
+    with _open_in(input_path) as events:
+        try:
+            result = producing.produce(events, bootstrap_servers, topic, on_skip=report)
+        except KafkaError as exc:
+            text = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
+            click.echo(f"error: cannot send to {topic} at {bootstrap_servers}: {text}", err=True)
+            sys.exit(1)
+    click.echo(f"sent {result.sent} events to {topic} ({len(result.skipped)} skipped)", err=True)
+    if result.failed:
+        click.echo(f"error: {result.failed} events were not acknowledged, the first: {result.first_error}", err=True)
+    if result.failed or result.skipped:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- helpers
-
-
-def _field_of(reason: str) -> str:
-    """`measures[0].score: 11 is outside ...` -> `measures[0].score` (as the service logs it)."""
-    return reason.split(":", 1)[0]
 
 
 def _configure_logging() -> None:
@@ -394,10 +399,14 @@ def _configure_logging() -> None:
 
     import structlog
 
+    from otrules.consumers.kafka.redact import redact_exceptions
+
+    # redact_exceptions first: tracebacks keep their frames, never a message or a local variable
+    # (above debug level); the renderers then print its `exception` string as it is
     if sys.stderr.isatty():
-        renderers: list = [structlog.dev.ConsoleRenderer()]
+        renderers: list = [redact_exceptions, structlog.dev.ConsoleRenderer()]
     else:  # tracebacks as text in the JSON line, not "exc_info": true
-        renderers = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        renderers = [redact_exceptions, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), *renderers],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
@@ -459,7 +468,7 @@ def _short(path: str) -> str:
     return Path(path).name if path.startswith(str(Path(defaults.SAMPLE_STREAM).parent)) else path
 
 
-def _summary_text(s: RunSummary) -> str:
+def _summary_text(s: Tally) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())) or "none"
     swept = f", {s.swept} of them when time advanced" if s.swept else ""
     return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}; "
@@ -490,6 +499,19 @@ def _print_table(recs: list[Recommendation], out: IO[str] | None) -> None:
         table.add_row(r.occurred_at[:10], r.patient_id, r.goal_id or "", r.kind,
                       f"[{colours[r.indicator]}]{r.indicator}[/]", r.summary, r.rule.id)
     Console(file=out, width=160 if out is not None and not out.isatty() else None).print(table)
+
+
+def _show_envvars(group: click.Group) -> None:
+    """Every --help names each option's OTRULES_* variable (set here once, not per option)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _show_envvars(command)
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+
+
+_show_envvars(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

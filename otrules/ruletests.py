@@ -33,16 +33,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
-from otrules.engine import Engine, PatientState, Problem
-from otrules.schemas import EventRejected, Recommendation, parse_event
+from otrules.consumers import EventCore, Fault, PatientStates, Record, Rejection
+from otrules.engine import Engine, Problem
+from otrules.schemas import EventRejected, OtrulesError, Recommendation, parse_event
 from otrules.schemas.events import DateTime
 
 _HOURS = {"plan": 8, "evaluation": 10, "visit": 9, "discharge": 16}
@@ -50,7 +52,7 @@ _DATE_TIME: TypeAdapter[dt.datetime] = TypeAdapter(DateTime, config={"strict": T
 _MATCH_KEYS = ("rule", "kind", "goal", "indicator", "event", "patient", "summary_contains")
 
 
-class SuiteError(ValueError):
+class SuiteError(OtrulesError, ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("\n".join(map(str, problems)))
         self.problems = problems
@@ -91,7 +93,7 @@ class CaseResult:
 # ---------------------------------------------------------------- loading
 
 
-class CaseError(ValueError):
+class CaseError(OtrulesError, ValueError):
     """A malformed case; `line`/`col` (1-based) point at the offending YAML node when known."""
 
     def __init__(self, message: str, at: tuple[int, int] | None = None) -> None:
@@ -283,7 +285,7 @@ def _field_pos(node: Any, path: str) -> tuple[int, int] | None:
     for part in re.findall(r"[^.\[\]]+", path):
         key: Any = int(part) if part.isdigit() else part
         in_list = isinstance(node, list) and isinstance(key, int) and key < len(node)
-        if in_list or isinstance(node, dict) and key in node:
+        if in_list or (isinstance(node, dict) and key in node):
             found = _pos(node, key) or found
             node = node[key]
         else:
@@ -378,26 +380,43 @@ def _measure(m: Any, i: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------- running
 
 
+class _CaseSink:
+    """The event core's sink for one case: what it recommends, and what it set aside."""
+
+    def __init__(self, result: CaseResult) -> None:
+        self.result = result
+        self.failed: list[Rejection] = []
+
+    def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
+        self.result.produced.extend(recs)
+
+    def dead_letter(self, record: Record, rejection: Rejection) -> None:
+        self.failed.append(rejection)
+
+
 def run_case(engine: Engine, case: Case) -> CaseResult:
     result = CaseResult(case)
-    states: dict[str, PatientState] = {}
+    sink = _CaseSink(result)
+    core = EventCore(engine, PatientStates(), sink, Fault.ISOLATE)
     index_of: dict[str, int] = {}
     for n, raw in enumerate(case.events, start=1):
+        line = case.event_lines[n - 1] if n <= len(case.event_lines) else None
+        where = f"event {n}{f' (line {line})' if line else ''}"
         if raw["type"] == "clock":  # time advances with no event: sweep every patient
             at = dt.datetime.fromisoformat(raw["at"].replace("Z", "+00:00"))
             index_of[f"clock@{at.isoformat().replace('+00:00', 'Z')}"] = n
-            for patient_id in sorted(states):
-                result.produced.extend(engine.sweep(states[patient_id], at))
+            core.sweep(at)
             continue
         try:
             event = parse_event(raw, engine.catalogue)
         except EventRejected as exc:
-            line = case.event_lines[n - 1] if n <= len(case.event_lines) else None
-            result.error = f"event {n}{f' (line {line})' if line else ''} is not valid: {exc.reason}"
+            result.error = f"{where} is not valid: {exc.reason}"
             return result
         index_of[event.event_id] = n
-        state = states.setdefault(event.patient_id, PatientState(event.patient_id))
-        result.produced.extend(engine.process(state, event).recommendations)
+        core.handle(Record(b"", "case", line=line), event=event)
+        if sink.failed:
+            result.error = f"{where}: {sink.failed[0].reason}"
+            return result
     unmatched = list(result.produced)
     for want in case.expect:
         hit = next((r for r in unmatched if _matches(want, r, index_of)), None)

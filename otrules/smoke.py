@@ -42,7 +42,7 @@ def check_in_child(rules: list[Path], catalogue: Path | None = None, timeout: fl
 
 def main(argv: list[str] | None = None) -> int:
     from otrules import defaults
-    from otrules.consumers import DeadLetterSink, JsonlSource, Pipeline
+    from otrules.consumers import DeadLetterSink, Fault, JsonlSource, Pipeline
     from otrules.engine import Engine
 
     ap = argparse.ArgumentParser(prog="python -m otrules.smoke")
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     cat = defaults.catalogue(args.catalogue)
     engine = Engine(defaults.rulesets(args.rules, cat), cat)
     with open(defaults.SAMPLE_STREAM, "rb") as stream:
-        summary = Pipeline(engine, lambda rec: None, DeadLetterSink(None)).feed(islice(JsonlSource(stream), SMOKE_EVENTS))
+        # an engine fault fails the smoke run (it would fail those events live)
+        pipeline = Pipeline(engine, lambda rec: None, DeadLetterSink(None), fault=Fault.RAISE)
+        summary = pipeline.feed(islice(JsonlSource(stream), SMOKE_EVENTS))
     return 0 if summary.balanced else 1
 
 

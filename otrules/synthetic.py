@@ -24,8 +24,8 @@ import math
 import random
 import sys
 import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 Score = int | float
 DAY = datetime.timedelta(days=1)
@@ -254,7 +254,7 @@ class _Goal:
     def met(self, k: int) -> bool:
         return self.steps[k] >= self.gap
 
-    def gas(self, k: int) -> int:
+    def gas(self, k: int) -> int | None:
         progress = self.steps[k]
         if progress >= 1.25 * self.gap:
             return 1
@@ -335,7 +335,10 @@ class _Patient:
         first_missed = rng.randint(4, 10)
         self.missed_run = (range(first_missed, first_missed + rng.randint(3, 4))
                            if archetype.missed_run else range(0))
-        self.end_day = self.recert_day = self.attend_from = self.renewal = None
+        self.end_day: datetime.date | None = None
+        self.recert_day: datetime.date | None = None
+        self.attend_from: datetime.date | None = None
+        self.renewal: tuple[int, tuple[int, ...]] | None = None  # (frequency, weekdays) after a recertification
         if archetype.past_certification:
             self._plan_certification_end()
 
@@ -457,6 +460,7 @@ class _Patient:
         at the frequency the visits switch to then."""
         certified_from = self.until + DAY
         target_date = certified_from + 75 * DAY
+        assert self.renewal is not None  # set with recert_day, the only day this is called
         return self._plan(certified_from, self.renewal[0], target_date)
 
     def _evaluation(self, kind: str, k: int) -> dict:
@@ -500,13 +504,13 @@ def _merge(indexes: Iterable[int], seed: int, start: datetime.date) -> Iterator[
     """
     heap: list[tuple[str, int, dict, Iterator[dict]]] = []
     waiting = ((_earliest(index, start), index) for index in indexes)
-    opens, index = next(waiting, (None, None))
+    opens, index = next(waiting, ("", None))
     while heap or index is not None:
         while index is not None and (not heap or opens <= heap[0][0]):
             events = _patient_events(index, seed, start)
             first = next(events)
             heapq.heappush(heap, (first["occurred_at"], index, first, events))
-            opens, index = next(waiting, (None, None))
+            opens, index = next(waiting, ("", None))
         _, current, event, events = heap[0]
         yield event
         following = next(events, None)
@@ -526,9 +530,10 @@ def generate(*, patients: int | None = None, events: int | None = None, seed: in
     `events` (exactly that many events; new patients keep arriving, about
     eight a day from `start`, and the stream stops mid-patient).
     """
-    if (patients is None) == (events is None):
+    given = [n for n in (patients, events) if n is not None]
+    if len(given) != 1:
         raise ValueError("give exactly one of patients= or events=")
-    size = patients if events is None else events
+    size = given[0]
     if size < 0:
         raise ValueError(f"the stream size must not be negative, got {size}")
     if patients is not None:
@@ -536,11 +541,12 @@ def generate(*, patients: int | None = None, events: int | None = None, seed: in
     return itertools.islice(_merge(itertools.count(), seed, start), events)
 
 
-def write_jsonl(out: typing.TextIO, events: Iterable[dict]) -> int:
+def write_jsonl(out: typing.IO[str], events: Iterable[dict]) -> int:
     """Write one compact JSON object per line; return how many were written."""
     count = 0
-    for count, event in enumerate(events, 1):
+    for event in events:
         out.write(_ENCODER.encode(event) + "\n")
+        count += 1
     return count
 
 

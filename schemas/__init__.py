@@ -5,7 +5,7 @@ files and the instrument catalogue are defined here exactly as in
 `shared/design/contracts.md`; the engine and consumers import them from here.
 """
 
-from otrules.schemas._errors import EventRejected, describe_validation_error
+from otrules.schemas._errors import EventRejected, OtrulesError, describe_validation_error
 from otrules.schemas.events import (
     DischargeEvent,
     EvaluationEvent,
@@ -26,25 +26,26 @@ from otrules.schemas.recommendations import (
 )
 from otrules.schemas.rulesets import (
     Recommend,
-    RuleSpec,
     RulesetFile,
+    RuleSpec,
     Throttle,
     parse_duration,
 )
 
 __all__ = [
+    "INDICATORS",
+    "RECOMMENDATION_KINDS",
     "Catalogue",
     "DischargeEvent",
     "EvaluationEvent",
     "Event",
     "EventRejected",
     "Goal",
-    "INDICATORS",
     "Instrument",
     "InstrumentOverride",
     "Measure",
+    "OtrulesError",
     "PlanEvent",
-    "RECOMMENDATION_KINDS",
     "Recommend",
     "Recommendation",
     "RuleRef",

@@ -10,7 +10,27 @@ from pydantic import ValidationError
 _MAX_VALUE_CHARS = 60
 
 
-class EventRejected(ValueError):
+class OtrulesError(Exception):
+    """Base of otrules' own exceptions: `except OtrulesError` catches any of them.
+
+    Where a built-in exception fits too, the class derives from it as well, so
+    `except ValueError` around parsing and loading keeps working::
+
+        OtrulesError
+        ├── EventRejected (ValueError)   otrules.schemas: an input event that cannot be processed
+        ├── RulesetError (ValueError)    otrules.engine: rules files that cannot be used, every problem listed
+        ├── ConditionError (ValueError)  otrules.engine: a condition that cannot be parsed or type-checked
+        ├── SuiteError (ValueError)      otrules.ruletests: a rule-test suite that cannot be read
+        ├── CaseError (ValueError)       otrules.ruletests: one test case that cannot be expanded
+        ├── EventNotFound (LookupError)  otrules.explain: no such event in the stream
+        ├── EventFailed                  otrules.consumers: the engine failed on one record (Fault.RAISE)
+        ├── TooLarge                     otrules.consumers: an output over the record size limit
+        ├── StateTooLarge                otrules.consumers.kafka: a patient's state over the changelog's limit
+        └── KafkaUnreachable             otrules.consumers.kafka: no broker answered within --connect-timeout
+    """
+
+
+class EventRejected(OtrulesError, ValueError):
     """An input event that cannot be processed; `reason` names field and value."""
 
     def __init__(self, reason: str, field: str | None = None) -> None:

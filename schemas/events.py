@@ -14,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from typing import Annotated, Any, Literal, Union, get_args
+import re
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -189,11 +190,13 @@ class DischargeEvent(_EventBase):
 
 
 Event = Annotated[
-    Union[PlanEvent, EvaluationEvent, VisitEvent, DischargeEvent],
+    PlanEvent | EvaluationEvent | VisitEvent | DischargeEvent,
     Field(discriminator="type"),
 ]
 EVENT_TYPES = ("plan", "evaluation", "visit", "discharge")
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+# The event fields that hold objects (lists of them), for _keys: Goal and Measure hold none.
+_NESTED: dict[type[BaseModel], tuple[str, ...]] = {PlanEvent: ("goals",), EvaluationEvent: ("measures",)}
 
 
 def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None = None) -> Event:
@@ -208,14 +211,61 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             bad = raw[exc.start : exc.start + 1].hex()
-            raise EventRejected(f"not UTF-8 text: byte 0x{bad} at position {exc.start}") from None
+            raise EventRejected(f"not UTF-8 text: byte 0x{bad} at position {exc.start}", "not UTF-8 text") from None
     try:
         event = _ADAPTER.validate_json(raw)
     except ValidationError as exc:
-        raise EventRejected(_reason(exc, raw)) from None
+        raise EventRejected(*_reason(exc, raw)) from None
+    if _key_ends(raw.encode() if isinstance(raw, str) else raw) != _keys(event):
+        _check_repeated_keys(raw)  # extra fields, or a repeated key: the exact (slower) look
     if catalogue is not None and isinstance(event, EvaluationEvent):
         _check_scores(event, catalogue)
     return event
+
+
+# The end of every object key is its closing quote, then the colon. A string value that holds
+# `":` counts too, which only sends the event down the exact path below; so does any count that
+# differs from the keys the models saw (extra fields, a repeated key).
+_KEY = re.compile(rb'"[ \t\r\n]*:')
+_SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
+
+
+def _key_ends(raw: bytes) -> int:
+    if _SPACED_KEY.search(raw):  # white space before a colon: rare, and slower to count
+        return len(_KEY.findall(raw))
+    return raw.count(b'":')
+
+
+def _keys(event: BaseModel) -> int:
+    """Keys the event's objects had, as the models saw them (a repeated key counts once)."""
+    fields = event.model_fields_set
+    n = len(fields)
+    for name in _NESTED.get(type(event), ()):
+        if name in fields:
+            n += sum(len(item.model_fields_set) for item in getattr(event, name))
+    return n
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return obj
+
+
+def _check_repeated_keys(raw: bytes | str) -> None:
+    """contracts.md §1: an object that repeats a key is rejected (which value wins is ambiguous)."""
+    try:
+        json.loads(raw, object_pairs_hook=_no_repeats)
+    except _RepeatedKey as exc:
+        key = show_value(exc.key)
+        raise EventRejected(f"{exc.key}: the key {key} appears more than once in one JSON object", exc.key) from None
 
 
 def _not_json(value: Any, loc: tuple[Any, ...] = ()) -> tuple[str, str]:
@@ -240,19 +290,21 @@ def _not_json(value: Any, loc: tuple[Any, ...] = ()) -> tuple[str, str]:
     return f"{field_path(loc)}: not a JSON value (got {type(value).__name__} {shown})", field_path(loc)
 
 
-def _reason(exc: ValidationError, raw: bytes | str) -> str:
+def _reason(exc: ValidationError, raw: bytes | str) -> tuple[str, str]:
+    """(reason naming field and value, the field alone)."""
     first = exc.errors(include_url=False)[0]
     kind = first["type"]
     if kind == "json_invalid":
-        return f"not valid JSON: {first['ctx'].get('error', first['msg'])}"
+        return f"not valid JSON: {first['ctx'].get('error', first['msg'])}", "not valid JSON"
     if kind == "model_type" or kind == "model_attributes_type":
-        return f"(event): expected a JSON object (got {show_value(first.get('input'))})"
+        return f"(event): expected a JSON object (got {show_value(first.get('input'))})", "(event)"
     if kind == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag")
-        return f"type: unknown event type {show_value(tag)}; expected one of {', '.join(EVENT_TYPES)}"
+        return f"type: unknown event type {show_value(tag)}; expected one of {', '.join(EVENT_TYPES)}", "type"
     if kind == "union_tag_not_found":
-        return "type: required field is missing (one of " + ", ".join(EVENT_TYPES) + ")"
-    return describe_validation_error(exc)
+        return "type: required field is missing (one of " + ", ".join(EVENT_TYPES) + ")", "type"
+    loc = tuple(first["loc"])
+    return describe_validation_error(exc), field_path(loc[1:] if loc and loc[0] in EVENT_TYPES else loc)
 
 
 def _check_scores(event: EvaluationEvent, catalogue: Catalogue) -> None:

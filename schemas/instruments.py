@@ -31,7 +31,7 @@ class Instrument(BaseModel):
     source: str | None = None
 
     @model_validator(mode="after")
-    def _range_is_ordered(self) -> "Instrument":
+    def _range_is_ordered(self) -> Instrument:
         if self.min >= self.max:
             raise ValueError(f"min {_num(self.min)} must be below max {_num(self.max)}")
         return self
@@ -109,7 +109,7 @@ class Catalogue(BaseModel):
     def get(self, instrument_id: str) -> Instrument | None:
         return self.instruments.get(instrument_id)
 
-    def with_overrides(self, overrides: dict[str, InstrumentOverride]) -> "Catalogue":
+    def with_overrides(self, overrides: dict[str, InstrumentOverride]) -> Catalogue:
         if not overrides:
             return self
         merged = dict(self.instruments)

@@ -33,7 +33,8 @@ def documents() -> dict[str, dict[str, Any]]:
     out = {}
     for name, (adapter, title) in DOCUMENTS.items():
         schema = adapter.json_schema(by_alias=True)
-        out[name] = {"$schema": DIALECT, "$id": BASE_ID + name, "title": title, **{k: v for k, v in schema.items() if k != "title"}}
+        rest = {k: v for k, v in schema.items() if k != "title"}
+        out[name] = {"$schema": DIALECT, "$id": BASE_ID + name, "title": title, **rest}
     return out
 
 

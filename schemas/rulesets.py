@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -36,18 +36,18 @@ class _Frozen(BaseModel):
 
 
 class WhenAll(_Frozen):
-    all: Annotated[list["When"], Field(min_length=1)]
+    all: Annotated[list[When], Field(min_length=1)]
 
 
 class WhenAny(_Frozen):
-    any: Annotated[list["When"], Field(min_length=1)]
+    any: Annotated[list[When], Field(min_length=1)]
 
 
 class WhenNot(_Frozen):
-    not_: "When" = Field(alias="not")
+    not_: When = Field(alias="not")
 
 
-When = Union[Annotated[str, Field(min_length=1)], WhenAll, WhenAny, WhenNot]
+When = Annotated[str, Field(min_length=1)] | WhenAll | WhenAny | WhenNot
 
 
 class Recommend(_Frozen):

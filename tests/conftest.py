@@ -42,27 +42,27 @@ class Story:
     def _at(self, day: int, hour: int) -> str:
         return f"{self.start + dt.timedelta(days=day)}T{hour:02d}:00:00Z"
 
-    def _add(self, type_: str, day: int, hour: int, **fields: Any) -> "Story":
+    def _add(self, type_: str, day: int, hour: int, **fields: Any) -> Story:
         n = len(self.events) + 1
         self.events.append({"type": type_, "event_id": f"{self.patient}-e{n:03d}", "patient_id": self.patient,
                             "plan_id": self.plan_id, "occurred_at": self._at(day, hour), **fields})
         return self
 
     def plan(self, day: int = 0, goals: list[dict[str, Any]] | None = None, cert_days: int = 90,
-             setting: str = "outpatient", frequency: int = 2) -> "Story":
+             setting: str = "outpatient", frequency: int = 2) -> Story:
         start = self.start + dt.timedelta(days=day)
         return self._add("plan", day, 8, setting=setting, frequency_per_week=frequency,
                          certified_from=str(start), certified_until=str(start + dt.timedelta(days=cert_days - 1)),
                          goals=goals or [])
 
-    def evaluation(self, day: int, *measures: tuple[Any, ...], kind: str = "progress") -> "Story":
+    def evaluation(self, day: int, *measures: tuple[Any, ...], kind: str = "progress") -> Story:
         ms = [{"instrument": m[0], "score": m[1], **({"goal_id": m[2]} if len(m) > 2 else {})} for m in measures]
         return self._add("evaluation", day, 10, kind=kind, clinician_id="ot-1", measures=ms)
 
-    def visit(self, day: int, status: str = "attended", hour: int = 9) -> "Story":
+    def visit(self, day: int, status: str = "attended", hour: int = 9) -> Story:
         return self._add("visit", day, hour, status=status)
 
-    def discharge(self, day: int, reason: str = "goals-met") -> "Story":
+    def discharge(self, day: int, reason: str = "goals-met") -> Story:
         return self._add("discharge", day, 16, reason=reason)
 
 

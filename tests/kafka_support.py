@@ -20,8 +20,9 @@ import importlib.util
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,7 @@ def _broker_module():
     name = "otrules_kafka_broker"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, BROKER_SCRIPT)
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

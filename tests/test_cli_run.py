@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -56,14 +55,14 @@ BAD_LINES = [
 
 def test_malformed_lines_are_dead_lettered_counted_and_the_run_goes_on(tmp_path):
     good = defaults.SAMPLE_STREAM.read_bytes().splitlines()
-    lines = good[:100] + [BAD_LINES[0]] + good[100:200] + [b"", BAD_LINES[1], BAD_LINES[2]] + good[200:300] + \
-        [BAD_LINES[3], BAD_LINES[4], good[5]] + good[300:]
+    lines = [*good[:100], BAD_LINES[0], *good[100:200], b"", BAD_LINES[1], BAD_LINES[2], *good[200:300],
+             BAD_LINES[3], BAD_LINES[4], good[5], *good[300:]]
     stream = tmp_path / "events.jsonl"
     stream.write_bytes(b"\n".join(lines) + b"\n")
     dlq = tmp_path / "dlq.jsonl"
     result = run_cli("run", "--input", str(stream), "--dlq", str(dlq), "--output", str(tmp_path / "out.jsonl"))
     assert result.returncode == 0, result.stderr
-    errors = [l for l in result.stderr.splitlines() if ": rejected: " in l]
+    errors = [line for line in result.stderr.splitlines() if ": rejected: " in line]
     see = f"(the full reason is in {dlq})"
     assert errors == [  # the field, never the value: a score or an identifier stays out of stderr
         f"{stream}:101: rejected: not valid JSON {see}",
@@ -72,7 +71,7 @@ def test_malformed_lines_are_dead_lettered_counted_and_the_run_goes_on(tmp_path)
         f"{stream}:305: rejected: occurred_at {see}",
         f"{stream}:306: rejected: not UTF-8 text {see}",
     ]
-    assert [json.loads(l)["reason"] for l in dlq.read_text().splitlines()] == [
+    assert [json.loads(line)["reason"] for line in dlq.read_text().splitlines()] == [
         "not valid JSON: expected ident at line 1 column 2",
         'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge',
         "measures[0].score: 11 is outside the range 1–10 of COPM-performance",
@@ -82,8 +81,8 @@ def test_malformed_lines_are_dead_lettered_counted_and_the_run_goes_on(tmp_path)
     assert "11 is outside" not in result.stderr
     total = len(good) + 5 + 1  # good lines, five bad ones and one duplicate; the blank line is not an event
     assert f"read {total} = processed {len(good)} + rejected 5 + duplicates 1" in result.stderr
-    letters = [json.loads(l) for l in dlq.read_text().splitlines()]
-    assert [l["line"] for l in letters] == [101, 203, 204, 305, 306]
+    letters = [json.loads(line) for line in dlq.read_text().splitlines()]
+    assert [letter["line"] for letter in letters] == [101, 203, 204, 305, 306]
     assert letters[0]["original"] == "this is not json" and letters[0]["reason"].startswith("not valid JSON")
     assert "original_base64" in letters[4]
     out_good = run_cli("run", "--output", "-").stdout
@@ -111,7 +110,7 @@ def test_every_option_of_every_command_reads_an_otrules_variable():
     import click
 
     missing = [f"{name} {p.opts[0]}" for name, cmd in main.commands.items() for p in cmd.params
-               if isinstance(p, click.Option) and not (p.envvar or "").startswith("OTRULES_")]
+               if isinstance(p, click.Option) and not (isinstance(p.envvar, str) and p.envvar.startswith("OTRULES_"))]
     assert missing == []
 
 
@@ -127,7 +126,7 @@ def test_a_changed_ruleset_changes_the_output(tmp_path):
     text = defaults.DEFAULT_RULES.read_text().replace("plan.visits_missed_in_a_row >= 3", "plan.visits_missed_in_a_row >= 2")
     mine = tmp_path / "mine.yaml"
     mine.write_text(text)
-    count = lambda out: sum(1 for l in out.splitlines() if '"rule":{"id":"missed-visits"' in l)  # noqa: E731
+    count = lambda out: sum(1 for line in out.splitlines() if '"rule":{"id":"missed-visits"' in line)  # noqa: E731
     base = count(run_cli("run").stdout)
     changed = count(run_cli("run", "--rules", str(mine)).stdout)
     assert changed > base > 0
@@ -156,18 +155,20 @@ def test_generator_streams_are_valid_input(tmp_path, n):
 def test_as_of_sweeps_silent_plans_deterministically(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     late = run_cli("run", "--as-of", "2026-12-01T00:00:00Z", "--output", str(a))
-    again = run_cli("run", "--as-of", "2026-12-01T00:00:00Z", "--output", str(b))
+    run_cli("run", "--as-of", "2026-12-01T00:00:00Z", "--output", str(b))
     default = run_cli("run", "--output", str(tmp_path / "c.jsonl"))
     strip = re.compile(rb'"emitted_at":"[^"]*"')
     assert strip.sub(b"", a.read_bytes()) == strip.sub(b"", b.read_bytes())
-    swept = [json.loads(l) for l in a.read_text().splitlines() if '"clock@2026-12-01T00:00:00Z"' in l]
+    swept = [json.loads(line) for line in a.read_text().splitlines() if '"clock@2026-12-01T00:00:00Z"' in line]
     assert swept and {r["rule"]["id"] for r in swept} >= {"recertify-expired", "re-evaluation-overdue"}
     assert all(r["occurred_at"] == "2026-12-01T00:00:00Z" and r["triggered_by"] == ["clock@2026-12-01T00:00:00Z"]
                for r in swept)
-    n_late = int(re.search(r"(\d+) of them when time advanced", late.stderr).group(1))
+    said = re.search(r"(\d+) of them when time advanced", late.stderr)
+    assert said, late.stderr
+    n_late = int(said.group(1))
     assert n_late == len(swept)
     # without --as-of, the clock advances to the last event's time instead
-    last = max(json.loads(l)["occurred_at"] for l in defaults.SAMPLE_STREAM.read_text().splitlines())
+    last = max(json.loads(line)["occurred_at"] for line in defaults.SAMPLE_STREAM.read_text().splitlines())
     clocks = {r["triggered_by"][0] for r in map(json.loads, (tmp_path / "c.jsonl").read_text().splitlines())
               if r["triggered_by"][0].startswith("clock@")}
     assert default.returncode == 0 and clocks == {f"clock@{last}"}
@@ -180,17 +181,17 @@ def test_bad_as_of_is_a_usage_error():
 
 
 def test_retention_forgets_closed_plans_in_event_time():
-    from conftest import Story, goal
-    from otrules.consumers import DeadLetterSink, Pipeline
-    from otrules.consumers.jsonl import Line
     import datetime as dt
+
+    from conftest import Story, goal
+    from otrules.consumers import DeadLetterSink, Pipeline, Record
 
     engine = Engine(defaults.rulesets(), defaults.catalogue())
     story = Story().plan(0, [goal("g1", "COPM-performance", 3, 8)]).discharge(20)
     other = Story(patient="p-2", plan_id="poc-2").plan(0)
     pipeline = Pipeline(engine, lambda r: None, DeadLetterSink(None))
-    pipeline.feed(Line(i, json.dumps(e).encode()) for i, e in enumerate(story.events + other.events, 1))
-    day = lambda n: dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc) + dt.timedelta(days=n)  # noqa: E731
+    pipeline.feed(Record(json.dumps(e).encode(), "t", line=i) for i, e in enumerate(story.events + other.events, 1))
+    day = lambda n: dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(days=n)  # noqa: E731
     pipeline.sweep(day(109), dt.timedelta(days=90))  # 89 days after the discharge: kept
     assert set(pipeline.states) == {"p-1", "p-2"}
     pipeline.sweep(day(110), dt.timedelta(days=90))  # 90 days: forgotten; the open plan stays

@@ -61,7 +61,7 @@ condition = st.recursive(
 )
 
 fact_values = st.fixed_dictionaries({
-    **{n: number_value for n in NUMBERS},
+    **dict.fromkeys(NUMBERS, number_value),
     **{n: st.one_of(st.none(), st.booleans()) for n in BOOLS},
     **{n: st.one_of(st.none(), st.sampled_from(["A", "B", "C"])) for n in TEXTS},
 })

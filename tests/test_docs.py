@@ -24,3 +24,15 @@ def test_every_default_rule_is_explained_with_its_condition():
 
 def test_readme_links_the_guide():
     assert "docs/authoring.md" in (GUIDE.parent.parent / "README.md").read_text()
+
+
+def test_figures_quoted_outside_benchmarks_md_come_from_it():
+    """A figure is measured in one place (docs/benchmarks.md); README and operations.md quote it."""
+    root = GUIDE.parent.parent
+    source = (root / "docs" / "benchmarks.md").read_text()
+    figure = re.compile(r"[0-9][0-9,.]* events/s|(?:median|p99) [0-9]+ ms|[0-9.]+x (?:a|the) (?:plain|rate|public)")
+    for doc in (root / "README.md", root / "docs" / "operations.md"):
+        quoted = figure.findall(doc.read_text())
+        assert quoted, f"{doc.name} quotes no figure: the pattern is stale"
+        missing = [f for f in quoted if f.split(" ")[0] + " " not in source and f not in source]
+        assert not missing, f"{doc.name} quotes figures that docs/benchmarks.md does not give: {missing}"

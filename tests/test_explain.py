@@ -55,4 +55,4 @@ def test_explain_json_and_unknown_event(tmp_path):
     declined = [c for c in data["checks"] if c["rule"] == "measure-declined"]
     assert declined[0]["matched"] is True and len(data["recommendations"]) == 1
     missing = CliRunner().invoke(main, ["explain", "--input", str(path), "--event-id", "nope"])
-    assert missing.exit_code == 2 and "no valid event with event_id 'nope'" in missing.output
+    assert missing.exit_code == 2 and "no event with event_id 'nope'" in missing.output

@@ -18,7 +18,7 @@ def test_undefined_cases_are_none():
 
 
 def test_plan_gas_t_needs_every_goal_to_have_a_level(engine):
-    from conftest import Story, goal, run_story
+    from conftest import Story, goal
     from otrules.engine import PatientState
     from otrules.schemas import parse_event
 

@@ -10,6 +10,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -26,7 +27,13 @@ def _consumer(bootstrap: str, **config) -> KafkaConsumer:
     return KafkaConsumer(bootstrap_servers=bootstrap, client_id="otrules-tests", **config)
 
 
-def read_all(bootstrap: str, topic: str, **config) -> list:
+def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int:
+    position = consumer.position(tp)  # with no timeout it waits until the position is known
+    assert position is not None
+    return position
+
+
+def read_all(bootstrap: str, topic: str, **config) -> list[ConsumerRecord]:
     """Every record of `topic` visible under the given isolation level, from the start.
 
     Reads by assignment (no group) until each partition's position reaches the
@@ -38,9 +45,9 @@ def read_all(bootstrap: str, topic: str, **config) -> list:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        records = []
+        records: list[ConsumerRecord] = []
         deadline = time.monotonic() + TIMEOUT_S
-        while any(consumer.position(tp) < end[tp] for tp in tps):
+        while any(_position(consumer, tp) < end[tp] for tp in tps):
             assert time.monotonic() < deadline, f"timed out reading {topic}: {len(records)} records so far"
             for batch in consumer.poll(timeout_ms=500).values():
                 records.extend(batch)
@@ -49,9 +56,9 @@ def read_all(bootstrap: str, topic: str, **config) -> list:
         consumer.close()
 
 
-def poll_exactly(consumer: KafkaConsumer, n: int) -> list:
+def poll_exactly(consumer: KafkaConsumer, n: int) -> list[ConsumerRecord]:
     """The next n records of a subscribed consumer; max_records keeps a poll from overshooting."""
-    records = []
+    records: list[ConsumerRecord] = []
     deadline = time.monotonic() + TIMEOUT_S
     while len(records) < n:
         assert time.monotonic() < deadline, f"timed out: {len(records)} of {n} records"
@@ -113,7 +120,8 @@ def test_exactly_once_transaction_with_consumer_offsets(kafka_bootstrap):
             # so a zombie from an older generation would be fenced by the broker.
             metadata = consumer.group_metadata()
             assert metadata.group_id == group and metadata.generation_id > 0 and metadata.member_id
-            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", records[-1].leader_epoch)}
+            # a record's leader_epoch may be None (not known), which kafka-python takes; the stubs want an int
+            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", records[-1].leader_epoch)}  # type: ignore[arg-type]
             producer.send_offsets_to_transaction(offsets, metadata)
             if commit:
                 producer.commit_transaction()

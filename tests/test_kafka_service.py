@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -75,10 +76,17 @@ class Topics:
                 "--changelog-topic", self.changelog, "--group-id", self.group]
 
 
+# What must never reach a service log: patient ids (the synthetic ones and the tests' own),
+# scores or values quoted in a rejection reason, and the ids inside an engine's error text.
+_PHI = re.compile(r'p-\d{5}|p-big|"score"|is outside the range|injected fault on|got [0-9"]')
+
+
 @pytest.fixture(autouse=True)
 def _stop_leftover_consumers():
     """A failed test leaves its consumer running, spinning against a broker that is gone:
-    kill it, and show the end of its log beside the failure."""
+    kill it, and show the end of its log beside the failure. Then every consumer log of the
+    test is scanned for patient ids and values (no PHI above debug level)."""
+    first = len(Consumer.logs)
     yield
     while Consumer.running:
         consumer = Consumer.running.pop()
@@ -86,15 +94,21 @@ def _stop_leftover_consumers():
             consumer.proc.kill()
             consumer.proc.wait(timeout=30)
             print(f"--- {consumer.log.name} (killed after the test) ---\n{consumer.log.read_text()[-3000:]}")
+    for log in Consumer.logs[first:]:
+        text = log.read_text(errors="replace")
+        leaks = sorted({m.group(0) for m in _PHI.finditer(text)})
+        assert not leaks, f"{log.name} shows patient ids or values: {leaks}"
 
 
 class Consumer:
     """`otrules consume` as a real process."""
 
-    running: list["Consumer"] = []  # stopped by _stop_leftover_consumers if a test fails before it does
+    running: ClassVar[list[Consumer]] = []  # stopped by _stop_leftover_consumers if a test fails before it does
+    logs: ClassVar[list[Path]] = []  # every consumer's log, scanned for PHI after its test
 
     def __init__(self, bootstrap: str, topics: Topics, instance: str, tmp: Path, *extra: str) -> None:
         self.log = tmp / f"consume-{instance}-{time.monotonic_ns()}.log"
+        Consumer.logs.append(self.log)
         cmd = [sys.executable, "-m", "otrules", "consume", "--bootstrap-servers", bootstrap, "--instance-id", instance,
                "--transaction-timeout-ms", "5000", *topics.args(), *extra]
         if "--sweep-interval-seconds" not in extra:
@@ -251,10 +265,10 @@ def test_scale_out_survivor_takes_over_and_restores_state(kafka_bootstrap, tmp_p
     log_a = a.terminate()
     assert 0 < b_committed < 100, "b must be killed mid-stream, after committing some batches"
     assert recommendations(records) == expected
-    restores = [json.loads(l) for l in log_a.splitlines() if '"restored"' in l]
+    restores = [json.loads(line) for line in log_a.splitlines() if '"restored"' in line]
     assert len(restores) >= 2 and restores[-1]["records"] > 0, "the survivor never restored the dead instance's state"
     # events in committed batches (a batch aborted by a rebalance is read again, but committed once)
-    committed_by_a = sum(json.loads(l)["events"] for l in log_a.splitlines() if '"committed"' in l)
+    committed_by_a = sum(json.loads(line)["events"] for line in log_a.splitlines() if '"committed"' in line)
     assert committed_by_a < len(lines), "the survivor re-processed events the dead instance had committed"
 
 
@@ -341,7 +355,8 @@ def test_sweeps_flag_silent_plans_once_per_window_and_tombstone_expired_patients
         ("p-silent", "target-date-passed-unscored", "warning"),
     ]
     assert all(r["triggered_by"][0].startswith("clock@") for r in recs)
-    assert int(re.search(r"(\d+) sweeps made", log).group(1)) >= 4
+    sweeps = re.search(r"(\d+) sweeps made", log)
+    assert sweeps is not None and int(sweeps.group(1)) >= 4
     changelog = read_all(kafka_bootstrap, topics.changelog, 1, timeout=30, settle=1)
     last = {m.key: m.value for m in changelog}
     assert last[b"p-closed"] is None, "the expired patient was not tombstoned"
@@ -368,8 +383,11 @@ def test_a_transaction_open_across_a_broker_outage_still_commits(kafka_bootstrap
     producer.flush()
     kafka_broker.stop()
     outcome: list[object] = []
-    committer = threading.Thread(target=lambda: outcome.append(producer.commit_transaction() or "committed"),
-                                 daemon=True)
+    def commit() -> None:
+        producer.commit_transaction()
+        outcome.append("committed")
+
+    committer = threading.Thread(target=commit, daemon=True)
     committer.start()
     time.sleep(2)
     kafka_broker.start()
@@ -398,7 +416,7 @@ PATIENT_ID = re.compile(rb"p-\d{5}")
 def test_metrics_health_and_readiness_during_a_real_run(kafka_bootstrap, tmp_path):
     lines = stream(60, seed=21)
     expected = embedded(lines)
-    evaluations = sum(1 for l in lines if b'"type":"evaluation"' in l)
+    evaluations = sum(1 for line in lines if b'"type":"evaluation"' in line)
     topics = Topics(kafka_bootstrap, partitions=2)
     consumer = Consumer(kafka_bootstrap, topics, "observed", tmp_path)
     deadline = time.monotonic() + 60
@@ -451,7 +469,7 @@ def test_rules_reload_refuses_a_broken_ruleset_and_swaps_a_valid_one_live(kafka_
     produce(kafka_bootstrap, topics.input, second)
     expected = embedded(lines)
     records = read_all(kafka_bootstrap, topics.output, len(expected))
-    status, text = consumer.get("/metrics")
+    _status, text = consumer.get("/metrics")
     log = consumer.terminate()
     versions = [json.loads(r.value)["rule"]["version"] for r in records]
     assert len(records) == len(expected) and "2099.1" in versions and "2026.11.2" in versions
@@ -491,7 +509,7 @@ def test_an_event_the_engine_fails_on_is_rolled_back_and_dead_lettered_once(kafk
     produce(kafka_bootstrap, topics.input, lines)
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id=topics.group, instance_id=unique_name("p"),
                              input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
-                             changelog_topic=topics.changelog, sweep_interval_s=0, batch_max_records=50,
+                             changelog_topic=topics.changelog, sweep_interval_seconds=0, batch_max_records=50,
                              state_dir=tmp_path / "state")
     service = Service(settings, _FailsOn(poison_id))
     runner = threading.Thread(target=service.run, daemon=True)
@@ -506,6 +524,162 @@ def test_an_event_the_engine_fails_on_is_rolled_back_and_dead_lettered_once(kafk
     assert recommendations(records) == expected
     assert [m.value for m in letters] == [poison]
     assert dict(letters[0].headers)["otrules.reason"].decode() == (
-        "internal error: the rules engine failed on this event (RuntimeError); it was rolled back and set aside")
-    c = service.counters
-    assert (c.rejected, c.aborted, c.processed) == (1, 1, len(lines) - 1)
+        "internal error: the rules engine failed on this event (RuntimeError)")
+    assert dict(letters[0].headers)["otrules.kind"] == b"engine"
+    t = service.tally
+    assert (t.rejected, service.aborted, t.processed) == (1, 1, len(lines) - 1)
+
+
+def _service(kafka_bootstrap: str, topics: Topics, tmp_path: Path, engine: Engine, **extra) -> tuple:
+    import threading
+
+    from otrules.consumers.kafka.service import Service
+    from otrules.consumers.kafka.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id=topics.group, instance_id=unique_name("p"),
+                             input_topic=topics.input, output_topic=topics.output, dlq_topic=topics.dlq,
+                             changelog_topic=topics.changelog, sweep_interval_seconds=0, state_dir=tmp_path / "state",
+                             **extra)
+    service = Service(settings, engine)
+    runner = threading.Thread(target=service.run, daemon=True)
+    runner.start()
+    return service, runner
+
+
+class _FailsOnMany(Engine):
+    """The real engine, made to raise on several event ids."""
+
+    def __init__(self, event_ids: set[str]) -> None:
+        super().__init__(defaults.rulesets(), defaults.catalogue())
+        self.event_ids = event_ids
+
+    def process(self, state, event):
+        if event.event_id in self.event_ids:
+            raise RuntimeError("injected fault")
+        return super().process(state, event)
+
+
+def test_several_poison_events_in_one_batch_cost_one_abort(kafka_bootstrap, tmp_path):
+    """k failing events used to need about 2**k retries (11,344 aborts in 40 s, no commit);
+    the careful retry isolates them all in one pass."""
+    lines = stream(20, seed=29)
+    poison = [lines[i] for i in (5, 40, 41, 90, 150, 151, 300)]
+    ids = {json.loads(line)["event_id"] for line in poison}
+    expected = embedded([line for line in lines if line not in poison])
+    topics = Topics(kafka_bootstrap, partitions=1)
+    produce(kafka_bootstrap, topics.input, lines)
+    service, runner = _service(kafka_bootstrap, topics, tmp_path, _FailsOnMany(ids), batch_max_records=5000)
+    try:
+        records = read_all(kafka_bootstrap, topics.output, len(expected))
+        letters = read_all(kafka_bootstrap, topics.dlq, len(poison), timeout=30)
+    finally:
+        service.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert recommendations(records) == expected
+    assert sorted(m.value for m in letters) == sorted(poison)
+    assert {dict(m.headers)["otrules.kind"] for m in letters} == {b"engine"}
+    assert service.aborted <= 2, f"{service.aborted} aborts for {len(poison)} poison events"
+    t = service.tally
+    assert (t.read, t.processed, t.rejected) == (len(lines), len(lines) - len(poison), len(poison))
+
+
+def _plan(patient: str, plan_id: str, goal_ids: list[str], event_id: str) -> bytes:
+    goals = [{"goal_id": g, "description": "d", "instrument": "COPM-performance", "baseline": 3, "target": 7}
+             for g in goal_ids]
+    return json.dumps({"type": "plan", "event_id": event_id, "patient_id": patient, "plan_id": plan_id,
+                       "occurred_at": "2026-01-05T08:00:00Z", "setting": "outpatient", "frequency_per_week": 2,
+                       "certified_from": "2026-01-05", "certified_until": "2026-04-04", "goals": goals}).encode()
+
+
+def _evaluation(patient: str, plan_id: str, goal_id: str, score: int, event_id: str, day: int = 19) -> bytes:
+    return json.dumps({"type": "evaluation", "event_id": event_id, "patient_id": patient, "plan_id": plan_id,
+                       "occurred_at": f"2026-01-{day:02d}T10:00:00Z", "kind": "progress", "clinician_id": "ot-1",
+                       "measures": [{"instrument": "COPM-performance", "score": score, "goal_id": goal_id}]}).encode()
+
+
+def test_outputs_too_large_to_publish_dead_letter_their_event_and_the_partition_moves_on(kafka_bootstrap, tmp_path):
+    """A recommendation over the output topic's max.message.bytes, and a dead letter over the
+    DLQ's, used to abort the batch ~150 times a second for ever; now the event is dead-lettered
+    (as a bounded copy when it is itself too large) and later events go through."""
+    import hashlib
+
+    gid = "g" * 150_000  # goal-met repeats it in goal_id, summary and detail: ~450 KB
+    big_plan = _plan("p-big", "poc-big", [gid], "big-e1")
+    big_eval = _evaluation("p-big", "poc-big", gid, 7, "big-e2")
+    huge_invalid = json.dumps({"type": "visit", "event_id": "x", "padding": "z" * 150_000}).encode()
+    good = stream(15, seed=31)
+    lines = [*good[:100], big_plan, big_eval, huge_invalid, *good[100:]]
+    expected = embedded([*good, big_plan])
+    topics = Topics(kafka_bootstrap, partitions=1)
+    create_topic(kafka_bootstrap, topics.output, 1, configs={"max.message.bytes": "300000"})
+    create_topic(kafka_bootstrap, topics.dlq, 1, configs={"max.message.bytes": "100000"})
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "too-large", tmp_path)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    letters = read_all(kafka_bootstrap, topics.dlq, 2, timeout=30)
+    log = consumer.terminate()
+    assert recommendations(records) == expected
+    assert len(letters) == 2
+    by_kind = {dict(m.headers)["otrules.kind"]: m for m in letters}
+    assert set(by_kind) == {b"too-large", b"invalid"}
+    for kind, original in ((b"too-large", big_eval), (b"invalid", huge_invalid)):
+        h = dict(by_kind[kind].headers)
+        assert h["otrules.original.truncated"] == b"true"
+        assert h["otrules.original.sha256"] == hashlib.sha256(original).hexdigest().encode()
+        assert int(h["otrules.original.size"]) == len(original)
+        assert original.startswith(by_kind[kind].value) and len(by_kind[kind].value) == 4096
+    assert "a recommendation of" in dict(by_kind[b"too-large"].headers)["otrules.reason"].decode()
+    assert f"read {len(lines)} = processed {len(good) + 1} + rejected 2 + duplicates 0" in log
+
+
+def test_a_state_that_would_outgrow_the_changelog_record_dead_letters_its_event(kafka_bootstrap, tmp_path):
+    g1, g2 = "a" * 100_000, "b" * 100_000
+    plan = _plan("p-big", "poc-big", [g1, g2], "big-e1")  # state ~200 KB: fits
+    grows = _evaluation("p-big", "poc-big", g1, 5, "big-e2")  # series and throttles repeat g1: ~400 KB
+    small = json.dumps({"type": "visit", "event_id": "big-e3", "patient_id": "p-big", "plan_id": "poc-big",
+                        "occurred_at": "2026-01-20T09:00:00Z", "status": "attended"}).encode()
+    good = stream(10, seed=37)
+    lines = [*good[:50], plan, grows, small, *good[50:]]
+    expected = embedded([*good, plan, small])
+    topics = Topics(kafka_bootstrap, partitions=1)
+    changelog = unique_name("t") + ".changelog"
+    create_topic(kafka_bootstrap, changelog, 1, compacted=True, configs={"max.message.bytes": "300000"})
+    topics.changelog = changelog
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "state-too-large", tmp_path)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    letters = read_all(kafka_bootstrap, topics.dlq, 1, timeout=30)
+    log = consumer.terminate()
+    assert recommendations(records) == expected
+    assert [m.value for m in letters] == [grows]
+    assert dict(letters[0].headers)["otrules.kind"] == b"state-too-large"
+    assert f"read {len(lines)} = processed {len(lines) - 1} + rejected 1" in log
+
+
+def test_a_key_that_is_missing_or_not_the_patient_is_dead_lettered(kafka_bootstrap, tmp_path):
+    """Replayed without a key, events landed on another partition, were not seen as duplicates
+    and were published twice; contracts.md §1 now rejects them."""
+    good = stream(15, seed=41)
+    expected = embedded(good)
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, good)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    replayed = good[20:23]
+    for line in replayed:
+        producer.send(topics.input, value=line)  # no key
+    other = json.loads(good[30])["patient_id"] + "-other"
+    producer.send(topics.input, key=other.encode(), value=good[30])
+    producer.flush()
+    producer.close()
+    consumer = Consumer(kafka_bootstrap, topics, "keys", tmp_path)
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    letters = read_all(kafka_bootstrap, topics.dlq, 4, timeout=30)
+    log = consumer.terminate()
+    assert recommendations(records) == expected
+    assert sorted(m.value for m in letters) == sorted([*replayed, good[30]])
+    assert {dict(m.headers)["otrules.kind"] for m in letters} == {b"key"}
+    reasons = sorted(dict(m.headers)["otrules.reason"].decode() for m in letters)
+    assert reasons[-1].startswith("key: the Kafka message has no key")
+    assert reasons[0].startswith("key: the Kafka key ") and "is not the body's patient_id" in reasons[0]
+    assert "+ rejected 4 + duplicates 0" in log

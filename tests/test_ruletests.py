@@ -34,7 +34,7 @@ def test_a_changed_threshold_fails_with_a_readable_difference(tmp_path):
     result = invoke("test", "--rules", str(broken))
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    fail = next(i for i, l in enumerate(lines) if "FAIL  three missed visits in a row" in l)
+    fail = next(i for i, line in enumerate(lines) if "FAIL  three missed visits in a row" in line)
     assert lines[fail + 1].strip() == ("expected   {rule: missed-visits, kind: adherence_review, indicator: warning, "
                                        "event: 5}  -- not produced")
     assert lines[fail + 2].strip() == "produced:  nothing"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import TypeVar
 
 import pytest
 
-from otrules.schemas import EventRejected, EvaluationEvent, PlanEvent, parse_event
+from otrules.schemas import DischargeEvent, EvaluationEvent, EventRejected, PlanEvent, parse_event
+
+E = TypeVar("E", PlanEvent, EvaluationEvent, DischargeEvent)
 
 RFC3339 = 'Input should be an RFC 3339 date-time with an offset (Z or ±hh:mm), such as "2026-01-05T09:00:00Z"'
 YMD = 'Input should be a date written YYYY-MM-DD, such as "2026-04-04"'
@@ -34,15 +37,23 @@ def without(event, field):
     return {k: v for k, v in event.items() if k != field}
 
 
+def parsed_as(kind: type[E], raw, catalogue) -> E:
+    """parse_event, checking that the event is of that type."""
+    event = parse_event(raw, catalogue)
+    assert isinstance(event, kind)
+    return event
+
+
 def test_valid_events_parse(catalogue):
     assert isinstance(parse_event(evaluation(), catalogue), EvaluationEvent)
     minimal_goal = {"goal_id": "g1", "description": "Dress", "instrument": "COPM-performance", "target": 7}
     parsed = parse_event(plan(goals=[minimal_goal]), catalogue)
     assert isinstance(parsed, PlanEvent) and parsed.goals[0].gas_weight == 1 and parsed.schema_version == "1"
     assert parsed.goals[0].baseline is None and parsed.goals[0].target_date is None
-    assert parse_event(plan(goals=[]), catalogue).goals == []  # the contract sets no minimum number of goals
-    assert parse_event(evaluation(measures=[{"instrument": "FIM-motor", "score": 61}]), catalogue).measures[0].goal_id is None
-    discharge = parse_event({"type": "discharge", **BASE, "reason": "goals-met"}, catalogue)
+    assert parsed_as(PlanEvent, plan(goals=[]), catalogue).goals == []  # the contract sets no minimum number of goals
+    measures = parsed_as(EvaluationEvent, evaluation(measures=[{"instrument": "FIM-motor", "score": 61}]), catalogue).measures
+    assert measures[0].goal_id is None
+    discharge = parsed_as(DischargeEvent, {"type": "discharge", **BASE, "reason": "goals-met"}, catalogue)
     assert discharge.reason == "goals-met"
 
 
@@ -108,7 +119,7 @@ def test_rejections_name_field_and_value(catalogue, raw, reason):
      "2026-01-05T09:00Z",  # RFC 3339 has seconds
      "2026-01-05T09:00:00+0100", "2026-01-05T09:00:00+01",  # offsets are ±hh:mm
      "2026-1-5T09:00:00Z", " 2026-01-05T09:00:00Z", "2026-01-05T09:00:00Z\n",
-     "２０２６-01-05T09:00:00Z"],  # full-width digits
+     "２０２６-01-05T09:00:00Z"],  # noqa: RUF001 - full-width digits, on purpose
 )
 def test_occurred_at_accepts_only_rfc3339_with_offset(catalogue, value):
     raw = json.dumps(evaluation(occurred_at=value), ensure_ascii=False).encode()
@@ -134,11 +145,11 @@ def test_occurred_at_that_looks_right_but_is_not_a_time(catalogue, value, reason
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("2026-01-05T09:00:00Z", dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)),
-     ("2026-01-05t09:00:00z", dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)),
-     ("2026-01-05T09:00:00+00:00", dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)),
-     ("2026-01-05T10:30:00.25+01:30", dt.datetime(2026, 1, 5, 9, 0, 0, 250000, tzinfo=dt.timezone.utc)),
-     ("2026-01-04T23:00:00-05:00", dt.datetime(2026, 1, 5, 4, tzinfo=dt.timezone.utc))],
+    [("2026-01-05T09:00:00Z", dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)),
+     ("2026-01-05t09:00:00z", dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)),
+     ("2026-01-05T09:00:00+00:00", dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)),
+     ("2026-01-05T10:30:00.25+01:30", dt.datetime(2026, 1, 5, 9, 0, 0, 250000, tzinfo=dt.UTC)),
+     ("2026-01-04T23:00:00-05:00", dt.datetime(2026, 1, 5, 4, tzinfo=dt.UTC))],
 )
 def test_rfc3339_date_times_are_read_with_their_offset(catalogue, value, expected):
     event = parse_event(json.dumps(evaluation(occurred_at=value)).encode(), catalogue)
@@ -152,7 +163,7 @@ def test_dates_accept_only_yyyy_mm_dd(catalogue, field, value):
     if field == "target_date":
         event, where = plan(goals=[{**plan()["goals"][0], "target_date": value}]), "goals[0].target_date"
         if value is None:  # an optional date may be null
-            assert parse_event(event, catalogue).goals[0].target_date is None
+            assert parsed_as(PlanEvent, event, catalogue).goals[0].target_date is None
             return
     else:
         event, where = plan(**{field: value}), field
@@ -187,8 +198,8 @@ def test_a_certification_that_ends_before_it_starts_is_rejected(catalogue):
     with pytest.raises(EventRejected) as info:
         parse_event(plan(certified_from="2026-01-05", certified_until="2026-01-04"), catalogue)
     assert info.value.reason == 'certified_until: Input should not be before certified_from "2026-01-05" (got "2026-01-04")'
-    assert parse_event(plan(certified_from="2026-01-05", certified_until="2026-01-05"), catalogue).certified_until \
-        == dt.date(2026, 1, 5)
+    assert parsed_as(PlanEvent, plan(certified_from="2026-01-05", certified_until="2026-01-05"), catalogue) \
+        .certified_until == dt.date(2026, 1, 5)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +232,7 @@ def test_fields_the_contract_does_not_make_optional_are_required(catalogue, even
 
 def test_the_optional_fields_may_be_left_out(catalogue):
     g = without(without(without(plan()["goals"][0], "baseline"), "target_date"), "gas_weight")
-    parsed = parse_event(without(plan(goals=[g]), "schema_version"), catalogue)
+    parsed = parsed_as(PlanEvent, without(plan(goals=[g]), "schema_version"), catalogue)
     assert (parsed.goals[0].baseline, parsed.goals[0].target_date, parsed.goals[0].gas_weight) == (None, None, 1)
 
 
@@ -232,7 +243,7 @@ def test_a_python_value_that_is_not_json_is_rejected_not_a_crash(catalogue):
 
 
 def test_unknown_instrument_is_accepted(catalogue):
-    ev = parse_event(evaluation(measures=[{"instrument": "Custom-scale", "score": 999}]), catalogue)
+    ev = parsed_as(EvaluationEvent, evaluation(measures=[{"instrument": "Custom-scale", "score": 999}]), catalogue)
     assert ev.measures[0].score == 999
 
 
@@ -242,8 +253,9 @@ def test_extra_fields_are_ignored(catalogue):
 
 def test_the_committed_json_schema_holds_the_same_date_rules():
     """Pipelines that validate with schemas/json/event.schema.json reject what otrules rejects."""
-    import jsonschema
     from pathlib import Path
+
+    import jsonschema
 
     schema = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "json" / "event.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)

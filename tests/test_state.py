@@ -12,11 +12,19 @@ from otrules.consumers import DeadLetterSink, JsonlSource, PatientStates, Pipeli
 from otrules.engine import Engine, PatientState
 
 
+def stored(states: PatientStates, patient_id: str, keep: bool = True) -> PatientState:
+    """states.get, for a patient that must be there."""
+    state = states.get(patient_id, keep=keep)
+    assert state is not None, patient_id
+    return state
+
+
 def _run(states: PatientStates) -> tuple[list[str], Pipeline]:
     engine = Engine(defaults.rulesets(), defaults.catalogue())
     recs: list[str] = []
     pipeline = Pipeline(engine, lambda r: recs.append(r.to_json()), DeadLetterSink(None), states=states)
     pipeline.feed(JsonlSource(io.BytesIO(defaults.SAMPLE_STREAM.read_bytes())))
+    assert pipeline.summary.last_event_at is not None
     pipeline.sweep(pipeline.summary.last_event_at)
     return recs, pipeline
 
@@ -25,7 +33,7 @@ def test_every_sample_state_survives_the_round_trip():
     _, pipeline = _run(PatientStates())
     assert len(pipeline.states) == 40
     for patient_id in pipeline.states.patient_ids():
-        state = pipeline.states.get(patient_id)
+        state = stored(pipeline.states, patient_id)
         value = state.to_bytes()
         again = PatientState.from_bytes(value)
         assert again == state and again.to_bytes() == value
@@ -88,7 +96,7 @@ def test_serialised_states_hold_no_more_memory_than_their_length():
     import tracemalloc
 
     _, pipeline = _run(PatientStates())
-    states = [pipeline.states.get(p) for p in pipeline.states.patient_ids()]
+    states = [stored(pipeline.states, p) for p in pipeline.states.patient_ids()]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -103,10 +111,10 @@ def test_a_sweep_read_decodes_without_keeping_or_evicting():
     store = PatientStates(hot=1)
     store.put(PatientState("p-1"))
     store.put(PatientState("p-2"))  # p-1 goes out to bytes
-    swept = store.get("p-1", keep=False)
+    swept = stored(store, "p-1", keep=False)
     swept.remember("e-1")  # not put back: the stored bytes are unchanged
     assert store.get("p-2", keep=False) is store.get("p-2")  # still the live one
-    assert not store.get("p-1").has_seen("e-1")
+    assert not stored(store, "p-1").has_seen("e-1")
     assert store.patient_ids() == ["p-1", "p-2"] and store.get("nobody", keep=False) is None
 
 

@@ -21,7 +21,7 @@ def sample_states() -> dict[str, bytes]:
     pipeline = Pipeline(Engine(defaults.rulesets(), defaults.catalogue()), lambda r: None, DeadLetterSink(None),
                         states=states)
     pipeline.feed(JsonlSource(io.BytesIO(defaults.SAMPLE_STREAM.read_bytes())))
-    return {p: encode(states.get(p)) for p in states.patient_ids()}
+    return {p: encode(states.get_or_new(p)) for p in states.patient_ids()}  # every one of them is there
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -43,7 +43,7 @@ def test_a_restore_gives_back_each_state_byte_for_byte_and_tombstones_remove(sto
     for patient in store.patient_ids():
         assert encode(store.get(patient)) == sample_states[patient]
     changed = decode(sample_states[first])
-    changed.throttle["x"] = dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)
+    changed.throttle["x"] = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
     store.put(changed)
     assert store.get(first) == changed
 

@@ -48,7 +48,7 @@ ARCHETYPE_SEEDS = range(20)
 
 
 def ts(event):
-    return dt.datetime.strptime(event["occurred_at"], "%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.strptime(event["occurred_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def better(instrument, before, after):
@@ -303,7 +303,7 @@ def test_visits_are_mostly_attended(large):
 
 
 def test_some_days_have_two_attended_sessions(large):
-    days = defaultdict(int)
+    days: defaultdict[tuple[str, dt.date], int] = defaultdict(int)
     for event in large:
         if event["type"] == "visit" and event["status"] == "attended":
             days[event["patient_id"], ts(event).date()] += 1
@@ -348,7 +348,7 @@ def plateau_after_gain(events):
         for i in range(1, len(scores) - 4):
             window = scores[i:i + 5]
             if (better(inst, scores[0], scores[i]) > 0
-                    and all(abs(b - a) < mcid(inst) for a, b in zip(window, window[1:]))
+                    and all(abs(b - a) < mcid(inst) for a, b in itertools.pairwise(window))
                     and not any(reached(goals[g], s) for s in window)):
                 return True
     return False
@@ -359,7 +359,7 @@ def decline_of(multiple):
         goals, series = goal_series(events)
         return any(better(goals[g]["instrument"], a, b) <= -multiple * mcid(goals[g]["instrument"]) + EPS
                    for g, points in series.items()
-                   for (_, a), (_, b) in zip(points, points[1:]))
+                   for (_, a), (_, b) in itertools.pairwise(points))
     return check
 
 
@@ -374,7 +374,7 @@ def near_target_jump(events):
     for g, points in series.items():
         goal = goals[g]
         span = better(goal["instrument"], goal["baseline"], goal["target"])
-        for (_, a), (_, b) in zip(points, points[1:]):
+        for (_, a), (_, b) in itertools.pairwise(points):
             if (better(goal["instrument"], a, b) >= mcid(goal["instrument"]) - EPS
                     and better(goal["instrument"], goal["baseline"], b) >= 0.75 * span - EPS
                     and not reached(goal, b)):
@@ -388,7 +388,7 @@ def three_missed_in_a_row(events):
 
 
 def most_treatment_days_without_report(events):
-    longest, days = 0, set()
+    longest, days = 0, set[dt.date]()
     for event in events:
         if event["type"] == "evaluation" and event["kind"] in ("initial", "progress", "re-evaluation"):
             days = set()

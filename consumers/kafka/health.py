@@ -44,7 +44,7 @@ def serve(host: str, port: int, metrics: Metrics, health: Health) -> tuple[Threa
     }
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:  # the name is http.server's API
             route = routes.get(self.path.split("?", 1)[0])
             status, ctype, body = route() if route else (404, "text/plain", b"not found\n")
             self.send_response(status)

@@ -15,14 +15,22 @@ class Metrics:
         self.events = Counter("otrules_events", "Input events by type and outcome", ["type", "outcome"], registry=r)
         self.recommendations = Counter("otrules_recommendations", "Recommendations by kind and rule",
                                        ["kind", "rule"], registry=r)
-        self.dead_letters = Counter("otrules_dead_letters", "Events sent to the dead-letter topic", registry=r)
+        self.dead_letters = Counter("otrules_dead_letters", "Events sent to the dead-letter topic, by why "
+                                    "(invalid, key, engine, too-large, state-too-large, refused)", ["kind"],
+                                    registry=r)
+        self.state_dropped = Counter("otrules_state_dropped", "Remembered event ids and plans let go by the "
+                                     "per-patient state bound", registry=r)
+        self.unpublished = Counter("otrules_unpublished_recommendations", "Sweep recommendations over the record "
+                                   "size limit (not published)", registry=r)
+        self.retries = Counter("otrules_batch_retries", "Failed batches retried, by whether the failure named an "
+                               "event", ["attributed"], registry=r)
         self.batch_size = Histogram("otrules_batch_size_events", "Events per transaction",
                                     buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000), registry=r)
         self.commit_seconds = Histogram("otrules_transaction_commit_seconds", "Time to commit one transaction",
                                         buckets=_FAST, registry=r)
         self.latency = Histogram("otrules_event_to_recommendation_seconds",
                                  "From the event's Kafka timestamp to its recommendation's commit",
-                                 buckets=_FAST + (30, 60, 300), registry=r)
+                                 buckets=(*_FAST, 30, 60, 300), registry=r)
         self.lag = Gauge("otrules_consumer_lag", "Events not yet consumed, per input partition", ["partition"],
                          registry=r)
         self.patients = Gauge("otrules_state_patients", "Patients held, per owned partition", ["partition"],

@@ -39,8 +39,9 @@ def fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
 class RulesWatcher:
     """Polls the rules paths (and wakes on `request()`, e.g. from SIGHUP)."""
 
-    def __init__(self, paths: Sequence[Path], catalogue: Path, on_valid: Callable[[list[CompiledRuleset], Catalogue], None],
-                 on_invalid: Callable[[str], None], poll_seconds: float = 5.0) -> None:
+    def __init__(self, paths: Sequence[Path], catalogue: Path,
+                 on_valid: Callable[[list[CompiledRuleset], Catalogue], None], on_invalid: Callable[[str], None],
+                 poll_seconds: float = 5.0) -> None:
         self.paths = list(paths)
         self.catalogue = catalogue
         self.on_valid = on_valid
@@ -51,7 +52,7 @@ class RulesWatcher:
         self._seen = fingerprint(self.paths)
         self._thread = threading.Thread(target=self._run, name="otrules-rules-watch", daemon=True)
 
-    def start(self) -> "RulesWatcher":
+    def start(self) -> RulesWatcher:
         self._thread.start()
         return self
 

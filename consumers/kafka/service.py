@@ -1,101 +1,88 @@
-"""The exactly-once loop of `otrules consume`.
+"""The loop of `otrules consume`: poll, run the event core inside a transaction, commit.
 
-One Kafka transaction per batch (bounded by count and time) carries the
-recommendations, the dead letters, the changed patients' states on the
-compacted changelog, and the consumed offsets
+The pieces are separate, as in quix-streams: `settings` (every option, once),
+`changelog` (restoring and sizing state), `transaction` (what one transaction
+sends and how it rolls back, and the size-limited sink), and this loop, which
+uses them for batches and sweeps alike.
+
+Exactly once: one Kafka transaction per batch (bounded by count and time)
+carries the recommendations, the dead letters, the changed patients' states
+on the compacted changelog, and the consumed offsets
 (`send_offsets_to_transaction(offsets, consumer.group_metadata())`, KIP-447).
-Either all of it is visible to `read_committed` readers or none of it is, so a
-process killed at any moment and restarted yields each recommendation once.
 
-State belongs to partitions: on assignment, a partition's patients are
-restored from its changelog partition (up to the end, read_committed) before
-any of its events are processed; on revocation they are dropped. An aborted
-batch rolls the in-memory state back to its snapshot and rewinds the offsets.
+A failure isolates one event, never a partition. The fast path runs a batch
+with `Fault.RAISE`; when anything fails, the batch is aborted (state, tally and
+offsets rolled back; a fenced producer replaced) and read again with
+`Fault.ISOLATE` up to where it ended: each event then runs against a snapshot
+of its patient and is dead-lettered on its own if the engine fails on it, its
+output is too large, or its patient's state would outgrow the record limit.
+Outputs the broker refused name their events, which the retry dead-letters.
+Retries back off; a failure that names no event (the broker is away) is
+retried, never dead-lettered. So k poison events cost one abort, not 2^k.
 """
 
 from __future__ import annotations
 
-
+import contextlib
 import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.structs import MemberState, OffsetAndMetadata
+from kafka.structs import MemberState
 
+from otrules.consumers.core import EventCore, EventFailed, Fault, Record, Rejection, Tally
 from otrules.consumers.jsonl import utc_now
-from otrules.consumers.kafka import cloudevents, redact
-from otrules.consumers.kafka.netclient import RetryingNetClient
+from otrules.consumers.kafka.changelog import Changelog
 from otrules.consumers.kafka.health import Health
 from otrules.consumers.kafka.metrics import Metrics
+from otrules.consumers.kafka.netclient import RetryingNetClient
 from otrules.consumers.kafka.settings import KafkaSettings
-from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, StateStore, encode
-from otrules.consumers.kafka.topics import ensure_topics
-from otrules.engine import CompiledRuleset, Engine, PatientState
-from otrules.schemas import Catalogue, EventRejected, parse_event
+from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, StateStore
+from otrules.consumers.kafka.topics import ensure_topics, record_limits
+from otrules.consumers.kafka.transaction import BatchTransaction, BatchView, KafkaSink, Limits, record_size
+from otrules.engine import CompiledRuleset, Engine
+from otrules.schemas import Catalogue, OtrulesError
 
 log = structlog.get_logger("otrules.consume")
 
 
-@dataclass
-class Counters:
-    read: int = 0
-    processed: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    recommendations: int = 0
-    batches: int = 0
-    aborted: int = 0
-    sweeps: int = 0
-    swept: int = 0  # recommendations made by sweeps (part of recommendations)
-    expired: int = 0  # patients tombstoned after retention
-
-
-@dataclass
-class _Batch:
-    offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
-    first: dict[TopicPartition, int] = field(default_factory=dict)
-    snapshots: dict[tuple[int, str], bytes | None] = field(default_factory=dict)  # (partition, patient) -> before
-    rec_timestamps: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of events that recommended
-    counted: Counters = field(default_factory=Counters)  # the counters before it: an abort puts them back
-
-
-class _EventFailed(Exception):
-    """The engine raised on one event: the batch is rolled back, and on the retry that
-    event alone is dead-lettered (a poison event must not stop the partition for good)."""
-
-    def __init__(self, partition: int, offset: int, error: BaseException) -> None:
-        super().__init__(f"partition {partition} offset {offset}: {type(error).__name__}")
-        self.partition, self.offset, self.error = partition, offset, error
+class StateTooLarge(OtrulesError):
+    """A patient's state would not fit in one changelog record (found at commit; the careful
+    retry finds the event that grew it)."""
 
 
 class Service(ConsumerRebalanceListener):
     """Consumes ot.events, produces recommendations exactly once."""
 
     def __init__(self, settings: KafkaSettings, engine: Engine, clock: Callable[[], str] = utc_now,
-                 metrics: Metrics | None = None, health: Health | None = None) -> None:
+                 metrics: Metrics | None = None, health: Health | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.metrics.set_rulesets(list(engine.rulesets))
-        self.counters = Counters()
+        self.tally = Tally()
+        self.batches = self.aborted = self.sweeps = 0
+        self.changelog = Changelog(settings)
+        self.stores: dict[int, StateStore] = {}
+        self.limits = Limits(settings.max_record_bytes, settings.max_record_bytes, settings.max_record_bytes)
         self._next_rules: tuple[list[CompiledRuleset], Catalogue] | None = None  # validated by the watcher
         self._joined = False
-        self._sizes: dict[int, dict[str, int]] = {}  # partition -> patient -> serialised bytes
         self._last_lag = 0.0
-        self.stores: dict[int, StateStore] = {}
         self._to_restore: set[int] = set()
         self._to_sweep: set[int] = set()  # restored partitions are swept straight away
-        self._poisoned: dict[tuple[int, int], str] = {}  # (partition, offset) -> error class, for the retry
+        self._careful: dict[TopicPartition, int] = {}  # read with Fault.ISOLATE below these offsets
+        self._refused: dict[tuple[int, int], str] = {}  # (partition, offset) -> error: outputs the broker refused
+        self._failures = 0  # consecutive failed transactions: the backoff grows with them
         self._last_sweep = time.monotonic()
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
 
@@ -121,35 +108,37 @@ class Service(ConsumerRebalanceListener):
         try:
             engine = Engine(rulesets, catalogue)
         except Exception as exc:  # compiled fine in the child; refuse rather than stop
-            self.refuse_rulesets(f"could not be built: {exc}")
+            self.refuse_rulesets(f"could not be built: {type(exc).__name__}")
             return
         self.engine = engine
         self.metrics.set_rulesets(rulesets)
         self.metrics.reloads.labels("applied").inc()
         log.info("rules reloaded", rulesets=[f"{rs.name} {rs.version} {rs.digest[:19]}" for rs in rulesets])
 
-    def run(self) -> Counters:
+    def run(self) -> Tally:
         s = self.settings
         ensure_topics(s)
-        common = {"bootstrap_servers": s.bootstrap_servers, **s.client}
+        self.limits = record_limits(s)
         self.producer = self._new_producer()
         self.consumer = KafkaConsumer(group_id=s.group_id, enable_auto_commit=False, isolation_level="read_committed",
                                       auto_offset_reset="earliest", max_poll_records=s.batch_max_records,
                                       session_timeout_ms=s.session_timeout_ms, client_id=f"otrules-{s.instance_id}",
-                                      **common)
+                                      bootstrap_servers=s.bootstrap_servers, **s.client)
         self.consumer.subscribe([s.input_topic], listener=self)
-        log.info("started", group=s.group_id, instance=s.instance_id, input=s.input_topic)
+        log.info("started", group=s.group_id, instance=s.instance_id, input=s.input_topic,
+                 max_record_bytes=vars(self.limits))
         try:
             while not self._stop.is_set():
                 self._step()
         finally:
             self._close()
-        return self.counters
+        return self.tally
 
     def _new_producer(self) -> KafkaProducer:
         s = self.settings
         producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, transactional_id=s.transactional_id,
                                  enable_idempotence=True, acks="all", linger_ms=5,
+                                 max_request_size=max(vars(self.limits).values()) + 1024,
                                  transaction_timeout_ms=s.transaction_timeout_ms, kafka_client=RetryingNetClient,
                                  **s.client)
         producer.init_transactions()  # fences and aborts a previous incarnation of this instance
@@ -163,7 +152,13 @@ class Service(ConsumerRebalanceListener):
             self.consumer.close(autocommit=False)
         if self.producer is not None:
             self.producer.close()
-        log.info("stopped", **vars(self.counters))
+        log.info("stopped", **self.counts())
+
+    def counts(self) -> dict[str, int]:
+        t = self.tally
+        return {"read": t.read, "processed": t.processed, "rejected": t.rejected, "duplicates": t.duplicates,
+                "recommendations": t.recommendations, "batches": self.batches, "aborted": self.aborted,
+                "sweeps": self.sweeps, "swept": t.swept, "expired": t.expired, "dropped": t.dropped}
 
     # ------------------------------------------------------------ rebalancing
 
@@ -173,14 +168,13 @@ class Service(ConsumerRebalanceListener):
             if store is not None:
                 store.close()
             self._to_restore.discard(tp.partition)
-            for poisoned in [k for k in self._poisoned if k[0] == tp.partition]:
-                del self._poisoned[poisoned]
-            self._sizes.pop(tp.partition, None)
+            self._careful.pop(tp, None)
+            for key in [k for k in self._refused if k[0] == tp.partition]:
+                del self._refused[key]
+            self.changelog.forget(tp.partition)
             for gauge in (self.metrics.patients, self.metrics.state_bytes, self.metrics.lag):
-                try:
+                with contextlib.suppress(KeyError):
                     gauge.remove(str(tp.partition))
-                except KeyError:
-                    pass
         if revoked:
             log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
 
@@ -201,37 +195,8 @@ class Service(ConsumerRebalanceListener):
         return max(1, self.settings.decoded_states // max(1, partitions))
 
     def _restore(self, partitions: set[int]) -> None:
-        """Load each partition's patients from its changelog partition, up to the end."""
-        s = self.settings
         started = time.monotonic()
-        restorer = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                 isolation_level="read_committed", client_id=f"otrules-restore-{s.instance_id}",
-                                 **s.client)
-        try:
-            tps = [TopicPartition(s.changelog_topic, p) for p in sorted(partitions)]
-            restorer.assign(tps)
-            restorer.seek_to_beginning(*tps)
-            end = restorer.end_offsets(tps)
-            for p in partitions:
-                self.stores[p] = self._new_store(p)
-            records = 0
-            remaining = {tp for tp in tps if restorer.position(tp) < end[tp]}
-            while remaining:
-                for tp, messages in restorer.poll(timeout_ms=200).items():
-                    sizes = self._sizes.setdefault(tp.partition, {})
-                    store = self.stores[tp.partition]
-                    with store.bulk():
-                        for msg in messages:
-                            patient = msg.key.decode()
-                            store.put_raw(patient, msg.value)
-                            if msg.value is None:
-                                sizes.pop(patient, None)
-                            else:
-                                sizes[patient] = len(msg.value)
-                    records += len(messages)
-                remaining = {tp for tp in remaining if restorer.position(tp) < end[tp]}
-        finally:
-            restorer.close()
+        records = self.changelog.restore(self.stores, self._new_store, partitions)
         share = self._decoded_share(len(self.stores))  # one budget of decoded states, whatever is owned
         for store in self.stores.values():
             if isinstance(store, MemoryStore):
@@ -249,15 +214,15 @@ class Service(ConsumerRebalanceListener):
         if store is None:
             return
         self.metrics.patients.labels(str(partition)).set(store.patients())
-        self.metrics.state_bytes.labels(str(partition)).set(sum(self._sizes.get(partition, {}).values()))
+        self.metrics.state_bytes.labels(str(partition)).set(self.changelog.state_bytes(partition))
 
     def _observe_lag(self) -> None:
         assert self.consumer is not None
         self._last_lag = time.monotonic()
         for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                self.metrics.lag.labels(str(tp.partition)).set(max(0, high - self.consumer.position(tp)))
+            high, position = self.consumer.highwater(tp), self.consumer.position(tp)
+            if high is not None and position is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, high - position))
 
     def _update_readiness(self) -> None:
         """Ready: a stable member of the group (heartbeats answered), every assigned partition restored,
@@ -276,7 +241,7 @@ class Service(ConsumerRebalanceListener):
     # ------------------------------------------------------------ the loop
 
     def _step(self) -> None:
-        assert self.consumer is not None and self.producer is not None
+        assert self.consumer is not None
         self.health.beat()
         self._swap_rules()
         polled = self.consumer.poll(timeout_ms=self.settings.batch_max_ms, max_records=self.settings.batch_max_records)
@@ -284,7 +249,7 @@ class Service(ConsumerRebalanceListener):
             pending, self._to_restore = set(self._to_restore), set()
             self._restore(pending)
             self._to_sweep |= pending
-        interval = self.settings.sweep_interval_s
+        interval = self.settings.sweep_interval_seconds
         if interval > 0 and time.monotonic() - self._last_sweep >= interval:
             self._to_sweep |= set(self.stores)
         if interval > 0 and self._to_sweep:
@@ -293,189 +258,160 @@ class Service(ConsumerRebalanceListener):
         self._update_readiness()
         if time.monotonic() - self._last_lag >= 1.0:
             self._observe_lag()
-        if not polled:
-            return
-        batch = _Batch(counted=replace(self.counters))
-        started = time.monotonic()
-        before = self.counters.read, self.counters.recommendations
+        if polled:
+            self._batch(polled)
+
+    def _begin(self) -> tuple[BatchTransaction, EventCore]:
+        assert self.producer is not None
+        view = BatchView(self.stores)
+        sink = KafkaSink(self.producer, self.settings, self.limits, self.metrics, self.clock)
+        txn = BatchTransaction(view, sink, self.tally.copy())
+        core = EventCore(self.engine, view, sink, Fault.RAISE, self.tally, max_state_bytes=self.limits.changelog)
         self.producer.begin_transaction()
+        return txn, core
+
+    def _batch(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        assert self.consumer is not None and self.producer is not None
+        started = time.monotonic()
+        before = self.tally.read, self.tally.recommendations
+        txn, core = self._begin()
         try:
             for tp, messages in polled.items():
-                batch.first[tp] = messages[0].offset
+                txn.consumed(tp, messages[0].offset, messages[-1].offset)
+                txn.view.partition = tp.partition
+                careful_below = self._careful.get(tp, -1)
                 for msg in messages:
-                    self._handle(tp, msg, batch)
-                batch.offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
-            for (partition, patient), _ in batch.snapshots.items():
-                state = self.stores[partition].get(patient)
-                if state is not None:
-                    value = encode(state)
-                    self._sizes.setdefault(partition, {})[patient] = len(value)
-                    self.producer.send(self.settings.changelog_topic, key=patient.encode(), value=value,
-                                       partition=partition)
-            self.producer.send_offsets_to_transaction(batch.offsets, self.consumer.group_metadata())
+                    record = Record(msg.value or b"", tp.topic, partition=tp.partition, offset=msg.offset,
+                                    key=msg.key, keyed=True, timestamp_ms=msg.timestamp,
+                                    headers=tuple(msg.headers or ()))
+                    refused = self._refused.pop((tp.partition, msg.offset), None)
+                    if refused is not None:  # its outputs failed once: they would fail again
+                        self.tally.read += 1
+                        core.reject(record, Rejection("(event)", f"refused by the broker: an output of this event "
+                                                                 f"could not be published ({refused})", "refused"))
+                        continue
+                    core.handle(record, Fault.ISOLATE if msg.offset < careful_below else None)
+            self._write_changelog(txn)
+            self.producer.send_offsets_to_transaction(txn.offsets, self.consumer.group_metadata())
             committing = time.monotonic()
             self.producer.commit_transaction()
-            done = time.monotonic()
-            self.metrics.commit_seconds.observe(done - committing)
-            self.metrics.batch_size.observe(self.counters.read - before[0])
-            wall = time.time()
-            for ts in batch.rec_timestamps:
-                self.metrics.latency.observe(max(0.0, wall - ts / 1000))
-            for partition in {p for p, _ in batch.snapshots}:
-                self._observe_state(partition)
-            self.counters.batches += 1
-            log.info("committed", partitions=sorted(tp.partition for tp in polled),
-                     events=self.counters.read - before[0], recommendations=self.counters.recommendations - before[1],
-                     ms=round((time.monotonic() - started) * 1000, 1))
-        except _EventFailed as failed:
-            # class name only: an exception's text may carry an identifier or a score
-            log.error("event failed in the engine; batch rolled back, the event will be dead-lettered",
-                      partition=failed.partition, offset=failed.offset, error=type(failed.error).__name__)
-            log.debug("engine failure", exc_info=failed.error)
-            self._poisoned[(failed.partition, failed.offset)] = type(failed.error).__name__
-            self._abort(batch)
-        except Exception:
-            log.exception("batch failed; aborting and rewinding")
-            self._abort(batch)
+        except Exception as exc:  # whatever failed, the batch is rolled back and read again carefully
+            self._abort(txn, exc, polled)
+            return
+        done = time.monotonic()
+        self._committed(txn)
+        self.metrics.commit_seconds.observe(done - committing)
+        self.metrics.batch_size.observe(self.tally.read - before[0])
+        wall = time.time()
+        for ts in txn.sink.rec_timestamps:
+            self.metrics.latency.observe(max(0.0, wall - ts / 1000))
+        for tp, messages in polled.items():
+            if self._careful.get(tp, -1) <= messages[-1].offset + 1:
+                self._careful.pop(tp, None)
+        log.info("committed", partitions=sorted(tp.partition for tp in polled),
+                 events=self.tally.read - before[0], recommendations=self.tally.recommendations - before[1],
+                 ms=round((time.monotonic() - started) * 1000, 1))
 
-    def _sweep(self, partitions: list[int]) -> None:  # noqa: C901 - one transaction, kept in one place
-        """Advance the clock to now over the owned plans, in one transaction of its own.
-
-        Recommendations from the sweep, the changed states and the tombstones
-        of expired patients commit together; a failed sweep rolls back and is
-        retried at the next interval."""
+    def _write_changelog(self, txn: BatchTransaction) -> None:
+        """The changed patients' states, each one record on its partition of the changelog."""
         assert self.producer is not None
-        if not partitions:
-            return
-        self._last_sweep = time.monotonic()
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        retention = dt.timedelta(days=self.settings.retention_days)
-        batch = _Batch(counted=replace(self.counters))
-        made = expired = 0
-        self.producer.begin_transaction()
-        try:
-            for partition in partitions:
-                store = self.stores[partition]
-                for patient in store.patient_ids():
-                    state = store.get(patient, keep=False)  # most are unchanged: no decoded copy kept
-                    if state is None:
-                        continue
-                    before = encode(state)
-                    recs = self.engine.sweep(state, now)
-                    gone = self.engine.expire(state, now, retention)
-                    after = None if gone else encode(state)
-                    if after == before:
-                        continue
-                    batch.snapshots[(partition, patient)] = before
-                    for rec in recs:
-                        self._send_recommendation(rec)
-                    made += len(recs)
-                    if gone:
-                        store.put_raw(patient, None)
-                        self._sizes.get(partition, {}).pop(patient, None)
-                        expired += 1
-                    else:
-                        store.put_raw(patient, after)
-                    self.producer.send(self.settings.changelog_topic, key=patient.encode(), value=after,
-                                       partition=partition)
-            self.producer.commit_transaction()
-        except Exception:
-            log.exception("sweep failed; aborting")
-            self.counters = replace(batch.counted, aborted=self.counters.aborted + 1)
-            self.producer.abort_transaction()
-            for (partition, patient), before in batch.snapshots.items():
-                if partition in self.stores:
-                    self.stores[partition].put_raw(patient, before)
-            return
-        self.counters.sweeps += 1
-        self.metrics.sweeps.inc()
-        self.counters.swept += made
-        self.counters.expired += expired
-        log.info("swept", partitions=partitions, at=now.isoformat(), recommendations=made, expired=expired)
+        for partition, patient in txn.changed_states():
+            state = self.stores[partition].get(patient)
+            value = None if state is None else state.to_bytes()
+            key = patient.encode()
+            if value is not None and record_size(key, value, []) > self.limits.changelog:
+                raise StateTooLarge(f"partition {partition}: a state of {len(value)} bytes")
+            self.producer.send(self.settings.changelog_topic, key=key, value=value, partition=partition)
+            self.changelog.written(partition, patient, value)
 
-    def _send_recommendation(self, rec: Any) -> None:
-        assert self.producer is not None
-        rec = rec.model_copy(update={"emitted_at": self.clock()})
-        self.producer.send(self.settings.output_topic, key=rec.patient_id.encode(), value=rec.to_json().encode(),
-                           headers=cloudevents.headers(rec))
-        self.counters.recommendations += 1
-        self.metrics.recommendations.labels(rec.kind, rec.rule.id).inc()
+    def _committed(self, txn: BatchTransaction) -> None:
+        self.batches += 1
+        self._failures = 0
+        for partition in {p for p, _ in txn.changed_states()}:
+            self._observe_state(partition)
+        dropped = self.tally.dropped - txn.counted.dropped
+        if dropped:
+            self.metrics.state_dropped.inc(dropped)
+        unpublished = self.tally.unpublished - txn.counted.unpublished
+        if unpublished:
+            self.metrics.unpublished.inc(unpublished)
+        for (kind, outcome), n in (self.tally.by_type - txn.counted.by_type).items():
+            self.metrics.events.labels(kind, outcome).inc(n)
 
-    def _handle(self, tp: TopicPartition, msg: Any, batch: _Batch) -> None:
-        assert self.producer is not None
-        self.counters.read += 1
-        try:
-            event = parse_event(msg.value or b"", self.engine.catalogue)
-        except EventRejected as exc:
-            self._dead_letter(tp, msg, exc.reason)
-            return
-        store = self.stores[tp.partition]
-        key = (tp.partition, event.patient_id)
-        state = store.get(event.patient_id)
-        if key not in batch.snapshots:
-            batch.snapshots[key] = None if state is None else encode(state)
-        if state is None:
-            state = PatientState(event.patient_id)
-        error = self._poisoned.pop((tp.partition, msg.offset), None)
-        if error is not None:
-            self._dead_letter(tp, msg, f"internal error: the rules engine failed on this event ({error}); "
-                                       "it was rolled back and set aside")
-            return
-        try:
-            outcome = self.engine.process(state, event)
-        except Exception as exc:
-            raise _EventFailed(tp.partition, msg.offset, exc) from exc
-        store.put(state)
-        if outcome.duplicate:
-            self.counters.duplicates += 1
-            self.metrics.events.labels(event.type, "duplicate").inc()
-            return
-        self.counters.processed += 1
-        self.metrics.events.labels(event.type, "processed").inc()
-        for rec in outcome.recommendations:
-            self._send_recommendation(rec)
-            batch.rec_timestamps.append(msg.timestamp)
-
-    def _dead_letter(self, tp: TopicPartition, msg: Any, reason: str) -> None:
-        assert self.producer is not None
-        self.counters.rejected += 1
-        headers = list(msg.headers or []) + [
-            ("otrules.reason", reason.encode()),
-            ("otrules.source.topic", tp.topic.encode()),
-            ("otrules.source.partition", str(tp.partition).encode()),
-            ("otrules.source.offset", str(msg.offset).encode()),
-        ]
-        self.producer.send(self.settings.dlq_topic, key=msg.key, value=msg.value, headers=headers)
-        self.metrics.events.labels("invalid", "rejected").inc()
-        self.metrics.dead_letters.inc()
-        log.warning("rejected", topic=tp.topic, partition=tp.partition, offset=msg.offset, field=_no_values(reason),
-                    key=redact.hash_id(msg.key))
-
-    def _abort(self, batch: _Batch) -> None:
+    def _abort(self, txn: BatchTransaction, exc: BaseException, polled: dict[TopicPartition, list[Any]] | None) -> None:
+        """Roll back everything of the transaction, then decide how its records are read again."""
         assert self.consumer is not None and self.producer is not None
-        # what was read in this batch will be read again: count it when it commits
-        self.counters = replace(batch.counted, aborted=self.counters.aborted + 1)
+        self.aborted += 1
+        self._failures += 1
         self.metrics.aborted.inc()
+        self.tally = txn.counted  # what was read in it will be read again: count it when it commits
+        refused = txn.sink.failed_records()
+        self._refused.update(refused)
+        attributed = isinstance(exc, (EventFailed, StateTooLarge)) or bool(refused)
+        self.metrics.retries.labels("yes" if attributed else "no").inc()
+        # class names only: an exception's text may carry an identifier or a score
+        where = exc.record.where if isinstance(exc, EventFailed) else None
+        log.error("batch rolled back; reading it again event by event", error=type(exc).__name__,
+                  cause=type(exc.__cause__).__name__ if exc.__cause__ else None,
+                  kind=exc.rejection.kind if isinstance(exc, EventFailed) else None,
+                  offset=where and where.rsplit("@", 1)[-1], refused=len(refused), attempt=self._failures)
+        log.debug("batch failure", exc_info=exc)
         try:
             self.producer.abort_transaction()
-        except Exception:
+        except Exception as abort_error:
             # The producer is unusable (fenced, or its state machine is stuck after an
             # outage): a new one with the same transactional id fences it and aborts
             # its open transaction, so nothing of this batch becomes visible.
-            log.warning("abort failed; replacing the transactional producer", exc_info=True)
-            try:
+            log.warning("abort failed; replacing the transactional producer", error=type(abort_error).__name__)
+            with contextlib.suppress(Exception):
                 self.producer.close(timeout=5)
-            except Exception:
-                pass
             self.producer = self._new_producer()
-        for (partition, patient), before in batch.snapshots.items():
-            store = self.stores.get(partition)
-            if store is not None:
-                store.put_raw(patient, before)
-        for tp, offset in batch.first.items():
-            self.consumer.seek(tp, offset)
+        txn.restore_states()
+        if polled is not None:
+            for tp, messages in polled.items():
+                if tp in self.consumer.assignment():
+                    self._careful[tp] = max(self._careful.get(tp, -1), messages[-1].offset + 1)
+                    self.consumer.seek(tp, messages[0].offset)
+        self._pause(self._backoff())
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep in short slices, watching for stop. Not `Event.wait`: a signal handler that sets
+        the event while this thread holds the event's lock would deadlock."""
+        until = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < until:
+            time.sleep(min(0.05, until - time.monotonic()))
 
-def _no_values(reason: str) -> str:
-    """The field of a rejection without its value (values may be scores or identifiers)."""
-    return reason.split(":", 1)[0]
+    def _backoff(self) -> float:
+        """The first retry is immediate (the careful pass isolates a poison event at once);
+        later ones wait 0.1 s, doubling up to --retry-backoff-max-seconds."""
+        if self._failures <= 1:
+            return 0.0
+        return min(self.settings.retry_backoff_max_seconds, 0.1 * 2 ** (self._failures - 2))
+
+    def _sweep(self, partitions: list[int]) -> None:
+        """Advance the clock to now over the owned plans, in one transaction of its own.
+
+        Recommendations from the sweep, the changed states and the tombstones of
+        expired patients commit together; a failed sweep rolls back like a batch and
+        is retried at the next interval."""
+        self._last_sweep = time.monotonic()
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        retention = dt.timedelta(days=self.settings.retention_days)
+        before = self.tally.recommendations, self.tally.expired
+        txn, core = self._begin()
+        view = txn.view
+        try:
+            for partition in partitions:
+                view.partition = partition
+                core.sweep(now, retention, states=view, changes=True)
+            self._write_changelog(txn)
+            assert self.producer is not None
+            self.producer.commit_transaction()
+        except Exception as exc:
+            self._abort(txn, exc, None)
+            return
+        self._committed(txn)
+        self.sweeps += 1
+        self.metrics.sweeps.inc()
+        log.info("swept", partitions=partitions, at=now.isoformat(), recommendations=self.tally.recommendations
+                 - before[0], expired=self.tally.expired - before[1])

@@ -1,35 +1,127 @@
-"""What `otrules consume` connects to and how it batches."""
+"""What `otrules consume` connects to and how it batches: every setting, its default and its help, once.
+
+The `otrules consume` options are generated from these fields (`option_specs`),
+so a default or a help text lives here and nowhere else; each option reads
+`OTRULES_<NAME>` as well (contracts.md §6).
+"""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
+             maximum: float | None = None, secret: bool = False, path: str | None = None,
+             show_default: bool = True) -> Any:
+    """A field that is also a command-line option (see option_specs)."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "secret": secret, "path": path,
+            "show_default": show_default}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "otrules"
-    instance_id: str = field(default_factory=socket.gethostname)  # stable per instance: fences its own zombies
-    input_topic: str = "ot.events"
-    output_topic: str = "ot.recommendations"
-    dlq_topic: str = "ot.events.dlq"
-    changelog_topic: str = "otrules-state-changelog"
-    partitions: int = 6  # when otrules creates the topics
-    replication_factor: int = 1
-    batch_max_records: int = 2000  # per-batch costs (a transaction, a changelog record per patient) spread over more events
-    batch_max_ms: int = 100
-    transaction_timeout_ms: int = 10_000  # how long a dead instance's open transaction can block readers
-    session_timeout_ms: int = 10_000
-    sweep_interval_s: float = 300.0  # advance the clock over owned plans this often (0: never)
-    retention_days: int = 90  # a discharged plan's state is kept this long (event time), then tombstoned
-    store: str = "memory"  # or "sqlite"
-    decoded_states: int = 1024  # memory store: patients kept decoded, shared by all owned partitions
-    state_dir: Path = Path(".otrules-state")
-    client: dict[str, Any] = field(default_factory=dict)  # passed to every kafka-python client (security etc.)
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port[,...]).")
+    group_id: str = _setting("otrules", "Consumer group: run more instances with the same id to scale out.")
+    instance_id: str = _setting(socket.gethostname, "Stable name of this instance (default: host name); a restart "
+                                "with the same id fences the old one.", show_default=False)
+    input_topic: str = _setting("ot.events", "Input events (key = patient_id).")
+    output_topic: str = _setting("ot.recommendations", "Recommendations (CloudEvents binary mode).")
+    dlq_topic: str = _setting("ot.events.dlq", "Rejected input, with the reason in headers.")
+    changelog_topic: str = _setting("otrules-state-changelog", "Compacted patient-state changelog, co-partitioned "
+                                    "with the input.")
+    partitions: int = _setting(6, "Partitions of topics otrules creates.", minimum=1)
+    replication_factor: int = _setting(1, "Replication factor of topics otrules creates.", minimum=1)
+    batch_max_records: int = _setting(2000, "Events per transaction at most (per-batch costs spread over more "
+                                      "events).", minimum=1)
+    batch_max_ms: int = _setting(100, "How long a poll waits for a batch to fill.", minimum=1)
+    transaction_timeout_ms: int = _setting(10_000, "How long a dead instance's open transaction can block readers.",
+                                           minimum=1000)
+    session_timeout_ms: int = _setting(10_000, "Consumer group session timeout.", minimum=1000)
+    max_record_bytes: int = _setting(1_000_000, "Largest record otrules publishes (recommendation, dead letter, "
+                                     "state); a topic's smaller max.message.bytes wins. An event whose output would "
+                                     "be larger is dead-lettered.", minimum=10_000)
+    retry_backoff_max_seconds: float = _setting(5.0, "Longest wait between retries of a failed batch.", minimum=0)
+    store: str = _setting("memory", "Where owned patients' state is kept (the changelog is the source of truth).",
+                          choices=("memory", "sqlite"))
+    state_dir: Path = _setting(Path(".otrules-state"), "Folder of the sqlite store.",  # noqa: RUF009 - a frozen value
+                               path="dir")
+    decoded_states: int = _setting(1024, "Memory store: patients kept decoded, across all owned partitions; the "
+                                   "rest are held as compact bytes.", minimum=1)
+    sweep_interval_seconds: float = _setting(300.0, "Advance the clock over owned open plans this often (0: never).",
+                                             minimum=0)
+    retention_days: int = _setting(90, "Days a discharged plan's state is kept (event time) before it is "
+                                   "tombstoned.", minimum=0)
+    connect_timeout: float = _setting(60.0, "Seconds to wait for Kafka at start-up before exiting with status 3 "
+                                      "(0: wait for ever).", minimum=0)
+    http_host: str = _setting("127.0.0.1", "Address of /metrics, /healthz and /readyz (0.0.0.0 inside a container).")
+    http_port: int = _setting(9464, "Port of the endpoints; 0 picks a free one, -1 turns them off.", minimum=-1,
+                              maximum=65535)
+    reload_poll_seconds: float = _setting(5.0, "How often to look for changed rules files (0: only on SIGHUP).",
+                                          minimum=0)
+    security_protocol: str = _setting("PLAINTEXT", "How to talk to the brokers.",
+                                      choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str | None = _setting(None, "SASL mechanism.", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str | None = _setting(None, "SASL user name.")
+    sasl_password: str | None = _setting(None, "SASL password.", secret=True)
+    ssl_cafile: str | None = _setting(None, "CA certificate file.", path="file")
+    ssl_certfile: str | None = _setting(None, "Client certificate file.", path="file")
+    ssl_keyfile: str | None = _setting(None, "Client key file.", path="file")
+    log_hash_key: str | None = _setting(None, "Key for hashing identifiers in logs (default: a random key per "
+                                        "process).", secret=True)
 
     @property
     def transactional_id(self) -> str:
         return f"otrules-{self.group_id}-{self.instance_id}"
+
+    @property
+    def client(self) -> dict[str, Any]:
+        """Security settings passed to every kafka-python client."""
+        given = {"security_protocol": self.security_protocol, "sasl_mechanism": self.sasl_mechanism,
+                 "sasl_plain_username": self.sasl_username, "sasl_plain_password": self.sasl_password,
+                 "ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile}
+        return {k: v for k, v in given.items()
+                if v is not None and not (k == "security_protocol" and v == "PLAINTEXT")}
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings for the start-up log line, secrets masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and value else (
+                str(value) if isinstance(value, Path) else value)
+        return out
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One `otrules consume` option, derived from a KafkaSettings field."""
+
+    name: str  # the field, e.g. batch_max_records
+    flag: str  # --batch-max-records
+    envvar: str  # OTRULES_BATCH_MAX_RECORDS
+    default: Any
+    help: str
+    kind: type
+    choices: tuple[str, ...] | None
+    minimum: float | None
+    maximum: float | None
+    path: str | None
+    show_default: bool
+
+
+def option_specs() -> list[OptionSpec]:
+    specs = []
+    for f in fields(KafkaSettings):
+        meta = f.metadata
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        kind = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
+        specs.append(OptionSpec(f.name, "--" + f.name.replace("_", "-"), "OTRULES_" + f.name.upper(), default,
+                                meta["help"], kind, meta["choices"], meta["min"], meta["max"], meta["path"],
+                                meta["show_default"]))
+    return specs

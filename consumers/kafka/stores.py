@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 from otrules.consumers.states import PatientStates
 from otrules.engine import PatientState
@@ -25,7 +26,7 @@ class StateStore(Protocol):
     def put_raw(self, patient_id: str, value: bytes | None) -> None: ...
     def patients(self) -> int: ...
     def patient_ids(self) -> list[str]: ...
-    def bulk(self) -> ContextManager[None]: ...
+    def bulk(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
 
 
@@ -40,7 +41,7 @@ def decode(value: bytes) -> PatientState:
 class MemoryStore(PatientStates):
     """In memory: compact bytes, with recently used states decoded (see consumers/states.py)."""
 
-    def bulk(self) -> ContextManager[None]:
+    def bulk(self) -> AbstractContextManager[None]:
         """Many writes in a row (a restore): nothing to group in memory."""
         return contextlib.nullcontext()
 

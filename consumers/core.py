@@ -1,0 +1,283 @@
+"""The one event core: parse → patient state → engine → tally → emit, and sweep/expire.
+
+`run`, `consume`, `backtest`, `explain` and `test` all feed records through
+`EventCore`; each is an adapter that brings its own source, its own states,
+its own sink and its failure policy for an event the engine fails on:
+
+- `Fault.DEAD_LETTER`: dead-letter the event and go on (files: a years-long
+  run must not stop on one event; the patient keeps what the engine applied
+  before the fault, since a snapshot per event would cost a quarter of the
+  run's time);
+- `Fault.ISOLATE`: the same, but the patient's state is rolled back to before
+  the event first (the Kafka service's careful retry of a failed batch);
+- `Fault.RAISE`: raise `EventFailed` so the caller rolls its whole batch back
+  (the Kafka service's fast path, where a transaction gives the rollback).
+
+Counts add up in one `Tally`: read = processed + rejected + duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from otrules.engine import Engine, PatientState
+from otrules.schemas import Event, EventRejected, OtrulesError, Recommendation, parse_event
+
+
+class Fault(enum.Enum):
+    """What the core does with an event the engine fails on (see the module docstring)."""
+
+    DEAD_LETTER = "dead-letter"
+    ISOLATE = "isolate"
+    RAISE = "raise"
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond per record
+class Record:
+    """One input record and where it came from.
+
+    `keyed` records come from Kafka, where the key decides the partition and so
+    which instance owns the patient: it must be the body's patient_id."""
+
+    raw: bytes
+    source: str  # a file name, "-" for stdin, or a topic
+    line: int | None = None  # line number in a file
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+    keyed: bool = False
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def where(self) -> str:
+        if self.offset is not None:
+            return f"{self.source}[{self.partition}]@{self.offset}"
+        return f"{self.source}:{self.line}" if self.line is not None else self.source
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a record was set aside: `reason` names field and value (for the dead-letter
+    sink only), `field` names the field alone (safe for stderr and logs)."""
+
+    field: str
+    reason: str
+    kind: str = "invalid"  # invalid | key | engine | too-large | state-too-large
+
+
+class EventFailed(OtrulesError):
+    """The engine (or a sink's size check) failed on one record; raised under `Fault.RAISE`
+    so the caller rolls its batch back and retries it carefully."""
+
+    def __init__(self, record: Record, rejection: Rejection) -> None:
+        super().__init__(f"{record.where}: {rejection.kind}")
+        self.record, self.rejection = record, rejection
+
+
+class TooLarge(OtrulesError):
+    """An output of one event cannot be published (over the record size limit).
+    `what` names the output, never its content."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} of {size} bytes is over the {limit}-byte record limit")
+        self.what, self.size, self.limit = what, size, limit
+
+
+class States(Protocol):
+    """Patient states as the core needs them (PatientStates, a Kafka store, a batch view)."""
+
+    def get(self, patient_id: str, keep: bool = True) -> PatientState | None: ...
+    def put(self, state: PatientState) -> None: ...
+    def put_raw(self, patient_id: str, value: bytes | None) -> None: ...
+    def patient_ids(self) -> list[str]: ...
+
+
+class Sink(Protocol):
+    """Where the core's outputs go. `recommend` gets all of one event's recommendations at
+    once and either takes them all or raises `TooLarge` having sent none."""
+
+    def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None: ...
+    def dead_letter(self, record: Record, rejection: Rejection) -> None: ...
+
+
+@dataclass
+class Tally:
+    """What a run, a batch or a service did; `copy()` before a batch, put back on abort."""
+
+    read: int = 0
+    processed: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    swept: int = 0  # recommendations made when time advanced (sweeps), part of the kinds
+    expired: int = 0  # patients forgotten after their plans' retention
+    dropped: int = 0  # remembered event ids and plans let go by the state bound
+    unpublished: int = 0  # sweep recommendations over the record size limit (no event to dead-letter)
+    last_event_at: dt.datetime | None = None
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_rule: Counter[str] = field(default_factory=Counter)
+    rejected_by: Counter[str] = field(default_factory=Counter)  # rejection kind -> count
+    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (event type, processed|duplicate)
+
+    @property
+    def recommendations(self) -> int:
+        return sum(self.by_kind.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.processed + self.rejected + self.duplicates
+
+    def copy(self) -> Tally:
+        return replace(self, by_kind=Counter(self.by_kind), by_rule=Counter(self.by_rule),
+                       rejected_by=Counter(self.rejected_by), by_type=Counter(self.by_type))
+
+    def count(self, recs: Iterable[Recommendation]) -> None:
+        for rec in recs:
+            self.by_kind[rec.kind] += 1
+            self.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
+
+
+class EventCore:
+    """Feeds records through the engine; every command that reads events drives one."""
+
+    def __init__(self, engine: Engine, states: States, sink: Sink, fault: Fault = Fault.DEAD_LETTER,
+                 tally: Tally | None = None, max_state_bytes: int | None = None) -> None:
+        self.engine = engine
+        self.states = states
+        self.sink = sink
+        self.fault = fault
+        self.tally = tally if tally is not None else Tally()
+        self.max_state_bytes = max_state_bytes  # checked after each event under Fault.ISOLATE
+
+    def feed(self, records: Iterable[Record]) -> Tally:
+        for record in records:
+            self.handle(record)
+        return self.tally
+
+    def parse(self, record: Record) -> Event:
+        """The event of a record, or `EventRejected` naming the field (and, in `reason`, the value)."""
+        event = parse_event(record.raw, self.engine.catalogue)
+        if record.keyed:
+            self._check_key(record, event)
+        return event
+
+    @staticmethod
+    def _check_key(record: Record, event: Event) -> None:
+        if record.keyed:
+            if record.key is None:
+                raise EventRejected("key: the Kafka message has no key; it must be the patient_id", "key")
+            if record.key != event.patient_id.encode():
+                raise EventRejected(f"key: the Kafka key {_shown(record.key)} is not the body's patient_id "
+                                    f"{event.patient_id!r}", "key")
+
+    def handle(self, record: Record, fault: Fault | None = None, event: Event | None = None) -> Event | None:
+        """Process one record (already parsed as `event`, if given); returns its event, or
+        None if it was rejected."""
+        tally = self.tally
+        tally.read += 1
+        if event is None:
+            try:
+                event = parse_event(record.raw, self.engine.catalogue)
+                if record.keyed:
+                    self._check_key(record, event)
+            except EventRejected as exc:
+                kind = "key" if exc.field == "key" else "invalid"
+                self.reject(record, Rejection(exc.field or "(event)", exc.reason, kind))
+                return None
+        if fault is None:
+            fault = self.fault
+        state = self.states.get(event.patient_id)
+        if state is None:
+            state = PatientState(event.patient_id)
+        before = state.to_bytes() if fault is Fault.ISOLATE else None
+        try:
+            outcome = self.engine.process(state, event)
+            if before is not None and self.max_state_bytes is not None:
+                size = len(state.to_bytes())
+                if size > self.max_state_bytes:
+                    raise TooLarge("the patient's state", size, self.max_state_bytes)
+            if outcome.recommendations:
+                self.sink.recommend(outcome.recommendations, record)
+        except Exception as exc:  # one event's fault must not stop the stream (see Fault)
+            rejection = _fault_rejection(exc)
+            if fault is Fault.RAISE:
+                raise EventFailed(record, rejection) from exc
+            if before is not None:
+                self.states.put_raw(event.patient_id, before)
+            self.reject(record, rejection)
+            return None
+        self.states.put(state)
+        if outcome.duplicate:
+            tally.duplicates += 1
+            tally.by_type[event.type, "duplicate"] += 1
+            return event
+        tally.processed += 1
+        tally.by_type[event.type, "processed"] += 1
+        if outcome.dropped:
+            tally.dropped += outcome.dropped
+        if tally.last_event_at is None or event.occurred_at > tally.last_event_at:
+            tally.last_event_at = event.occurred_at
+        if outcome.recommendations:
+            tally.count(outcome.recommendations)
+        return event
+
+    def reject(self, record: Record, rejection: Rejection) -> None:
+        self.tally.rejected += 1
+        self.tally.rejected_by[rejection.kind] += 1
+        self.sink.dead_letter(record, rejection)
+
+    def sweep(self, at: dt.datetime, retention: dt.timedelta | None = None, states: States | None = None,
+              changes: bool = False) -> list[str]:
+        """Advance the clock to `at` for every patient (sorted: output is deterministic), then
+        forget patients whose plans all closed more than `retention` ago.
+
+        With `changes`, returns the patients whose state changed (the Kafka service writes
+        those to its changelog): states are then read without joining the decoded few and
+        compared as bytes, since most are unchanged."""
+        states = states if states is not None else self.states
+        changed: list[str] = []
+        for patient_id in states.patient_ids():
+            state = states.get(patient_id, keep=not changes)
+            if state is None:
+                continue
+            before = state.to_bytes() if changes else None
+            recs = self.engine.sweep(state, at)
+            gone = retention is not None and self.engine.expire(state, at, retention)
+            if recs:
+                try:
+                    self.sink.recommend(recs, None)
+                except TooLarge:  # no event to dead-letter: counted, and the sweep goes on
+                    self.tally.unpublished += len(recs)
+                else:
+                    self.tally.count(recs)
+                    self.tally.swept += len(recs)
+            if gone:
+                self.tally.expired += 1
+                states.put_raw(patient_id, None)
+                changed.append(patient_id)
+            elif changes:
+                after = state.to_bytes()
+                if after != before:
+                    states.put_raw(patient_id, after)
+                    changed.append(patient_id)
+        return changed
+
+
+def _fault_rejection(exc: BaseException) -> Rejection:
+    if isinstance(exc, TooLarge):
+        kind = "state-too-large" if exc.what == "the patient's state" else "too-large"
+        return Rejection("(event)", f"too large: {exc}", kind)
+    return Rejection("(event)", f"internal error: the rules engine failed on this event ({type(exc).__name__})",
+                     "engine")
+
+
+def _shown(key: bytes) -> str:
+    try:
+        return repr(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        return f"0x{key[:32].hex()}"

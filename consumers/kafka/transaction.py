@@ -1,0 +1,181 @@
+"""One Kafka transaction: what a batch (or a sweep) sends, and how it commits or rolls back.
+
+A `BatchTransaction` is the unit of exactly-once: the recommendations, the
+dead letters, the changed patients' states and (for a batch) the consumed
+offsets commit together, or none of them do. It owns what a rollback needs:
+the states as they were before the batch touched them, the tally as it was,
+and the first offset read from each partition (to seek back to).
+
+`KafkaSink` is the event core's sink inside a transaction. Nothing it sends
+can exceed the record size limit: a recommendation that would is refused
+before anything of its event is sent (`TooLarge`, and the core dead-letters
+the event), and a dead letter that would is cut to a bounded copy (the head
+of the original, its size and sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kafka import KafkaProducer, TopicPartition
+from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.structs import OffsetAndMetadata
+
+from otrules.consumers.core import Record, Rejection, Tally, TooLarge
+from otrules.consumers.kafka import cloudevents, redact
+from otrules.consumers.kafka.metrics import Metrics
+from otrules.consumers.kafka.settings import KafkaSettings
+from otrules.consumers.kafka.stores import StateStore
+from otrules.engine import PatientState
+from otrules.schemas import Recommendation
+
+log = structlog.get_logger("otrules.consume")
+
+Headers = list[tuple[str, bytes]]
+DEAD_LETTER_HEAD = 4096  # bytes of the original kept when a whole dead letter would be too large
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """What kafka-python (and the broker) count for a record alone in its batch."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
+
+
+class BatchView:
+    """The owned stores as the event core sees them during one transaction: the first time a
+    patient is touched, its serialised state is kept, so an abort can put it back."""
+
+    def __init__(self, stores: dict[int, StateStore]) -> None:
+        self.stores = stores
+        self.partition = -1  # the partition of the record being handled
+        self.before: dict[tuple[int, str], bytes | None] = {}  # as they were, for an abort
+        self.written: dict[tuple[int, str], None] = {}  # changed since, in order: for the changelog
+
+    def _snapshot(self, patient_id: str, state: PatientState | None) -> None:
+        key = (self.partition, patient_id)
+        if key not in self.before:
+            self.before[key] = None if state is None else state.to_bytes()
+
+    def get(self, patient_id: str, keep: bool = True) -> PatientState | None:
+        state = self.stores[self.partition].get(patient_id, keep)
+        self._snapshot(patient_id, state)
+        return state
+
+    def put(self, state: PatientState) -> None:
+        self.written[(self.partition, state.patient_id)] = None
+        self.stores[self.partition].put(state)
+
+    def put_raw(self, patient_id: str, value: bytes | None) -> None:
+        """Only for a patient already read through `get` (so its snapshot is kept)."""
+        self.written[(self.partition, patient_id)] = None
+        self.stores[self.partition].put_raw(patient_id, value)
+
+    def patient_ids(self) -> list[str]:
+        return self.stores[self.partition].patient_ids()
+
+    def changed(self) -> list[tuple[int, str]]:
+        return list(self.written)
+
+
+@dataclass
+class Limits:
+    """Largest record each output topic takes (the setting, or a topic's smaller max.message.bytes)."""
+
+    output: int
+    dlq: int
+    changelog: int
+
+
+class KafkaSink:
+    """Recommendations and dead letters into the open transaction, within the size limits."""
+
+    def __init__(self, producer: KafkaProducer, settings: KafkaSettings, limits: Limits, metrics: Metrics,
+                 clock: Callable[[], str]) -> None:
+        self.producer = producer
+        self.settings = settings
+        self.limits = limits
+        self.metrics = metrics
+        self.clock = clock
+        self.sent: list[tuple[Any, Record | None]] = []  # (future, the record it came from), for attribution
+        self.rec_timestamps: list[int] = []  # Kafka timestamps (ms) of events that recommended
+
+    def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
+        out = []
+        for rec in recs:
+            rec = rec.model_copy(update={"emitted_at": self.clock()})
+            key, value, headers = rec.patient_id.encode(), rec.to_json().encode(), cloudevents.headers(rec)
+            size = record_size(key, value, headers)
+            if size > self.limits.output:
+                raise TooLarge("a recommendation", size, self.limits.output)  # nothing of this event sent yet
+            out.append((rec, key, value, headers))
+        for rec, key, value, headers in out:
+            future = self.producer.send(self.settings.output_topic, key=key, value=value, headers=headers)
+            self.sent.append((future, record))
+            self.metrics.recommendations.labels(rec.kind, rec.rule.id).inc()
+            if record is not None and record.timestamp_ms is not None:
+                self.rec_timestamps.append(record.timestamp_ms)
+
+    def dead_letter(self, record: Record, rejection: Rejection) -> None:
+        headers: Headers = [
+            ("otrules.reason", rejection.reason.encode()),
+            ("otrules.field", rejection.field.encode()),
+            ("otrules.kind", rejection.kind.encode()),
+            ("otrules.source.topic", record.source.encode()),
+            ("otrules.source.partition", str(record.partition).encode()),
+            ("otrules.source.offset", str(record.offset).encode()),
+        ]
+        original: Headers = list(record.headers or ())
+        value: bytes | None = record.raw
+        if record_size(record.key, value, original + headers) > self.limits.dlq:
+            # too large to keep whole: a bounded copy that still identifies the original
+            headers += [("otrules.original.size", str(len(record.raw)).encode()),
+                        ("otrules.original.sha256", hashlib.sha256(record.raw).hexdigest().encode()),
+                        ("otrules.original.truncated", b"true")]
+            value, original = record.raw[:DEAD_LETTER_HEAD], []
+            key = record.key if record.key is None or len(record.key) <= DEAD_LETTER_HEAD else record.key[:256]
+        else:
+            key = record.key
+        future = self.producer.send(self.settings.dlq_topic, key=key, value=value, headers=original + headers)
+        self.sent.append((future, record))
+        self.metrics.events.labels("invalid" if rejection.kind == "invalid" else rejection.kind, "rejected").inc()
+        self.metrics.dead_letters.labels(rejection.kind).inc()
+        log.warning("rejected", partition=record.partition, offset=record.offset, field=rejection.field,
+                    kind=rejection.kind, key=redact.hash_id(record.key))
+
+    def failed_records(self) -> dict[tuple[int, int], str]:
+        """After a failed commit: the records whose outputs the broker refused, with the error
+        class, so that the retry dead-letters them (they would fail again)."""
+        out: dict[tuple[int, int], str] = {}
+        for future, record in self.sent:
+            if record is None or record.offset is None or record.partition is None:
+                continue
+            if future.is_done and future.failed() and not getattr(future.exception, "retriable", True):
+                out[(record.partition, record.offset)] = type(future.exception).__name__
+        return out
+
+
+@dataclass
+class BatchTransaction:
+    """What one transaction needs to commit or roll back."""
+
+    view: BatchView
+    sink: KafkaSink
+    counted: Tally  # the tally before it: an abort puts it back
+    offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
+    first: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def consumed(self, tp: TopicPartition, first: int, last: int) -> None:
+        self.first[tp] = first
+        self.offsets[tp] = OffsetAndMetadata(last + 1, "", -1)
+
+    def changed_states(self) -> list[tuple[int, str]]:
+        return self.view.changed()
+
+    def restore_states(self) -> None:
+        for (partition, patient), before in self.view.before.items():
+            store = self.view.stores.get(partition)
+            if store is not None:
+                store.put_raw(patient, before)

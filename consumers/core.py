@@ -180,34 +180,42 @@ class EventCore:
         None if it was rejected."""
         tally = self.tally
         tally.read += 1
-        if event is None:
-            try:
+        try:
+            if event is None:
                 event = parse_event(record.raw, self.engine.catalogue)
-                if record.keyed:
-                    self._check_key(record, event)
-            except EventRejected as exc:
-                kind = "key" if exc.field == "key" else "invalid"
-                self.reject(record, Rejection(exc.field or "(event)", exc.reason, kind))
-                return None
+            if record.keyed:
+                self._check_key(record, event)
+        except EventRejected as exc:
+            kind = "key" if exc.field == "key" else "invalid"
+            self.reject(record, Rejection(exc.field or "(event)", exc.reason, kind))
+            return None
         if fault is None:
             fault = self.fault
-        state = self.states.get(event.patient_id)
+        try:
+            state = self.states.get(event.patient_id)
+        except ValueError as exc:  # stored bytes this otrules cannot read: keep them, set the event aside
+            self.reject(record, Rejection("(state)", f"the patient's stored state cannot be read ({exc})", "state"))
+            return None
+        isolate = fault is Fault.ISOLATE
+        before = None if state is None or not isolate else state.to_bytes()
         if state is None:
             state = PatientState(event.patient_id)
-        before = state.to_bytes() if fault is Fault.ISOLATE else None
         try:
             outcome = self.engine.process(state, event)
-            if before is not None and self.max_state_bytes is not None:
-                size = len(state.to_bytes())
+            if isolate and self.max_state_bytes is not None:
+                # the same bound the changelog applies, record overhead and key included
+                size = len(state.to_bytes()) + len(event.patient_id.encode()) + _RECORD_OVERHEAD
                 if size > self.max_state_bytes:
                     raise TooLarge("the patient's state", size, self.max_state_bytes)
             if outcome.recommendations:
-                self.sink.recommend(outcome.recommendations, record)
+                self.sink.recommend(outcome.recommendations, record)  # raises TooLarge having sent nothing
         except Exception as exc:  # one event's fault must not stop the stream (see Fault)
+            if isinstance(exc, OSError) or (_is_sink_error(exc) and not isinstance(exc, TooLarge)):
+                raise  # the output is broken (a closed pipe, a broker away): not this event's fault
             rejection = _fault_rejection(exc)
             if fault is Fault.RAISE:
                 raise EventFailed(record, rejection) from exc
-            if before is not None:
+            if isolate:
                 self.states.put_raw(event.patient_id, before)
             self.reject(record, rejection)
             return None
@@ -268,6 +276,14 @@ class EventCore:
         return changed
 
 
+_RECORD_OVERHEAD = 128  # a record batch's header and one record's framing, over key and value
+
+
+def _is_sink_error(exc: BaseException) -> bool:
+    """Errors from a sink's transport (Kafka's client), as opposed to the engine's."""
+    return type(exc).__module__.startswith("kafka.")
+
+
 def _fault_rejection(exc: BaseException) -> Rejection:
     if isinstance(exc, TooLarge):
         kind = "state-too-large" if exc.what == "the patient's state" else "too-large"
@@ -277,7 +293,9 @@ def _fault_rejection(exc: BaseException) -> Rejection:
 
 
 def _shown(key: bytes) -> str:
+    """A key as the reason shows it: at most 64 characters (a key may be of any size)."""
     try:
-        return repr(key.decode("utf-8"))
+        text = key.decode("utf-8")
     except UnicodeDecodeError:
         return f"0x{key[:32].hex()}"
+    return repr(text if len(text) <= 64 else text[:63] + "…")

@@ -39,10 +39,11 @@ class PatientStates:
         if not keep:
             value = self._raw.get(patient_id)
             return None if value is None else PatientState.from_bytes(value)
-        value = self._raw.pop(patient_id, None)
+        value = self._raw.get(patient_id)
         if value is None:
             return None
-        state = PatientState.from_bytes(value)
+        state = PatientState.from_bytes(value)  # may raise: the bytes stay
+        del self._raw[patient_id]
         self._keep(state)
         return state
 

@@ -264,8 +264,9 @@ def _check_repeated_keys(raw: bytes | str) -> None:
     try:
         json.loads(raw, object_pairs_hook=_no_repeats)
     except _RepeatedKey as exc:
-        key = show_value(exc.key)
-        raise EventRejected(f"{exc.key}: the key {key} appears more than once in one JSON object", exc.key) from None
+        key = show_value(exc.key)  # the key name is data: in the reason only, cut to 60 characters
+        raise EventRejected(f"(repeated key): the key {key} appears more than once in one JSON object",
+                            "(repeated key)") from None
 
 
 def _not_json(value: Any, loc: tuple[Any, ...] = ()) -> tuple[str, str]:

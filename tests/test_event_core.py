@@ -101,6 +101,29 @@ def test_a_state_over_the_limit_dead_letters_the_event_that_grew_it(engine):
     assert state is not None and len(state.to_bytes()) <= 5000
 
 
+def test_an_isolated_fault_on_a_new_patient_leaves_no_state_and_stored_bytes_survive_a_bad_decode():
+    story = _story()
+    states = PatientStates()
+    sink = Collect()
+    core = EventCore(FailsOn(story.events[0]["event_id"]), states, sink, Fault.ISOLATE)
+    core.feed(_records(story.events[:1]))
+    assert "p-1" not in states and [r.kind for _, r in sink.letters] == ["engine"]
+    states.put_raw("p-1", b'{"v": 1}')  # a format this otrules cannot read
+    core.feed(_records(story.events[1:2]))
+    assert [r.kind for _, r in sink.letters] == ["engine", "state"] and core.tally.balanced
+    assert "p-1" in states  # the bytes were kept, not reset
+
+
+def test_a_broken_output_is_not_blamed_on_the_event(engine):
+    class Broken(Collect):
+        def recommend(self, recs, record) -> None:
+            raise BrokenPipeError
+
+    core = EventCore(engine, PatientStates(), Broken())
+    with pytest.raises(BrokenPipeError):
+        core.feed(_records(_story().events))
+
+
 def test_keyed_records_must_carry_the_patient_id_as_key(engine):
     event = _story().events[0]
     raw = json.dumps(event).encode()
@@ -113,6 +136,9 @@ def test_keyed_records_must_carry_the_patient_id_as_key(engine):
     assert reasons == ["key: the Kafka message has no key; it must be the patient_id",
                        "key: the Kafka key 'p-2' is not the body's patient_id 'p-1'"]
     assert [r.kind for _, r in sink.letters] == ["key", "key"] and core.tally.processed == 1
+    # a pre-parsed event is checked too
+    core.handle(Record(raw, "ot.events", partition=0, offset=4, key=b"p-9", keyed=True), event=parse_event(raw))
+    assert len(sink.letters) == 3
 
 
 def test_a_json_object_that_repeats_a_key_is_rejected_naming_it():
@@ -120,8 +146,8 @@ def test_a_json_object_that_repeats_a_key_is_rejected_naming_it():
     repeated = event.replace('"patient_id": "p-1"', '"patient_id": "p-1", "patient_id": "p-2"')
     with pytest.raises(EventRejected) as rejected:
         parse_event(repeated.encode())
-    assert rejected.value.field == "patient_id"
-    assert rejected.value.reason == 'patient_id: the key "patient_id" appears more than once in one JSON object'
+    assert rejected.value.field == "(repeated key)"  # the key name is input: in the reason only
+    assert rejected.value.reason == '(repeated key): the key "patient_id" appears more than once in one JSON object'
     nested = event.replace('"instrument": "COPM-performance"', '"instrument": "COPM-performance", "instrument": "x"')
     with pytest.raises(EventRejected, match="instrument"):
         parse_event(nested.encode())

@@ -37,6 +37,7 @@ log = structlog.get_logger("otrules.consume")
 
 Headers = list[tuple[str, bytes]]
 DEAD_LETTER_HEAD = 4096  # bytes of the original kept when a whole dead letter would be too large
+REASON_BYTES = 1024  # of a reason or field header (they quote input, which may be of any size)
 
 
 def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
@@ -120,8 +121,8 @@ class KafkaSink:
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
         headers: Headers = [
-            ("otrules.reason", rejection.reason.encode()),
-            ("otrules.field", rejection.field.encode()),
+            ("otrules.reason", rejection.reason.encode()[:REASON_BYTES]),
+            ("otrules.field", rejection.field.encode()[:REASON_BYTES]),
             ("otrules.kind", rejection.kind.encode()),
             ("otrules.source.topic", record.source.encode()),
             ("otrules.source.partition", str(record.partition).encode()),
@@ -129,13 +130,14 @@ class KafkaSink:
         ]
         original: Headers = list(record.headers or ())
         value: bytes | None = record.raw
-        if record_size(record.key, value, original + headers) > self.limits.dlq:
+        bounded = rejection.kind == "refused"  # the broker refused it once: never send it whole again
+        if bounded or record_size(record.key, value, original + headers) > self.limits.dlq:
             # too large to keep whole: a bounded copy that still identifies the original
             headers += [("otrules.original.size", str(len(record.raw)).encode()),
                         ("otrules.original.sha256", hashlib.sha256(record.raw).hexdigest().encode()),
                         ("otrules.original.truncated", b"true")]
             value, original = record.raw[:DEAD_LETTER_HEAD], []
-            key = record.key if record.key is None or len(record.key) <= DEAD_LETTER_HEAD else record.key[:256]
+            key = None if record.key is None else record.key[:256]
         else:
             key = record.key
         future = self.producer.send(self.settings.dlq_topic, key=key, value=value, headers=original + headers)

@@ -118,6 +118,7 @@ class Tally:
     expired: int = 0  # patients forgotten after their plans' retention
     dropped: int = 0  # remembered event ids and plans let go by the state bound
     unpublished: int = 0  # sweep recommendations over the record size limit (no event to dead-letter)
+    sweep_failures: int = 0  # patients whose sweep failed (left as they were; the sweep went on)
     last_event_at: dt.datetime | None = None
     by_kind: Counter[str] = field(default_factory=Counter)
     by_rule: Counter[str] = field(default_factory=Counter)
@@ -250,12 +251,26 @@ class EventCore:
         states = states if states is not None else self.states
         changed: list[str] = []
         for patient_id in states.patient_ids():
+            if self._sweep_one(patient_id, at, retention, states, changes):
+                changed.append(patient_id)
+        return changed
+
+    def _sweep_one(self, patient_id: str, at: dt.datetime, retention: dt.timedelta | None, states: States,
+                   changes: bool) -> bool:
+        """One patient's sweep; a failure is this patient's alone: its state is left as it was
+        (with `changes`), nothing of it is published, it is counted, and the sweep goes on."""
+        before: bytes | None = None
+        try:
             state = states.get(patient_id, keep=not changes)
             if state is None:
-                continue
+                return False
             before = state.to_bytes() if changes else None
             recs = self.engine.sweep(state, at)
             gone = retention is not None and self.engine.expire(state, at, retention)
+            after = None if gone or not changes else state.to_bytes()
+            if after is not None and self.max_state_bytes is not None and (
+                    len(after) + len(patient_id.encode()) + _RECORD_OVERHEAD > self.max_state_bytes):
+                raise TooLarge("the patient's state", len(after), self.max_state_bytes)
             if recs:
                 try:
                     self.sink.recommend(recs, None)
@@ -264,16 +279,21 @@ class EventCore:
                 else:
                     self.tally.count(recs)
                     self.tally.swept += len(recs)
-            if gone:
-                self.tally.expired += 1
-                states.put_raw(patient_id, None)
-                changed.append(patient_id)
-            elif changes:
-                after = state.to_bytes()
-                if after != before:
-                    states.put_raw(patient_id, after)
-                    changed.append(patient_id)
-        return changed
+        except Exception as exc:
+            if isinstance(exc, OSError) or _is_sink_error(exc):
+                raise  # the output is broken, not this patient
+            self.tally.sweep_failures += 1
+            if before is not None:
+                states.put_raw(patient_id, before)
+            return False
+        if gone:
+            self.tally.expired += 1
+            states.put_raw(patient_id, None)
+            return True
+        if changes and after != before:
+            states.put_raw(patient_id, after)
+            return True
+        return False
 
 
 _RECORD_OVERHEAD = 128  # a record batch's header and one record's framing, over key and value

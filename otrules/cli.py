@@ -310,7 +310,10 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     signal.signal(signal.SIGHUP, lambda *_: watcher.request())
     try:
         tally = service.run()
-    except KafkaError as exc:  # the cluster went away while the service was starting or replacing a producer
+    except KafkaUnreachable as exc:  # it went away again while the service was starting, for --connect-timeout
+        click.echo(f"otrules consume: {exc}", err=True)
+        sys.exit(3)
+    except KafkaError as exc:  # anything else the client gave up on
         click.echo(f"otrules consume: Kafka failed: {type(exc).__name__}", err=True)
         sys.exit(3)
     finally:

@@ -200,3 +200,26 @@ def test_explain_says_which_line_was_rejected_and_why(tmp_path):
     assert result.output.splitlines() == [
         f"Event at {path}:2: it was rejected, so it is dead-lettered and no rule is checked",
         "  measures[0].score: 11 is outside the range 1–10 of COPM-performance"]
+
+
+def test_a_failing_patient_is_left_out_of_a_sweep_and_the_others_are_swept():
+    class SweepFailsFor(Engine):
+        def sweep(self, state, at):
+            if state.patient_id == "p-1":
+                state.plans.clear()  # a half-applied change the sweep must undo
+                raise RuntimeError("injected")
+            return super().sweep(state, at)
+
+    import datetime as dt
+
+    one, two = _story(), Story(patient="p-2", plan_id="poc-2").plan(0, [goal("g1", "COPM-performance", 3, 7)])
+    sink = Collect()
+    states = PatientStates()
+    core = EventCore(SweepFailsFor(defaults.rulesets(), defaults.catalogue()), states, sink)
+    core.feed(_records(one.events + two.events))
+    before = states.get("p-1").to_bytes()  # type: ignore[union-attr]
+    at = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)  # certifications expired: the sweep recommends
+    changed = core.sweep(at, changes=True)
+    assert changed == ["p-2"] and core.tally.sweep_failures == 1
+    assert states.get("p-1").to_bytes() == before  # type: ignore[union-attr]
+    assert {r.patient_id for r in sink.recs if r.triggered_by[0].startswith("clock@")} == {"p-2"}

@@ -33,7 +33,7 @@ class Changelog:
         s = self.settings
         restorer = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
                                  isolation_level="read_committed", client_id=f"otrules-restore-{s.instance_id}",
-                                 **s.client)
+                                 **s.service_client)
         records = 0
         try:
             tps = [TopicPartition(s.changelog_topic, p) for p in sorted(partitions)]

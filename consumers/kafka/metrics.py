@@ -16,12 +16,14 @@ class Metrics:
         self.recommendations = Counter("otrules_recommendations", "Recommendations by kind and rule",
                                        ["kind", "rule"], registry=r)
         self.dead_letters = Counter("otrules_dead_letters", "Events sent to the dead-letter topic, by why "
-                                    "(invalid, key, engine, too-large, state-too-large, refused)", ["kind"],
+                                    "(invalid, key, engine, too-large, state-too-large, state, refused)", ["kind"],
                                     registry=r)
         self.state_dropped = Counter("otrules_state_dropped", "Remembered event ids and plans let go by the "
                                      "per-patient state bound", registry=r)
         self.unpublished = Counter("otrules_unpublished_recommendations", "Sweep recommendations over the record "
                                    "size limit (not published)", registry=r)
+        self.sweep_failures = Counter("otrules_sweep_failures", "Patients whose sweep failed (left as they were; "
+                                      "the sweep went on)", registry=r)
         self.retries = Counter("otrules_batch_retries", "Failed batches retried, by whether the failure named an "
                                "event", ["attributed"], registry=r)
         self.batch_size = Histogram("otrules_batch_size_events", "Events per transaction",

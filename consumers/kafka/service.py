@@ -33,22 +33,37 @@ from typing import Any
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import MemberState
 
 from otrules.consumers.core import EventCore, EventFailed, Fault, Record, Rejection, Tally
 from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka.changelog import Changelog
+from otrules.consumers.kafka.connect import KafkaUnreachable
 from otrules.consumers.kafka.health import Health
 from otrules.consumers.kafka.metrics import Metrics
 from otrules.consumers.kafka.netclient import RetryingNetClient
-from otrules.consumers.kafka.settings import KafkaSettings
+from otrules.consumers.kafka.settings import CLIENT_BLOCK_MS, KafkaSettings
 from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, StateStore
 from otrules.consumers.kafka.topics import ensure_topics, record_limits
-from otrules.consumers.kafka.transaction import BatchTransaction, BatchView, KafkaSink, Limits, record_size
+from otrules.consumers.kafka.transaction import (
+    BatchTransaction,
+    BatchView,
+    Interrupted,
+    KafkaSink,
+    Limits,
+    abort,
+    close_producer,
+    commit,
+    record_size,
+    send_offsets,
+)
 from otrules.engine import CompiledRuleset, Engine
 from otrules.schemas import Catalogue, OtrulesError
 
 log = structlog.get_logger("otrules.consume")
+
+STOP_GRACE_S = 5.0  # after a stop request, how long a commit or abort may still wait for the broker
 
 
 class StateTooLarge(OtrulesError):
@@ -116,42 +131,83 @@ class Service(ConsumerRebalanceListener):
         log.info("rules reloaded", rulesets=[f"{rs.name} {rs.version} {rs.digest[:19]}" for rs in rulesets])
 
     def run(self) -> Tally:
-        s = self.settings
-        ensure_topics(s)
-        self.limits = record_limits(s)
-        self.producer = self._new_producer()
-        self.consumer = KafkaConsumer(group_id=s.group_id, enable_auto_commit=False, isolation_level="read_committed",
-                                      auto_offset_reset="earliest", max_poll_records=s.batch_max_records,
-                                      session_timeout_ms=s.session_timeout_ms, client_id=f"otrules-{s.instance_id}",
-                                      bootstrap_servers=s.bootstrap_servers, **s.client)
-        self.consumer.subscribe([s.input_topic], listener=self)
-        log.info("started", group=s.group_id, instance=s.instance_id, input=s.input_topic,
-                 max_record_bytes=vars(self.limits))
+        """Start (retrying while Kafka is away, up to --connect-timeout), then loop until stopped."""
         try:
-            while not self._stop.is_set():
-                self._step()
+            if self._start():
+                while not self._stop.is_set():
+                    self._step()
         finally:
             self._close()
         return self.tally
 
-    def _new_producer(self) -> KafkaProducer:
+    def _start(self) -> bool:
+        """Topics, record limits, the transactional producer and the consumer. False if stopped
+        first; KafkaUnreachable once --connect-timeout has passed without them."""
+        s = self.settings
+        started = time.monotonic()
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                ensure_topics(s)
+                self.limits = record_limits(s)
+                self.producer = self._new_producer()
+                if self.producer is None:
+                    return False
+                self.consumer = KafkaConsumer(
+                    group_id=s.group_id, enable_auto_commit=False, isolation_level="read_committed",
+                    auto_offset_reset="earliest", max_poll_records=s.batch_max_records,
+                    session_timeout_ms=s.session_timeout_ms, client_id=f"otrules-{s.instance_id}",
+                    bootstrap_servers=s.bootstrap_servers, **s.service_client)
+                self.consumer.subscribe([s.input_topic], listener=self)
+            except KafkaError as exc:
+                self._close_clients()
+                waited = time.monotonic() - started
+                if s.connect_timeout and waited >= s.connect_timeout:
+                    raise KafkaUnreachable(s.bootstrap_servers, s.connect_timeout, type(exc).__name__, attempt) \
+                        from None
+                log.warning("kafka start-up failed; retrying", attempt=attempt, error=type(exc).__name__)
+                self._pause(min(s.retry_backoff_max_seconds, 0.5 * 2 ** (attempt - 1)))
+                continue
+            log.info("started", group=s.group_id, instance=s.instance_id, input=s.input_topic,
+                     max_record_bytes=vars(self.limits))
+            return True
+        return False
+
+    def _new_producer(self) -> KafkaProducer | None:
+        """A transactional producer under this instance's id: it fences and aborts a previous
+        incarnation. Initialising waits for the transaction coordinator, in steps that watch for
+        stop (None if stopped first)."""
         s = self.settings
         producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, transactional_id=s.transactional_id,
-                                 enable_idempotence=True, acks="all", linger_ms=5,
+                                 enable_idempotence=True, acks="all", linger_ms=5, max_block_ms=CLIENT_BLOCK_MS,
                                  max_request_size=max(vars(self.limits).values()) + 1024,
                                  transaction_timeout_ms=s.transaction_timeout_ms, kafka_client=RetryingNetClient,
-                                 **s.client)
-        producer.init_transactions()  # fences and aborts a previous incarnation of this instance
-        return producer
+                                 **s.service_client)
+        while True:
+            try:
+                producer.init_transactions()  # retried after a timeout, it goes on waiting for the same request
+                return producer
+            except KafkaTimeoutError:
+                if self._stop.is_set():
+                    close_producer(producer, 0)
+                    return None
+                log.warning("transaction coordinator not reachable; still waiting")
+
+    def _close_clients(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                self.consumer.close(autocommit=False)
+            self.consumer = None
+        if self.producer is not None:
+            close_producer(self.producer, STOP_GRACE_S)
+            self.producer = None
 
     def _close(self) -> None:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False)
-        if self.producer is not None:
-            self.producer.close()
+        self._close_clients()
         log.info("stopped", **self.counts())
 
     def counts(self) -> dict[str, int]:
@@ -277,14 +333,14 @@ class Service(ConsumerRebalanceListener):
         txn, core = self._begin()
         try:
             for tp, messages in polled.items():
-                txn.consumed(tp, messages[0].offset, messages[-1].offset)
+                txn.consumed(tp, messages[-1].offset)
                 txn.view.partition = tp.partition
                 careful_below = self._careful.get(tp, -1)
                 for msg in messages:
                     record = Record(msg.value or b"", tp.topic, partition=tp.partition, offset=msg.offset,
                                     key=msg.key, keyed=True, timestamp_ms=msg.timestamp,
                                     headers=tuple(msg.headers or ()))
-                    refused = self._refused.pop((tp.partition, msg.offset), None)
+                    refused = self._refused.get((tp.partition, msg.offset))  # forgotten once committed
                     if refused is not None:  # its outputs failed once: they would fail again
                         self.tally.read += 1
                         core.reject(record, Rejection("(event)", f"refused by the broker: an output of this event "
@@ -292,9 +348,9 @@ class Service(ConsumerRebalanceListener):
                         continue
                     core.handle(record, Fault.ISOLATE if msg.offset < careful_below else None)
             self._write_changelog(txn)
-            self.producer.send_offsets_to_transaction(txn.offsets, self.consumer.group_metadata())
+            send_offsets(self.producer, txn.offsets, self.consumer.group_metadata(), self._stop, STOP_GRACE_S)
             committing = time.monotonic()
-            self.producer.commit_transaction()
+            commit(self.producer, self._stop, STOP_GRACE_S)
         except Exception as exc:  # whatever failed, the batch is rolled back and read again carefully
             self._abort(txn, exc, polled)
             return
@@ -308,6 +364,9 @@ class Service(ConsumerRebalanceListener):
         for tp, messages in polled.items():
             if self._careful.get(tp, -1) <= messages[-1].offset + 1:
                 self._careful.pop(tp, None)
+        if self._refused:
+            done_below = {tp.partition: messages[-1].offset + 1 for tp, messages in polled.items()}
+            self._refused = {k: v for k, v in self._refused.items() if k[1] >= done_below.get(k[0], -1)}
         log.info("committed", partitions=sorted(tp.partition for tp in polled),
                  events=self.tally.read - before[0], recommendations=self.tally.recommendations - before[1],
                  ms=round((time.monotonic() - started) * 1000, 1))
@@ -315,9 +374,7 @@ class Service(ConsumerRebalanceListener):
     def _write_changelog(self, txn: BatchTransaction) -> None:
         """The changed patients' states, each one record on its partition of the changelog."""
         assert self.producer is not None
-        for partition, patient in txn.changed_states():
-            state = self.stores[partition].get(patient)
-            value = None if state is None else state.to_bytes()
+        for partition, patient, value in txn.changed_states():
             key = patient.encode()
             if value is not None and record_size(key, value, []) > self.limits.changelog:
                 raise StateTooLarge(f"partition {partition}: a state of {len(value)} bytes")
@@ -327,7 +384,7 @@ class Service(ConsumerRebalanceListener):
     def _committed(self, txn: BatchTransaction) -> None:
         self.batches += 1
         self._failures = 0
-        for partition in {p for p, _ in txn.changed_states()}:
+        for partition in {p for p, _ in txn.view.written}:
             self._observe_state(partition)
         dropped = self.tally.dropped - txn.counted.dropped
         if dropped:
@@ -335,8 +392,14 @@ class Service(ConsumerRebalanceListener):
         unpublished = self.tally.unpublished - txn.counted.unpublished
         if unpublished:
             self.metrics.unpublished.inc(unpublished)
+        failures = self.tally.sweep_failures - txn.counted.sweep_failures
+        if failures:
+            self.metrics.sweep_failures.inc(failures)
         for (kind, outcome), n in (self.tally.by_type - txn.counted.by_type).items():
             self.metrics.events.labels(kind, outcome).inc(n)
+        for why, n in (self.tally.rejected_by - txn.counted.rejected_by).items():  # counted once, at commit
+            self.metrics.dead_letters.labels(why).inc(n)
+            self.metrics.events.labels(why, "rejected").inc(n)
 
     def _abort(self, txn: BatchTransaction, exc: BaseException, polled: dict[TopicPartition, list[Any]] | None) -> None:
         """Roll back everything of the transaction, then decide how its records are read again."""
@@ -351,28 +414,49 @@ class Service(ConsumerRebalanceListener):
         self.metrics.retries.labels("yes" if attributed else "no").inc()
         # class names only: an exception's text may carry an identifier or a score
         where = exc.record.where if isinstance(exc, EventFailed) else None
-        log.error("batch rolled back; reading it again event by event", error=type(exc).__name__,
-                  cause=type(exc.__cause__).__name__ if exc.__cause__ else None,
-                  kind=exc.rejection.kind if isinstance(exc, EventFailed) else None,
-                  offset=where and where.rsplit("@", 1)[-1], refused=len(refused), attempt=self._failures)
+        if isinstance(exc, Interrupted):
+            log.info("stopping while the broker is away; the open transaction is left uncommitted")
+        else:
+            log.error("batch rolled back; reading it again event by event", error=type(exc).__name__,
+                      cause=type(exc.__cause__).__name__ if exc.__cause__ else None,
+                      kind=exc.rejection.kind if isinstance(exc, EventFailed) else None,
+                      offset=where and where.rsplit("@", 1)[-1], refused=len(refused), attempt=self._failures)
         log.debug("batch failure", exc_info=exc)
-        try:
-            self.producer.abort_transaction()
-        except Exception as abort_error:
-            # The producer is unusable (fenced, or its state machine is stuck after an
-            # outage): a new one with the same transactional id fences it and aborts
-            # its open transaction, so nothing of this batch becomes visible.
-            log.warning("abort failed; replacing the transactional producer", error=type(abort_error).__name__)
-            with contextlib.suppress(Exception):
-                self.producer.close(timeout=5)
-            self.producer = self._new_producer()
         txn.restore_states()
         if polled is not None:
             for tp, messages in polled.items():
                 if tp in self.consumer.assignment():
                     self._careful[tp] = max(self._careful.get(tp, -1), messages[-1].offset + 1)
                     self.consumer.seek(tp, messages[0].offset)
+        if isinstance(exc, Interrupted):
+            return  # stopping while the broker is away: the open transaction never becomes visible
+        try:
+            abort(self.producer, self._stop, STOP_GRACE_S)
+        except Interrupted:
+            return
+        except Exception as abort_error:
+            # The producer is unusable (fenced, or its state machine is stuck after an
+            # outage): a new one with the same transactional id fences it and aborts
+            # its open transaction, so nothing of this batch becomes visible.
+            log.warning("abort failed; replacing the transactional producer", error=type(abort_error).__name__)
+            self._replace_producer()
         self._pause(self._backoff())
+
+    def _replace_producer(self) -> None:
+        """Until a new producer is initialised, or the service is stopped (the cluster may be away)."""
+        if self.producer is not None:
+            close_producer(self.producer, STOP_GRACE_S)
+        self.producer = None
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                self.producer = self._new_producer()
+                return
+            except KafkaError as exc:
+                log.warning("could not replace the transactional producer; retrying", attempt=attempt,
+                            error=type(exc).__name__)
+                self._pause(min(self.settings.retry_backoff_max_seconds, 0.5 * 2 ** (attempt - 1)))
 
     def _pause(self, seconds: float) -> None:
         """Sleep in short slices, watching for stop. Not `Event.wait`: a signal handler that sets
@@ -397,7 +481,7 @@ class Service(ConsumerRebalanceListener):
         self._last_sweep = time.monotonic()
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         retention = dt.timedelta(days=self.settings.retention_days)
-        before = self.tally.recommendations, self.tally.expired
+        before = self.tally.recommendations, self.tally.expired, self.tally.sweep_failures
         txn, core = self._begin()
         view = txn.view
         try:
@@ -406,12 +490,14 @@ class Service(ConsumerRebalanceListener):
                 core.sweep(now, retention, states=view, changes=True)
             self._write_changelog(txn)
             assert self.producer is not None
-            self.producer.commit_transaction()
+            commit(self.producer, self._stop, STOP_GRACE_S)
         except Exception as exc:
             self._abort(txn, exc, None)
             return
         self._committed(txn)
         self.sweeps += 1
         self.metrics.sweeps.inc()
-        log.info("swept", partitions=partitions, at=now.isoformat(), recommendations=self.tally.recommendations
-                 - before[0], expired=self.tally.expired - before[1])
+        failed = self.tally.sweep_failures - before[2]
+        (log.warning if failed else log.info)(
+            "swept", partitions=partitions, at=now.isoformat(), recommendations=self.tally.recommendations - before[0],
+            expired=self.tally.expired - before[1], failed_patients=failed)

@@ -24,6 +24,9 @@ def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
     return field(default=default, metadata=meta)
 
 
+CLIENT_BLOCK_MS = 5000  # longest a Kafka client call may block (bootstrap, metadata, transactional init)
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port[,...]).")
@@ -87,6 +90,12 @@ class KafkaSettings:
                  "ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile}
         return {k: v for k, v in given.items()
                 if v is not None and not (k == "security_protocol" and v == "PLAINTEXT")}
+
+    @property
+    def service_client(self) -> dict[str, Any]:
+        """`client`, plus bounds on how long a client may block while the cluster is away (so a
+        signal is honoured within seconds, not the clients' default 30-60 s)."""
+        return {**self.client, "bootstrap_timeout_ms": CLIENT_BLOCK_MS}
 
     def redacted(self) -> dict[str, Any]:
         """The settings for the start-up log line, secrets masked."""

@@ -17,7 +17,8 @@ log = structlog.get_logger("otrules.consume")
 
 def ensure_topics(settings: KafkaSettings) -> int:
     """Create missing topics; return the input topic's partition count."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="otrules-admin", **settings.client)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="otrules-admin",
+                             **settings.service_client)
     try:
         existing = set(admin.list_topics())
         partitions = settings.partitions
@@ -47,7 +48,8 @@ def record_limits(settings: KafkaSettings) -> Limits:
 
     names = {"output": settings.output_topic, "dlq": settings.dlq_topic, "changelog": settings.changelog_topic}
     limits = dict.fromkeys(names, settings.max_record_bytes)
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="otrules-admin", **settings.client)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="otrules-admin",
+                             **settings.service_client)
     try:
         resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in names.values()]
         described = admin.describe_configs(resources, config_filter="all")

@@ -3,8 +3,8 @@
 A `BatchTransaction` is the unit of exactly-once: the recommendations, the
 dead letters, the changed patients' states and (for a batch) the consumed
 offsets commit together, or none of them do. It owns what a rollback needs:
-the states as they were before the batch touched them, the tally as it was,
-and the first offset read from each partition (to seek back to).
+the states as they were before the batch touched them and the tally as it
+was (the loop seeks back to the first offsets it polled).
 
 `KafkaSink` is the event core's sink inside a transaction. Nothing it sends
 can exceed the record size limit: a recommendation that would is refused
@@ -16,6 +16,8 @@ of the original, its size and sha256).
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,58 @@ DEAD_LETTER_HEAD = 4096  # bytes of the original kept when a whole dead letter w
 REASON_BYTES = 1024  # of a reason or field header (they quote input, which may be of any size)
 
 
+class Interrupted(Exception):
+    """The service is stopping and the broker does not answer: stop waiting. Nothing of the open
+    transaction is visible; the broker aborts it, or a restart under the same id fences it."""
+
+
+def finish(producer: KafkaProducer, result: Any, stop: threading.Event, grace_s: float) -> None:
+    """Wait for a transactional request in short slices, so that a stop request during a broker
+    outage is honoured after `grace_s` instead of whenever the broker comes back (kafka-python's
+    own commit_transaction/abort_transaction wait without a bound)."""
+    _internals(producer)._sender.wakeup()
+    stopped_at: float | None = None
+    while not result.wait(timeout_ms=200):
+        if stop.is_set():
+            stopped_at = stopped_at or time.monotonic()
+            if time.monotonic() - stopped_at >= grace_s:
+                raise Interrupted()
+
+
+def _internals(producer: KafkaProducer) -> Any:
+    """kafka-python 3.0's private transaction manager and sender (pinned <4 in pyproject.toml):
+    its public commit/abort wait on them without a bound."""
+    return producer
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close, even with the broker away. kafka-python 3.0 raises out of close() when its flush
+    times out, leaving the producer open, and then tries again (and prints a traceback) when it
+    is collected: force its sender closed and mark it closed instead."""
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception:
+        internals = _internals(producer)
+        if internals._sender is not None:
+            internals._sender.force_close()
+        internals._closed = True
+
+
+def commit(producer: KafkaProducer, stop: threading.Event, grace_s: float) -> None:
+    # kafka-python 3.0's KafkaProducer.commit_transaction, with the wait bounded (see finish)
+    finish(producer, _internals(producer)._transaction_manager.begin_commit(), stop, grace_s)
+
+
+def abort(producer: KafkaProducer, stop: threading.Event, grace_s: float) -> None:
+    finish(producer, _internals(producer)._transaction_manager.begin_abort(), stop, grace_s)
+
+
+def send_offsets(producer: KafkaProducer, offsets: dict[TopicPartition, OffsetAndMetadata], group_metadata: Any,
+                 stop: threading.Event, grace_s: float) -> None:
+    result = _internals(producer)._transaction_manager.send_offsets_to_transaction(offsets, group_metadata)
+    finish(producer, result, stop, grace_s)
+
+
 def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
     """What kafka-python (and the broker) count for a record alone in its batch."""
     return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers))
@@ -53,7 +107,8 @@ class BatchView:
         self.stores = stores
         self.partition = -1  # the partition of the record being handled
         self.before: dict[tuple[int, str], bytes | None] = {}  # as they were, for an abort
-        self.written: dict[tuple[int, str], None] = {}  # changed since, in order: for the changelog
+        # changed since, in order, as last written (a live state, or bytes; None: gone): for the changelog
+        self.written: dict[tuple[int, str], PatientState | bytes | None] = {}
 
     def _snapshot(self, patient_id: str, state: PatientState | None) -> None:
         key = (self.partition, patient_id)
@@ -66,19 +121,22 @@ class BatchView:
         return state
 
     def put(self, state: PatientState) -> None:
-        self.written[(self.partition, state.patient_id)] = None
+        self.written[(self.partition, state.patient_id)] = state
         self.stores[self.partition].put(state)
 
     def put_raw(self, patient_id: str, value: bytes | None) -> None:
         """Only for a patient already read through `get` (so its snapshot is kept)."""
-        self.written[(self.partition, patient_id)] = None
+        self.written[(self.partition, patient_id)] = value
         self.stores[self.partition].put_raw(patient_id, value)
 
     def patient_ids(self) -> list[str]:
         return self.stores[self.partition].patient_ids()
 
-    def changed(self) -> list[tuple[int, str]]:
-        return list(self.written)
+    def changed(self) -> list[tuple[int, str, bytes | None]]:
+        """(partition, patient, serialised state or None for a tombstone), without reading the stores."""
+        return [(p, patient, value.to_bytes() if isinstance(value, PatientState) else value)
+                for (p, patient), value in self.written.items()
+                if value is not None or self.before.get((p, patient)) is not None]  # no tombstone for nobody
 
 
 @dataclass
@@ -142,8 +200,6 @@ class KafkaSink:
             key = record.key
         future = self.producer.send(self.settings.dlq_topic, key=key, value=value, headers=original + headers)
         self.sent.append((future, record))
-        self.metrics.events.labels("invalid" if rejection.kind == "invalid" else rejection.kind, "rejected").inc()
-        self.metrics.dead_letters.labels(rejection.kind).inc()
         log.warning("rejected", partition=record.partition, offset=record.offset, field=rejection.field,
                     kind=rejection.kind, key=redact.hash_id(record.key))
 
@@ -167,13 +223,11 @@ class BatchTransaction:
     sink: KafkaSink
     counted: Tally  # the tally before it: an abort puts it back
     offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
-    first: dict[TopicPartition, int] = field(default_factory=dict)
 
-    def consumed(self, tp: TopicPartition, first: int, last: int) -> None:
-        self.first[tp] = first
+    def consumed(self, tp: TopicPartition, last: int) -> None:
         self.offsets[tp] = OffsetAndMetadata(last + 1, "", -1)
 
-    def changed_states(self) -> list[tuple[int, str]]:
+    def changed_states(self) -> list[tuple[int, str, bytes | None]]:
         return self.view.changed()
 
     def restore_states(self) -> None:

@@ -165,7 +165,8 @@ def renamed(patient: RealPatient, patient_id: str) -> PatientState:
         clone.plans[new_id] = dataclasses.replace(plan, plan_id=new_id)
     for event_id in patient.event_ids:
         clone.remember(event_id.replace(old, new, 1))
-    clone.throttle = {key.replace(old, new, 1): at for key, at in state.throttle.items()}
+    clone.throttle = {key._replace(plan_id=key.plan_id and key.plan_id.replace(old, new, 1)): at
+                      for key, at in state.throttle.items()}
     return clone
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from otrules.consumers.states import PatientStates
 from otrules.engine import Engine, PatientState
 from otrules.schemas import Event, EventRejected, OtrulesError, Recommendation, parse_event
 
@@ -154,6 +155,7 @@ class EventCore:
         self.fault = fault
         self.tally = tally if tally is not None else Tally()
         self.max_state_bytes = max_state_bytes  # checked after each event under Fault.ISOLATE
+        self._in_place = isinstance(states, PatientStates)  # a state it hands out is changed in place
 
     def feed(self, records: Iterable[Record]) -> Tally:
         for record in records:
@@ -199,6 +201,7 @@ class EventCore:
             return None
         isolate = fault is Fault.ISOLATE
         before = None if state is None or not isolate else state.to_bytes()
+        created = state is None
         if state is None:
             state = PatientState(event.patient_id)
         try:
@@ -220,7 +223,8 @@ class EventCore:
                 self.states.put_raw(event.patient_id, before)
             self.reject(record, rejection)
             return None
-        self.states.put(state)
+        if created or not self._in_place:
+            self.states.put(state)
         if outcome.duplicate:
             tally.duplicates += 1
             tally.by_type[event.type, "duplicate"] += 1

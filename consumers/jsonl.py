@@ -24,7 +24,7 @@ class JsonlSource:
                 raw = raw[3:]
             raw = raw.rstrip(b"\r\n")
             if raw.strip():
-                yield Record(raw, self.name, line=number)
+                yield Record(raw, self.name, number)
 
 
 def utc_now() -> str:

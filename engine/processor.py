@@ -17,7 +17,7 @@ from otrules.engine.derive import EventFacts, apply_event, clock_facts, rfc3339
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
-from otrules.engine.state import PatientState, throttle_key
+from otrules.engine.state import MAX_PLANS, SEEN_BYTES, PatientState, ThrottleKey
 from otrules.schemas import Catalogue, Event, Measure, Recommendation
 
 
@@ -74,7 +74,7 @@ class Engine:
                 hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
             if hits:
                 self._emit(state, loaded, hits, event, out)
-        dropped = state.trim()
+        dropped = state.trim() if len(state.seen_events) > SEEN_BYTES or len(state.plans) > MAX_PLANS else 0
         if out or dropped:
             return Outcome(duplicate=False, recommendations=tuple(out), dropped=dropped)
         return _NOTHING
@@ -193,8 +193,8 @@ def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: R
     if rule.throttle is None:
         return False
     per = rule.throttle.per
-    key = throttle_key(f"{ruleset.name}/{rule.id}", rec.plan_id if per in ("plan", "goal") else None,
-                       (rec.goal_id or "") if per == "goal" else None)
+    key = ThrottleKey(f"{ruleset.name}/{rule.id}", rec.plan_id if per in ("plan", "goal") else None,
+                      (rec.goal_id or "") if per == "goal" else None)
     last = state.throttle.get(key)
     if last is not None and now - last < rule.throttle.window:
         return True

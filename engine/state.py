@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,6 +26,25 @@ FORMAT = 2  # written as "v"; bump it when the layout below changes
 # and the engine counts them (Outcome.dropped).
 MAX_REMEMBERED_EVENTS = 4096  # event ids kept for idempotency: 32 KB; an older id sent again is processed again
 MAX_PLANS = 16  # plans kept per patient; closed (discharged) plans go before open ones, oldest first
+SEEN_BYTES = 8 * MAX_REMEMBERED_EVENTS
+
+
+class ThrottleKey(NamedTuple):
+    """What a throttle counts per: the rule (`ruleset/rule`), and the plan (per plan or goal) and
+    the goal (per goal; "" when the recommendation has none). Text only in the stored state."""
+
+    rule: str
+    plan_id: str | None = None
+    goal_id: str | None = None
+
+    def text(self) -> str:
+        """`rule`, `rule|plan` or `rule|plan|goal`: the stored form (format 2)."""
+        return "|".join(part for part in self if part is not None)
+
+    @classmethod
+    def parse(cls, text: str) -> ThrottleKey:
+        parts = text.split("|", 2)
+        return cls(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None)
 
 
 @dataclass(slots=True)
@@ -128,7 +147,7 @@ class PatientState:
     patient_id: str
     plans: dict[str, PlanState] = field(default_factory=dict)
     seen_events: bytes = b""  # 8-byte event_id digests (see event_digest), in arrival order
-    throttle: dict[str, dt.datetime] = field(default_factory=dict)  # throttle key -> last emitted
+    throttle: dict[ThrottleKey, dt.datetime] = field(default_factory=dict)  # -> last emitted (event time)
 
     def plan(self, plan_id: str) -> PlanState:
         plan = self.plans.get(plan_id)
@@ -163,7 +182,7 @@ class PatientState:
     def forget_plan(self, plan_id: str) -> None:
         """A plan and its throttles."""
         del self.plans[plan_id]
-        self.throttle = {k: v for k, v in self.throttle.items() if throttle_plan(k) != plan_id}
+        self.throttle = {k: v for k, v in self.throttle.items() if k.plan_id != plan_id}
 
     def _seen(self, digest: bytes) -> bool:
         seen = self.seen_events
@@ -179,7 +198,7 @@ class PatientState:
             "patient": self.patient_id,
             "plans": {k: p.to_dict() for k, p in self.plans.items()},
             "seen": base64.b64encode(self.seen_events).decode(),
-            "throttle": {k: _epoch(v) for k, v in self.throttle.items()},
+            "throttle": {k.text(): _epoch(v) for k, v in self.throttle.items()},
         }, option=orjson.OPT_SORT_KEYS)
         # orjson's bytes keep the ~8 KB buffer they were written into; stores hold these
         # for every patient, so keep an exact-size copy instead
@@ -195,7 +214,7 @@ class PatientState:
             patient_id=d["patient"],
             plans={k: PlanState.from_dict(k, p) for k, p in d["plans"].items()},
             seen_events=base64.b64decode(d["seen"]),
-            throttle={k: dt.datetime.fromtimestamp(v, dt.UTC) for k, v in d["throttle"].items()},
+            throttle={ThrottleKey.parse(k): dt.datetime.fromtimestamp(v, dt.UTC) for k, v in d["throttle"].items()},
         )
 
 
@@ -206,18 +225,6 @@ def event_digest(event_id: str) -> bytes:
     events (n = 1,000: 3e-14), and a collision would skip one event.
     """
     return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-
-
-def throttle_key(rule: str, plan_id: str | None = None, goal_id: str | None = None) -> str:
-    """`ruleset/rule`, then `|plan` (per plan or goal), then `|goal` (per goal)."""
-    key = rule if plan_id is None else f"{rule}|{plan_id}"
-    return key if goal_id is None else f"{key}|{goal_id}"
-
-
-def throttle_plan(key: str) -> str | None:
-    """The plan a throttle key belongs to (None for per-patient throttles)."""
-    parts = key.split("|", 2)
-    return parts[1] if len(parts) > 1 else None
 
 
 def series_key(instrument: str, goal_id: str | None) -> str:

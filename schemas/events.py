@@ -195,8 +195,8 @@ Event = Annotated[
 ]
 EVENT_TYPES = ("plan", "evaluation", "visit", "discharge")
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-# The event fields that hold objects (lists of them), for _keys: Goal and Measure hold none.
-_NESTED: dict[type[BaseModel], tuple[str, ...]] = {PlanEvent: ("goals",), EvaluationEvent: ("measures",)}
+# The event field that holds objects (a list of them), for _keys: Goal and Measure hold none.
+_NESTED: dict[type[BaseModel], str] = {PlanEvent: "goals", EvaluationEvent: "measures"}
 
 
 def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None = None) -> Event:
@@ -216,34 +216,27 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
         event = _ADAPTER.validate_json(raw)
     except ValidationError as exc:
         raise EventRejected(*_reason(exc, raw)) from None
-    if _key_ends(raw.encode() if isinstance(raw, str) else raw) != _keys(event):
-        _check_repeated_keys(raw)  # extra fields, or a repeated key: the exact (slower) look
+    # a repeated key: count the key ends in the text against the keys the models saw (inline: this
+    # runs for every event); any difference (extra fields, say) takes the exact, slower look
+    data = raw if isinstance(raw, bytes) else raw.encode()
+    ends = len(_KEY.findall(data)) if _SPACED_KEY.search(data) else data.count(b'":')
+    fields = event.__pydantic_fields_set__
+    keys = len(fields)
+    nested = _NESTED.get(type(event))
+    if nested is not None and nested in fields:
+        keys += sum(len(item.__pydantic_fields_set__) for item in getattr(event, nested))
+    if ends != keys:
+        _check_repeated_keys(raw)
     if catalogue is not None and isinstance(event, EvaluationEvent):
         _check_scores(event, catalogue)
     return event
 
 
-# The end of every object key is its closing quote, then the colon. A string value that holds
-# `":` counts too, which only sends the event down the exact path below; so does any count that
-# differs from the keys the models saw (extra fields, a repeated key).
+# The end of every object key is its closing quote, then the colon (white space between them is
+# rare, and slower to count). A string value that holds `":` counts too, which only sends the
+# event down the exact path. Sound while no validator adds fields to a model (none does).
 _KEY = re.compile(rb'"[ \t\r\n]*:')
 _SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
-
-
-def _key_ends(raw: bytes) -> int:
-    if _SPACED_KEY.search(raw):  # white space before a colon: rare, and slower to count
-        return len(_KEY.findall(raw))
-    return raw.count(b'":')
-
-
-def _keys(event: BaseModel) -> int:
-    """Keys the event's objects had, as the models saw them (a repeated key counts once)."""
-    fields = event.model_fields_set
-    n = len(fields)
-    for name in _NESTED.get(type(event), ()):
-        if name in fields:
-            n += sum(len(item.model_fields_set) for item in getattr(event, name))
-    return n
 
 
 class _RepeatedKey(Exception):

@@ -12,6 +12,7 @@ from otrules import defaults
 from otrules.consumers import DeadLetterSink, JsonlSource, PatientStates, Pipeline
 from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, decode, encode
 from otrules.engine import Engine
+from otrules.engine.state import ThrottleKey
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_a_restore_gives_back_each_state_byte_for_byte_and_tombstones_remove(sto
     for patient in store.patient_ids():
         assert encode(store.get(patient)) == sample_states[patient]
     changed = decode(sample_states[first])
-    changed.throttle["x"] = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    changed.throttle[ThrottleKey("x")] = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
     store.put(changed)
     assert store.get(first) == changed
 

@@ -171,12 +171,13 @@ class EventCore:
 
     @staticmethod
     def _check_key(record: Record, event: Event) -> None:
-        if record.keyed:
-            if record.key is None:
-                raise EventRejected("key: the Kafka message has no key; it must be the patient_id", "key")
-            if record.key != event.patient_id.encode():
-                raise EventRejected(f"key: the Kafka key {_shown(record.key)} is not the body's patient_id "
-                                    f"{event.patient_id!r}", "key")
+        """contracts.md §1: the key decides the partition, so it must be the body's patient_id."""
+        if record.key is None:
+            raise EventRejected("key: the Kafka message has no key; it must be the patient_id", "key")
+        patient = event.patient_id.encode()
+        if record.key != patient:
+            raise EventRejected(f"key: the Kafka key {_shown(record.key)} is not the body's patient_id "
+                                f"{_shown(patient)}", "key")
 
     def handle(self, record: Record, fault: Fault | None = None, event: Event | None = None) -> Event | None:
         """Process one record (already parsed as `event`, if given); returns its event, or
@@ -238,6 +239,11 @@ class EventCore:
         if outcome.recommendations:
             tally.count(outcome.recommendations)
         return event
+
+    def set_aside(self, record: Record, rejection: Rejection) -> None:
+        """A record dead-lettered without processing (the caller already knows why): read and rejected."""
+        self.tally.read += 1
+        self.reject(record, rejection)
 
     def reject(self, record: Record, rejection: Rejection) -> None:
         self.tally.rejected += 1

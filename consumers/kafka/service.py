@@ -323,7 +323,6 @@ class Service(ConsumerRebalanceListener):
         sink = KafkaSink(self.producer, self.settings, self.limits, self.metrics, self.clock)
         txn = BatchTransaction(view, sink, self.tally.copy())
         core = EventCore(self.engine, view, sink, Fault.RAISE, self.tally, max_state_bytes=self.limits.changelog)
-        self.producer.begin_transaction()
         return txn, core
 
     def _batch(self, polled: dict[TopicPartition, list[Any]]) -> None:
@@ -332,6 +331,7 @@ class Service(ConsumerRebalanceListener):
         before = self.tally.read, self.tally.recommendations
         txn, core = self._begin()
         try:
+            self.producer.begin_transaction()
             for tp, messages in polled.items():
                 txn.consumed(tp, messages[-1].offset)
                 txn.view.partition = tp.partition
@@ -342,9 +342,9 @@ class Service(ConsumerRebalanceListener):
                                     headers=tuple(msg.headers or ()))
                     refused = self._refused.get((tp.partition, msg.offset))  # forgotten once committed
                     if refused is not None:  # its outputs failed once: they would fail again
-                        self.tally.read += 1
-                        core.reject(record, Rejection("(event)", f"refused by the broker: an output of this event "
-                                                                 f"could not be published ({refused})", "refused"))
+                        core.set_aside(record, Rejection("(event)", f"refused by the broker: an output of this "
+                                                                    f"event could not be published ({refused})",
+                                                         "refused"))
                         continue
                     core.handle(record, Fault.ISOLATE if msg.offset < careful_below else None)
             self._write_changelog(txn)
@@ -485,11 +485,12 @@ class Service(ConsumerRebalanceListener):
         txn, core = self._begin()
         view = txn.view
         try:
+            assert self.producer is not None
+            self.producer.begin_transaction()
             for partition in partitions:
                 view.partition = partition
                 core.sweep(now, retention, states=view, changes=True)
             self._write_changelog(txn)
-            assert self.producer is not None
             commit(self.producer, self._stop, STOP_GRACE_S)
         except Exception as exc:
             self._abort(txn, exc, None)

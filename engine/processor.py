@@ -137,6 +137,26 @@ class Engine:
                     out += [RuleCheck(loaded.ruleset, rule, m, fs, rule.id in hit) for m, fs, hit in per_measure]
         return out
 
+    def sweep_checks(self, state: PatientState, at: dt.datetime) -> list[RuleCheck]:
+        """Every rule check a sweep at `at` makes for this patient (leaves `state` as it was):
+        once-per-event rules per open plan, goal rules per goal, as `sweep` checks them."""
+        out: list[RuleCheck] = []
+        for plan_facts in clock_facts(state, at, self.catalogue):
+            for loaded in self._loaded:
+                matched_plan = {r.id for r in loaded.per_event.matches(plan_facts.base)}
+                per_goal = [(gid, fs, {r.id for r in loaded.per_measure.matches(fs)})
+                            for gid, fs in plan_facts.per_goal]
+                for rule in loaded.ruleset.rules:
+                    if not rule.enabled or (rule.per_measure and not rule.per_goal):
+                        continue  # rules about a measure wait for the next evaluation
+                    if not rule.per_measure:
+                        out.append(RuleCheck(loaded.ruleset, rule, None, plan_facts.base, rule.id in matched_plan,
+                                             plan_id=plan_facts.plan.plan_id))
+                    else:
+                        out += [RuleCheck(loaded.ruleset, rule, None, fs, rule.id in hit, goal_id=gid,
+                                          plan_id=plan_facts.plan.plan_id) for gid, fs, hit in per_goal]
+        return out
+
 
 _DUPLICATE = Outcome(duplicate=True)
 _NOTHING = Outcome(duplicate=False)
@@ -164,6 +184,8 @@ class RuleCheck:
     measure: Measure | None
     facts: dict[str, Any]
     matched: bool
+    goal_id: str | None = None  # a sweep's per-goal check
+    plan_id: str | None = None  # a sweep's check of one open plan
 
 
 def effective_catalogue(rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> Catalogue:

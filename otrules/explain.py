@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ class Explanation:
     duplicate: bool
     rejected: Rejection | None = None  # the record was set aside instead (why, and where)
     where: str = ""
+    sweep_at: dt.datetime | None = None  # a sweep (`clock@<time>`), not an event
+    patient_id: str | None = None
 
 
 class _Collect:
@@ -49,7 +52,11 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
     """Replay the stream up to `event_id` (of `patient_id`, if given) and explain that event.
 
     A record with that id that was rejected (or that the engine failed on) is
-    explained too: where it is and why it was set aside."""
+    explained too: where it is and why it was set aside. `clock@<time>` (what a
+    recommendation made when time advanced carries as its trigger) explains the
+    sweep of one patient at that time, after the whole stream."""
+    if event_id.startswith("clock@"):
+        return _explain_sweep(engine, records, event_id, patient_id)
     states = PatientStates()
     sink = _Collect()
     core = EventCore(engine, states, sink, Fault.ISOLATE)
@@ -82,6 +89,26 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
     raise EventNotFound(f"no event with event_id {event_id!r}{who} in the input")
 
 
+def _explain_sweep(engine: Engine, records: Iterable[Record], trigger: str, patient_id: str | None) -> Explanation:
+    text = trigger.removeprefix("clock@")
+    try:
+        at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EventNotFound(f"{trigger!r}: the time after clock@ is not an RFC 3339 date-time") from None
+    if at.tzinfo is None:
+        raise EventNotFound(f"{trigger!r}: the time after clock@ has no offset")
+    if patient_id is None:
+        raise EventNotFound(f"{trigger!r} is a sweep of every open plan: say which patient with --patient")
+    states = PatientStates()
+    EventCore(engine, states, _Collect(), Fault.ISOLATE).feed(records)
+    state = states.get(patient_id)
+    if state is None:
+        raise EventNotFound(f"no event of patient {patient_id!r} in the input")
+    checks = engine.sweep_checks(state, at)
+    emitted = list(engine.sweep(copy.deepcopy(state), at))
+    return Explanation(None, checks, emitted, False, sweep_at=at, patient_id=patient_id)
+
+
 def _claims(raw: bytes, event_id: str, patient_id: str | None) -> bool:
     """Whether a rejected record says it is that event (read leniently: it did not validate)."""
     try:
@@ -98,13 +125,24 @@ def render(ex: Explanation) -> list[str]:
         head = f"Event at {ex.where}" if ev is None else f"Event {ev.event_id} ({ev.type}) at {ex.where}"
         what = ("the rules engine failed on it" if ex.rejected.kind == "engine" else "it was rejected")
         return [f"{head}: {what}, so it is dead-lettered and no rule is checked", f"  {ex.rejected.reason}"]
+    if ex.sweep_at is not None:
+        lines = [f"Sweep at {ex.sweep_at.isoformat()} (time advanced with no event) of patient {ex.patient_id}: "
+                 "every open plan, after the whole input"]
+        if not ex.checks:
+            lines.append("  no open plan: nothing is checked")
+        return lines + _render_checks(ex)
     assert ev is not None
     kind = getattr(ev, "kind", None) or getattr(ev, "status", None)
     lines = [f"Event {ev.event_id} ({ev.type}{', ' + kind if kind else ''}) of patient {ev.patient_id}, "
              f"plan {ev.plan_id}, at {ev.occurred_at.isoformat()}"]
     if ex.duplicate:
         return [*lines, "  a duplicate: this event_id was seen before for the patient, so it was skipped"]
-    emitted = {(r.rule.ruleset, r.rule.id, r.goal_id) for r in ex.emitted}
+    return lines + _render_checks(ex)
+
+
+def _render_checks(ex: Explanation) -> list[str]:
+    lines: list[str] = []
+    emitted = {(r.rule.ruleset, r.rule.id, r.plan_id if ex.sweep_at else None, r.goal_id) for r in ex.emitted}
     current = None
     for check in ex.checks:
         if check.ruleset.name != current:
@@ -112,9 +150,11 @@ def render(ex: Explanation) -> list[str]:
             lines.append(f"ruleset {check.ruleset.name} {check.ruleset.version}")
         where = "" if check.measure is None else f" [{check.measure.instrument}" + (
             f", goal {check.measure.goal_id}]" if check.measure.goal_id else "]")
+        if check.plan_id is not None:
+            where = f" [plan {check.plan_id}" + (f", goal {check.goal_id}]" if check.goal_id else "]")
         head = f"  {check.rule.id}{where}: "
         if check.matched:
-            key = (check.ruleset.name, check.rule.id, check.facts.get("goal.id"))
+            key = (check.ruleset.name, check.rule.id, check.plan_id, check.facts.get("goal.id"))
             fate = ("recommended " + check.rule.recommend.kind) if key in emitted else (
                 "not sent: throttled, or already recommended for this event")
             lines.append(head + f"MATCHED, {fate}")
@@ -133,18 +173,22 @@ def _clause_text(c: Clause) -> str:
 
 def as_json(ex: Explanation) -> dict[str, Any]:
     if ex.rejected is not None:
-        return {"where": ex.where, "rejected": {"kind": ex.rejected.kind, "field": ex.rejected.field,
-                                                "reason": ex.rejected.reason},
+        return {"event_id": None if ex.event is None else ex.event.event_id, "where": ex.where,
+                "rejected": {"kind": ex.rejected.kind, "field": ex.rejected.field, "reason": ex.rejected.reason},
                 "checks": [], "recommendations": []}
-    assert ex.event is not None
+    if ex.sweep_at is not None:
+        head: dict[str, Any] = {"event_id": f"clock@{ex.sweep_at.isoformat()}", "patient_id": ex.patient_id,
+                                "sweep": True}
+    else:
+        assert ex.event is not None
+        head = {"event_id": ex.event.event_id, "patient_id": ex.event.patient_id, "where": ex.where,
+                "duplicate": ex.duplicate}
     return {
-        "event_id": ex.event.event_id,
-        "patient_id": ex.event.patient_id,
-        "where": ex.where,
-        "duplicate": ex.duplicate,
+        **head,
         "checks": [
             {"ruleset": c.ruleset.name, "rule": c.rule.id,
              "measure": None if c.measure is None else c.measure.model_dump(),
+             **({"plan_id": c.plan_id, "goal_id": c.goal_id} if c.plan_id is not None else {}),
              "matched": c.matched,
              "false_clauses": [] if c.matched else [
                  {"clause": cl.text, "values": cl.values} for cl in failing_clauses(c.rule.condition, c.facts)]}

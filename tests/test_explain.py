@@ -56,3 +56,26 @@ def test_explain_json_and_unknown_event(tmp_path):
     assert declined[0]["matched"] is True and len(data["recommendations"]) == 1
     missing = CliRunner().invoke(main, ["explain", "--input", str(path), "--event-id", "nope"])
     assert missing.exit_code == 2 and "no event with event_id 'nope'" in missing.output
+
+
+def test_a_sweep_trigger_is_explained_for_one_patient():
+    """`clock@<time>` recommendations (time advanced with no event) are explained too."""
+    from otrules import defaults
+
+    sample = str(defaults.SAMPLE_STREAM)
+    runner = CliRunner()
+    run = runner.invoke(main, ["run"])
+    swept = [json.loads(line) for line in run.stdout.splitlines() if '"clock@' in line]
+    assert swept, "the sample has no sweep recommendation to explain"
+    rec = swept[0]
+    args = ["explain", "--input", sample, "--event-id", rec["triggered_by"][0], "--patient", rec["patient_id"]]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("Sweep at ") and f"of patient {rec['patient_id']}" in lines[0]
+    where = f"[plan {rec['plan_id']}" + (f", goal {rec['goal_id']}]" if rec.get("goal_id") else "]")
+    assert f"  {rec['rule']['id']} {where}: MATCHED, recommended {rec['kind']}" in lines
+    as_json = json.loads(runner.invoke(main, [*args, "--json"]).output)
+    assert as_json["sweep"] is True and rec["recommendation_id"] in as_json["recommendations"]
+    missing = runner.invoke(main, args[:-2])
+    assert missing.exit_code == 2 and "say which patient with --patient" in missing.output

@@ -28,8 +28,15 @@ from typing import Any
 
 from otrules.engine.facts import FACTS, FactInfo
 from otrules.schemas import OtrulesError
+from otrules.schemas.instruments import MAX_NUMBER
 
 Value = float | str | bool | None
+
+MAX_LITERAL = MAX_NUMBER
+"""The largest number a condition may write, either way (`-1e15` to `1e15`): durable_rules
+cannot take infinite numbers (`1e999`), and its own edge for huge ones is narrower than
+a float's. It is `MAX_NUMBER` in otrules/schemas/instruments.py (adjust it there), which
+bounds instrument values too; docs/authoring.md quotes it."""
 
 
 class ConditionError(OtrulesError, ValueError):
@@ -237,11 +244,11 @@ class _Parser:
 
     def literal(self) -> Value:
         tok = self.take()
-        neg = False
+        neg, col = False, tok.col
         if tok.kind == "op" and tok.text == "-":
             neg, tok = True, self.take()
         if tok.kind == "number":
-            return -float(tok.text) if neg else float(tok.text)
+            return _number(tok, neg, col)
         if tok.kind == "string" and not neg:
             return _UNESCAPE.sub(r"\1", tok.text[1:-1])
         raise ConditionError(f"expected a number or a quoted text in the list, found {self._describe(tok)}", tok.col)
@@ -265,6 +272,8 @@ class _Parser:
     def unary(self) -> Node:
         tok = self.accept("op", "-")
         if tok:
+            if self.tok.kind == "number":  # a negative number: checked with its sign, as it was written
+                return Const(_number(self.take(), True, tok.col), tok.col)
             operand = self.unary()
             if isinstance(operand, Const) and isinstance(operand.value, float):
                 return Const(-operand.value, tok.col)
@@ -274,7 +283,7 @@ class _Parser:
     def atom(self) -> Node:
         tok = self.take()
         if tok.kind == "number":
-            return Const(float(tok.text), tok.col)
+            return Const(_number(tok), tok.col)
         if tok.kind == "string":
             return Const(_UNESCAPE.sub(r"\1", tok.text[1:-1]), tok.col)
         if tok.kind == "kw" and tok.text in ("true", "false", "null"):
@@ -286,6 +295,16 @@ class _Parser:
             self.expect("op", ")", "')'")
             return node
         raise ConditionError(f"expected a fact, a number or '(' but found {self._describe(tok)}", tok.col)
+
+
+def _number(tok: _Tok, neg: bool = False, col: int | None = None) -> float:
+    """The value of a number token (negated if `neg`); ConditionError if it is out of range."""
+    value = float(tok.text)
+    if not value <= MAX_LITERAL:  # also inf (1e999)
+        shown = ("-" if neg else "") + tok.text
+        raise ConditionError(f"the number {shown} is out of range (a number in a condition is at most "
+                             f"{MAX_LITERAL:,.0f} either way)", col or tok.col)
+    return -value if neg else value
 
 
 def parse(text: str) -> Node:
@@ -305,6 +324,31 @@ def check(node: Node, facts: Mapping[str, FactInfo] = FACTS) -> Node:
     node = _normalise(node, facts)
     _type_of(node, facts, want_bool=True)
     return node
+
+
+def check_values(node: Node, facts: Mapping[str, FactInfo] = FACTS) -> None:
+    """Refuse a text compared with a fact that never takes it (`plan.setting == "outpatinet"`):
+    such a comparison never matches (and with `!=` or `not in` always does). Only facts with
+    a fixed set of values (`FactInfo.values`) are checked; ConditionError says which."""
+    for n in walk(node):
+        for name, value, col in text_literals(n):
+            known = facts[name].values if name in facts else ()
+            if known and value not in known:
+                close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+                raise ConditionError(f"unknown value {value!r} compared with {name}", col,
+                                     f"did you mean {close[0]}?" if close else f"{name} is one of {', '.join(known)}")
+
+
+def text_literals(node: Node) -> list[tuple[str, str, int]]:
+    """(fact, text, column) for each text this one comparison (or `in`) holds up to a fact,
+    in either order: `plan.setting == "school"`, `"school" != plan.setting`, `x in ["a"]`."""
+    if isinstance(node, Compare):
+        pairs = [(node.left, node.right), (node.right, node.left)]
+        return [(f.name, c.value, c.col or node.col) for f, c in pairs
+                if isinstance(f, Fact) and isinstance(c, Const) and isinstance(c.value, str)]
+    if isinstance(node, In) and isinstance(node.operand, Fact):
+        return [(node.operand.name, v, node.col) for v in node.values if isinstance(v, str)]
+    return []
 
 
 def unknown_fact_hint(name: str, facts: Mapping[str, FactInfo] = FACTS) -> str | None:

@@ -7,7 +7,9 @@ evidence of recommendations, the authoring docs and the JSON Schema.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
+
+from otrules.schemas.events import SETTINGS, DischargeEvent, EvaluationEvent, PlanEvent, VisitEvent
 
 FactType = Literal["number", "string", "bool"]
 Scope = Literal["event", "plan", "measure", "goal"]
@@ -19,6 +21,7 @@ class FactInfo:
     type: FactType
     description: str
     time_dependent: bool = False  # changes as event time moves on
+    values: tuple[str, ...] = ()  # a text fact's only values (besides null), where the contract fixes them
 
     @property
     def scope(self) -> Scope:
@@ -31,21 +34,34 @@ class FactInfo:
         return self.scope in ("measure", "goal")
 
 
-def _f(name: str, type_: FactType, description: str, time_dependent: bool = False) -> FactInfo:
-    return FactInfo(name, type_, description, time_dependent)
+def _f(name: str, type_: FactType, description: str, time_dependent: bool = False,
+       values: tuple[str, ...] = ()) -> FactInfo:
+    return FactInfo(name, type_, description, time_dependent, values)
+
+
+def _literal(model: Any, field: str) -> tuple[str, ...]:
+    """The values of a `Literal[...]` field of an event model."""
+    return tuple(get_args(model.model_fields[field].annotation))
+
+
+EVENT_TYPES = (*(_literal(m, "type")[0] for m in (PlanEvent, EvaluationEvent, VisitEvent, DischargeEvent)), "clock")
+"""`event.type`: the four event types, and `clock` at a sweep (time passing without events)."""
 
 
 FACTS: dict[str, FactInfo] = {
     f.name: f
     for f in (
-        _f("event.type", "string", "plan, evaluation, visit or discharge"),
-        _f("event.kind", "string", "evaluation kind: initial, re-evaluation, progress, discharge"),
-        _f("event.status", "string", "visit status: attended, missed, cancelled"),
+        _f("event.type", "string", "plan, evaluation, visit or discharge", values=EVENT_TYPES),
+        _f("event.kind", "string", "evaluation kind: initial, re-evaluation, progress, discharge",
+           values=_literal(EvaluationEvent, "kind")),
+        _f("event.status", "string", "visit status: attended, missed, cancelled",
+           values=_literal(VisitEvent, "status")),
         _f("event.reason", "string", "discharge reason"),
         _f("event.occurred_at", "string", "event time, RFC 3339"),
         _f("patient.id", "string", "the patient's id"),
         _f("plan.id", "string", "the plan-of-care episode's id"),
-        _f("plan.setting", "string", "inpatient-rehab, outpatient, home-health, school, skilled-nursing, acute"),
+        _f("plan.setting", "string", "inpatient-rehab, outpatient, home-health, school, skilled-nursing, acute",
+           values=SETTINGS),
         _f("plan.frequency_per_week", "number", "planned visits per week"),
         _f("plan.goals_total", "number", "goals in the current plan"),
         _f("plan.goals_met", "number", "goals whose latest score reached the target"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,22 +23,22 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.reader import ReaderError
 
 from otrules.engine.conditions import (
     And,
-    Compare,
     ConditionError,
-    Const,
-    Fact,
-    In,
     Node,
     Not,
     Or,
     check,
+    check_values,
     facts_named,
     parse,
+    text_literals,
     to_text,
     unknown_fact_hint,
     walk,
@@ -53,9 +55,15 @@ from otrules.schemas import (
     Throttle,
 )
 from otrules.schemas._errors import field_path, show_value
+from otrules.schemas.instruments import MAX_NUMBER
+from otrules.schemas.rulesets import ID_RULE
 
 SUMMARY_MAX = 140
+MAX_FILE_BYTES = 1024 * 1024
+"""Rules files, test-case files and the catalogue larger than this are refused before
+they are parsed (docs/authoring.md, "Limits and what is refused")."""
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ID_SHOWN = 80  # a longer rule id (already an error) is cut short where it prefixes a message
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +78,22 @@ class Problem:
     hint: str | None = None
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}: "
-        rule = f"rule {self.rule_id}: " if self.rule_id else ""
-        hint = f" (hint: {self.hint})" if self.hint else ""
-        return f"{where}{rule}{self.message}{hint}"
+        """One line: text from the file (a rule id, a value) shows control characters escaped."""
+        where = f"{one_line(self.file)}:{self.line}:{self.col}: "
+        rule_id = str(self.rule_id) if self.rule_id is not None else ""
+        shown = rule_id if rule_id.isprintable() else repr(rule_id)
+        shown = shown if len(shown) <= _ID_SHOWN else shown[:_ID_SHOWN - 1] + "…"
+        rule = f"rule {shown}: " if rule_id else ""
+        hint = f" (hint: {one_line(self.hint)})" if self.hint else ""
+        return f"{where}{rule}{one_line(self.message)}{hint}"
+
+
+def one_line(text: str) -> str:
+    """`text` with each character that is not printable (newline, tab, other control and
+    format characters) written as Python writes it in a string literal, e.g. `\\n`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class RulesetError(OtrulesError, ValueError):
@@ -145,7 +165,7 @@ def load_catalogue(path: str | Path) -> Catalogue:
 def load_ruleset(path: str | Path, catalogue: Catalogue | None = None) -> CompiledRuleset:
     """Read, validate and type-check one rules file (see `parse_ruleset_text` for `catalogue`)."""
     path = Path(path)
-    text, problems = _decode(path.read_bytes(), str(path))
+    text, problems = read_text(path)
     if problems:
         raise RulesetError(problems)
     return parse_ruleset_text(text, str(path), catalogue)
@@ -157,6 +177,9 @@ def parse_ruleset_text(text: str, filename: str = "<rules>", catalogue: Catalogu
     With a `catalogue`, a file that is rejected also has its instruments checked
     (as `instrument_problems` does for a file that loads), so one pass shows all.
     """
+    problems = _size_problems(len(text.encode("utf-8", errors="surrogatepass")), filename)
+    if problems:
+        raise RulesetError(problems)
     data, problems = _parse_yaml(text, filename)
     if problems:
         raise RulesetError(problems)
@@ -304,6 +327,7 @@ def _condition(when: Any, raw: Any, parent: Any, filename: str, rule_id: str | N
         try:
             parsed = parse(when)
             node = check(parsed)
+            check_values(node)
             if leaves is not None:
                 leaves.append((node, line, col, _is_plain_one_line(raw)))
             return node
@@ -389,14 +413,7 @@ def _instrument_check(source: str, overrides: dict[str, InstrumentOverride], at:
 
 
 def _instrument_literals(node: Node) -> list[tuple[str, str, int]]:
-    if isinstance(node, Compare):
-        pairs = [(node.left, node.right), (node.right, node.left)]
-        return [(f.name, c.value, c.col or node.col) for f, c in pairs
-                if isinstance(f, Fact) and f.name in _INSTRUMENT_FACTS
-                and isinstance(c, Const) and isinstance(c.value, str)]
-    if isinstance(node, In) and isinstance(node.operand, Fact) and node.operand.name in _INSTRUMENT_FACTS:
-        return [(node.operand.name, v, node.col) for v in node.values if isinstance(v, str)]
-    return []
+    return [lit for lit in text_literals(node) if lit[0] in _INSTRUMENT_FACTS]
 
 
 _INSTRUMENT_FACTS = {"measure.instrument", "goal.instrument"}
@@ -450,13 +467,29 @@ def _rendered_length(template: str) -> int:
 
 def _read_yaml(path: Path) -> tuple[Any, list[Problem]]:
     try:
-        raw = path.read_bytes()
+        text, problems = read_text(path)
     except OSError as exc:
         return None, [Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror}")]
-    text, problems = _decode(raw, str(path))
     if problems:
         return None, problems
     return _parse_yaml(text, str(path))
+
+
+def read_text(path: Path) -> tuple[str, list[Problem]]:
+    """The text of a rules, test-case or catalogue file; a problem if it is over
+    MAX_FILE_BYTES (checked before anything is parsed) or not UTF-8. OSError propagates."""
+    with path.open("rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            return "", _size_problems(max(os.fstat(f.fileno()).st_size, len(raw)), str(path))
+    return _decode(raw, str(path))
+
+
+def _size_problems(size: int, filename: str) -> list[Problem]:
+    if size <= MAX_FILE_BYTES:
+        return []
+    return [Problem(filename, 1, 1, f"the file is {size:,} bytes, over the {MAX_FILE_BYTES / 2**20:g} MiB limit",
+                    None, "split it into smaller files; a folder of rules files is read as one set")]
 
 
 def _decode(raw: bytes, filename: str) -> tuple[str, list[Problem]]:
@@ -472,9 +505,43 @@ def _decode(raw: bytes, filename: str) -> tuple[str, list[Problem]]:
 
 
 def _parse_yaml(text: str, filename: str) -> tuple[Any, list[Problem]]:
+    data, problems = parse_yaml(text, filename)
+    if problems:
+        return None, problems
+    if not isinstance(data, dict):
+        return None, [Problem(filename, 1, 1, "a rules file is a mapping with ruleset, version and rules")]
+    return data, []
+
+
+class _AnchorRefused(MarkedYAMLError):
+    """An anchor (`&name`) or alias (`*name`), met while the file is parsed."""
+
+
+class _NoAnchors(Composer):
+    """Refuses the first anchor or alias as the parser reaches it, before anything is
+    built from the file: a few hundred bytes of nested aliases ("billion laughs")
+    would otherwise expand to billions of values in whatever walks the data."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            raise _AnchorRefused(problem=f"*{event.anchor}", problem_mark=event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _AnchorRefused(problem=f"&{event.anchor}", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, filename: str) -> tuple[Any, list[Problem]]:
+    """A YAML document as ruamel's round-trip data (which keeps line and column), or the
+    problems that stop it being read. Anchors and aliases are refused while parsing."""
     yaml = YAML(typ="rt")
+    yaml.Composer = _NoAnchors
     try:
         data = yaml.load(text)
+    except _AnchorRefused as exc:
+        line, col = _mark(exc.problem_mark)
+        return None, [Problem(filename, line, col, f"YAML anchors and aliases are not allowed: {exc.problem}",
+                              None, "write the value out in full each place it is used")]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -489,9 +556,11 @@ def _parse_yaml(text: str, filename: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(filename, 1, 1, f"not valid YAML: {first}")]
     except RecursionError:
         return None, [Problem(filename, 1, 1, "not valid YAML: nested too deeply")]
-    if not isinstance(data, dict):
-        return None, [Problem(filename, 1, 1, "a rules file is a mapping with ruleset, version and rules")]
     return data, []
+
+
+def _mark(mark: Any) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
 def _line_col(text: str, position: Any) -> tuple[int, int]:
@@ -555,6 +624,8 @@ def _pydantic_problems(filename: str, data: Any, exc: ValidationError) -> list[P
                 rule_id = None
         path = field_path(_drop_union_noise(loc[2:] if rule_id else loc))
         message, hint = _message(err)
+        if err["type"] == "string_pattern_mismatch" and loc[-1:] in (("id",), ("ruleset",)):
+            message, hint = f"{show_value(err.get('input'))} is not a valid id", f"an id is {ID_RULE}"
         problems.append(Problem(filename, line, col, f"{path}: {message}", rule_id, hint))
     return problems
 
@@ -661,6 +732,13 @@ def _message(err: ErrorDetails) -> tuple[str, str | None]:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{show_value(value)} is not allowed; expected {expected}", None
+    bound = err.get("ctx", {}).get("le", err.get("ctx", {}).get("ge"))
+    if kind == "finite_number" or (kind in ("less_than_equal", "greater_than_equal")
+                                   and isinstance(bound, (int, float)) and abs(bound) == MAX_NUMBER):
+        what = "the number is infinite" if isinstance(value, float) and math.isinf(value) else (
+            "NaN is not a number" if isinstance(value, float) and math.isnan(value)
+            else f"the number {value:g} is out of range")
+        return f"{what} (a number here is at most {MAX_NUMBER:,.0f} either way)", None
     return f"{err['msg']} (got {show_value(value)})", None
 
 

@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError
 
 from otrules.consumers import EventCore, Fault, PatientStates, Record, Rejection
 from otrules.engine import Engine, Problem
+from otrules.engine.loader import parse_yaml, read_text
 from otrules.schemas import EventRejected, OtrulesError, Recommendation, parse_event
 from otrules.schemas.events import DateTime
 
@@ -163,12 +162,11 @@ def _start_date(data: dict[str, Any], path: Path) -> dt.date:
 
 
 def load_suite(path: Path) -> Suite:
-    try:
-        data = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise SuiteError([Problem(str(path), (mark.line + 1) if mark else 1, (mark.column + 1) if mark else 1,
-                                  f"not valid YAML: {exc.problem}")]) from None
+    # as rules files are read: size limit, UTF-8, no anchors or aliases (refused while parsing)
+    text, unread = read_text(path)
+    data, unread = (None, unread) if unread else parse_yaml(text, str(path))
+    if unread:
+        raise SuiteError(unread)
     if not isinstance(data, dict) or "cases" not in data or "rules" not in data:
         raise SuiteError([Problem(str(path), 1, 1, "a test file needs `rules:` (the rules file) and `cases:`")])
     start = _start_date(data, path)

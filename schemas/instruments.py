@@ -6,11 +6,19 @@ override any value for its own population.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from otrules.schemas._errors import show_value
+
+MAX_NUMBER = 1e15
+"""The largest number, either way, that an instrument's values (min, max, step, mcid) and a
+rule's condition may hold (`otrules.engine.conditions.MAX_LITERAL` is this): durable_rules
+cannot take an infinite number, and its edge for huge ones is narrower than a float's.
+Adjust it here."""
+
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]
 
 
 class Instrument(BaseModel):
@@ -19,13 +27,13 @@ class Instrument(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    min: float
-    max: float
+    min: Number
+    max: Number
     min_exclusive: bool = False
     integer: bool = False
-    step: float | None = Field(default=None, gt=0, description="scores are multiples of step")
+    step: Number | None = Field(default=None, gt=0, description="scores are multiples of step")
     better: Literal["higher", "lower"]
-    mcid: float | None = Field(default=None, gt=0)
+    mcid: Number | None = Field(default=None, gt=0)
     mcid_kind: Literal["MCID", "MIC", "MDC", "MDC90", "SRD", "level"] | None = None
     population: str | None = None
     source: str | None = None
@@ -63,13 +71,13 @@ class InstrumentOverride(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str | None = None
-    min: float | None = None
-    max: float | None = None
+    min: Number | None = None
+    max: Number | None = None
     min_exclusive: bool | None = None
     integer: bool | None = None
-    step: float | None = Field(default=None, gt=0)
+    step: Number | None = Field(default=None, gt=0)
     better: Literal["higher", "lower"] | None = None
-    mcid: float | None = Field(default=None, gt=0)
+    mcid: Number | None = Field(default=None, gt=0)
     mcid_kind: Literal["MCID", "MIC", "MDC", "MDC90", "SRD", "level"] | None = None
     population: str | None = None
     source: str | None = None

@@ -17,7 +17,14 @@ from otrules.schemas.recommendations import Indicator, Kind
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
-RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""Rule ids and ruleset names: 1 to 64 ASCII letters, digits, '.', '_' and '-', starting
+with a letter or digit. They are typed in test cases and on command lines, shown on every
+recommendation and in log lines, and hashed into recommendation ids, so they hold no
+spaces, control characters or look-alike letters (an `é` can be stored two ways)."""
+ID_RULE = "1 to 64 letters (A-Z, a-z), digits, '.', '_' or '-', starting with a letter or digit"
+
+RuleId = Annotated[str, Field(pattern=ID_PATTERN, description=f"Unique in the file: {ID_RULE}.")]
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -83,7 +90,7 @@ class RuleSpec(_Frozen):
 
 
 class RulesetFile(_Frozen):
-    ruleset: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    ruleset: Annotated[str, Field(pattern=ID_PATTERN, description=f"The ruleset's name: {ID_RULE}.")]
     version: Annotated[str, Field(min_length=1)]
     description: str | None = None
     instruments: dict[str, InstrumentOverride] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ durable_rules (2.0.28) quirks this works around, all observed:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,12 @@ from otrules.engine.conditions import (
     Or,
     evaluate,
     facts_named,
+    to_text,
     value_of,
     walk,
 )
 from otrules.engine.facts import durable_key
+from otrules.engine.limits import MAX_BOOL_NODES_PER_RULE, MAX_PENDING_ALPHAS, bool_nodes, combined, pending_level
 
 _OPS = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte", "!=": "$neq"}
 _INVERSE = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
@@ -56,7 +59,7 @@ class Derived:
     node: Node  # a number expression, or a comparison for yes/no fields
 
     def value(self, facts: dict[str, Any]) -> Any:
-        if isinstance(self.node, (Compare, In)):
+        if isinstance(self.node, (Compare, In, And, Or, Not, Const)):
             return evaluate(self.node, facts)
         v = value_of(self.node, facts)
         return None if v is None else float(v)
@@ -69,9 +72,18 @@ class Compiled:
 
 
 def compile_condition(node: Node, prefix: str) -> Compiled:
-    """A durable_rules `m` condition for one checked condition AST."""
+    """A durable_rules `m` condition for one checked condition AST.
+
+    A condition too large for one durable_rules rule (engine/limits.py: more `$and`/`$or`
+    nodes than it compiles, or more pending nodes than it can walk, as a long `or` or a
+    long `in [...]` gives) is computed by otrules instead and posted as one yes/no fact,
+    which durable_rules then matches."""
     out = Compiled(condition={})
     out.condition = _Compiler(prefix, out.derived).compile(node, negated=False)
+    if (bool_nodes(out.condition) > MAX_BOOL_NODES_PER_RULE
+            or combined(pending_level(out.condition)) > MAX_PENDING_ALPHAS):
+        whole = Derived(_derived_key(node), node)
+        return Compiled(condition={whole.key: True}, derived=[whole])
     return out
 
 
@@ -81,7 +93,7 @@ class _Compiler:
         self.derived = derived
 
     def derive(self, node: Node) -> str:
-        key = f"__{self.prefix}_{len(self.derived)}"
+        key = _derived_key(node)
         self.derived.append(Derived(key, node))
         return key
 
@@ -130,16 +142,22 @@ class _Compiler:
             return self.derived_bool(node, negated)
         operand = node.operand
         key = durable_key(operand.name) if isinstance(operand, Fact) else self.derive(operand)
+        values = list({(type(v), v): v for v in node.values}.values())  # a repeated value would match twice
         if negated:
-            tests = [_compare("!=", key, v) for v in node.values]
+            tests = [_compare("!=", key, v) for v in values]
             return _combine([*(_is(n, None) for n in names), _combine(tests, True)], conjunction=False)
-        tests = [_compare("==", key, v) for v in node.values]
+        tests = [_compare("==", key, v) for v in values]
         return _combine([*(_is_not(n, None) for n in names), _combine(tests, False)], conjunction=True)
 
     def derived_bool(self, node: Node, negated: bool) -> dict[str, Any]:
-        key = f"__{self.prefix}_{len(self.derived)}"
+        key = _derived_key(node)
         self.derived.append(Derived(key, node))
         return {key: not negated}
+
+
+def _derived_key(node: Node) -> str:
+    """The same expression gets the same key in every rule, so it is computed once per message."""
+    return "__" + hashlib.blake2b(to_text(node).encode(), digest_size=8).hexdigest()
 
 
 def _operand(node: Node) -> Any:

@@ -250,7 +250,7 @@ class _Parser:
         if tok.kind == "number":
             return _number(tok, neg, col)
         if tok.kind == "string" and not neg:
-            return _UNESCAPE.sub(r"\1", tok.text[1:-1])
+            return _text(tok)
         raise ConditionError(f"expected a number or a quoted text in the list, found {self._describe(tok)}", tok.col)
 
     def sum_(self) -> Node:
@@ -285,7 +285,7 @@ class _Parser:
         if tok.kind == "number":
             return Const(_number(tok), tok.col)
         if tok.kind == "string":
-            return Const(_UNESCAPE.sub(r"\1", tok.text[1:-1]), tok.col)
+            return Const(_text(tok), tok.col)
         if tok.kind == "kw" and tok.text in ("true", "false", "null"):
             return Const({"true": True, "false": False, "null": None}[tok.text], tok.col)
         if tok.kind == "name":
@@ -295,6 +295,19 @@ class _Parser:
             self.expect("op", ")", "')'")
             return node
         raise ConditionError(f"expected a fact, a number or '(' but found {self._describe(tok)}", tok.col)
+
+
+MAX_TEXT_BYTES = 4096
+"""The longest quoted text a condition may compare with, in UTF-8 bytes. durable_rules compares
+texts of 64 KiB and more wrongly (their lengths wrap), and no fact otrules compares is that long."""
+
+
+def _text(tok: _Tok) -> str:
+    value = _UNESCAPE.sub(r"\1", tok.text[1:-1])
+    size = len(value.encode())
+    if size > MAX_TEXT_BYTES:
+        raise ConditionError(f"the quoted text is {size:,} bytes long, over the {MAX_TEXT_BYTES:,}-byte limit", tok.col)
+    return value
 
 
 def _number(tok: _Tok, neg: bool = False, col: int | None = None) -> float:

@@ -17,6 +17,7 @@ threads exist at all (the Host's were seen to segfault when racing a caller).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import weakref
@@ -28,6 +29,7 @@ import orjson
 
 from otrules.engine.compiler import Compiled, Derived
 from otrules.engine.facts import durable_key
+from otrules.engine.limits import MAX_COMPARED_STRING_BYTES
 
 _names = itertools.count()
 
@@ -40,7 +42,8 @@ class Matcher:
 
     def __init__(self, conditions: Sequence[Compiled], fact_names: Sequence[str], label: str = "rules") -> None:
         self.name = f"otrules-{label}-{next(_names)}"
-        self._derived: list[Derived] = [d for c in conditions for d in c.derived]
+        # one value per distinct expression (their keys are the expressions' digests)
+        self._derived: list[Derived] = list({d.key: d for c in conditions for d in c.derived}.values())
         self._keys = [(name, durable_key(name)) for name in dict.fromkeys(["event.type", *fact_names])]
         self._rule_index = {f"r{i}": i for i in range(len(conditions))}
         self.definition = {f"r{i}": {"all": [{"m": c.condition}]} for i, c in enumerate(conditions)}
@@ -69,6 +72,9 @@ class Matcher:
             return []
         msg = self.message(facts)
         raw = orjson.dumps(msg)
+        if len(raw) > MAX_COMPARED_STRING_BYTES:  # only then can a text be too long to compare right
+            msg = {k: _comparable(v) for k, v in msg.items()}
+            raw = orjson.dumps(msg)
         if _EXPONENT.search(raw):  # rare: only then look at each value (see _durable_number)
             raw = orjson.dumps(_durable_numbers(msg))
         return self.match_text(raw.decode())
@@ -116,6 +122,14 @@ def _durable_numbers(node: Any) -> Any:
     if type(node) is float and node and not _PLAIN_FLOATS[0] <= abs(node) < _PLAIN_FLOATS[1]:
         return _durable_number(node)
     return node
+
+
+def _comparable(value: Any) -> Any:
+    """A text of 64 KiB or more as a short marker that equals no quoted text in a condition
+    (durable_rules compares such texts wrongly: `"a" * 65536 == "a"` holds there)."""
+    if isinstance(value, str) and len(value.encode()) > MAX_COMPARED_STRING_BYTES:
+        return "\x00too long: sha256 " + hashlib.sha256(value.encode()).hexdigest()
+    return value
 
 
 def _rule_name(action: str) -> str:

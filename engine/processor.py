@@ -14,6 +14,7 @@ from typing import Any
 
 from otrules.engine.compiler import Compiled, compile_condition
 from otrules.engine.derive import EventFacts, apply_event, clock_facts, rfc3339
+from otrules.engine.limits import MAX_MESSAGE_KEYS, MAX_PENDING_ALPHAS, Level, combined, merge, pending_level
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
@@ -29,17 +30,46 @@ class Outcome:
 
 
 class _RuleGroup:
-    """Rules checked the same way (once per event, or once per measure)."""
+    """Rules checked the same way (once per event, or once per measure), split into as many
+    durable_rules rulesets (shards) as durable_rules' limits need (engine/limits.py)."""
 
     def __init__(self, ruleset: CompiledRuleset, rules: list[Rule], label: str) -> None:
         self.ruleset = ruleset
         self.rules = rules
         compiled: list[Compiled] = [compile_condition(r.condition, f"{label}{i}") for i, r in enumerate(rules)]
-        names = sorted({n for r in rules for n in r.facts})
-        self.matcher = Matcher(compiled, names, label=f"{ruleset.name}-{label}")
+        self.shards: list[tuple[Matcher, list[Rule]]] = []
+        for start, end in shard_bounds([(r.facts, c) for r, c in zip(rules, compiled, strict=True)]):
+            names = sorted({n for r in rules[start:end] for n in r.facts})
+            matcher = Matcher(compiled[start:end], names, label=f"{ruleset.name}-{label}{len(self.shards)}")
+            self.shards.append((matcher, rules[start:end]))
 
     def matches(self, facts: dict[str, Any]) -> list[Rule]:
-        return [self.rules[i] for i in self.matcher.match(facts)]
+        if len(self.shards) == 1:
+            matcher, rules = self.shards[0]
+            return [rules[i] for i in matcher.match(facts)]
+        return [rules[i] for matcher, rules in self.shards for i in matcher.match(facts)]
+
+
+def shard_bounds(rules: Sequence[tuple[Sequence[str], Compiled]]) -> list[tuple[int, int]]:
+    """(start, end) of consecutive rules that one durable_rules ruleset can hold: at most
+    MAX_PENDING_ALPHAS pending nodes under its root, and a message of at most MAX_MESSAGE_KEYS
+    keys (event.type, id and sid, the facts the rules name, the values otrules derives)."""
+    bounds: list[tuple[int, int]] = []
+    start, names, derived = 0, {"event.type"}, 0
+    levels: list[Level] = []
+    for i, (facts, compiled) in enumerate(rules):
+        level = pending_level(compiled.condition)
+        grown = names | set(facts)
+        keys = 2 + len(grown) + derived + len(compiled.derived)
+        if i > start and (combined(merge([*levels, level])) > MAX_PENDING_ALPHAS or keys > MAX_MESSAGE_KEYS):
+            bounds.append((start, i))
+            start, grown, derived, levels = i, {"event.type", *facts}, 0, []
+        names = grown
+        derived += len(compiled.derived)
+        levels.append(level)
+    if rules:
+        bounds.append((start, len(rules)))
+    return bounds
 
 
 class _LoadedRuleset:

@@ -59,9 +59,12 @@ from otrules.schemas.instruments import MAX_NUMBER
 from otrules.schemas.rulesets import ID_RULE
 
 SUMMARY_MAX = 140
-MAX_FILE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = 4 * 1024 * 1024
 """Rules files, test-case files and the catalogue larger than this are refused before
 they are parsed (docs/authoring.md, "Limits and what is refused")."""
+MAX_RULES = 2500
+"""Rules in one file at most: each 64 or so become one durable_rules ruleset of about
+1.5 MiB once used, and a file of this size loads in a few seconds (bench/rules_scale.py)."""
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _ID_SHOWN = 80  # a longer rule id (already an error) is cut short where it prefixes a message
 
@@ -178,6 +181,7 @@ def parse_ruleset_text(text: str, filename: str = "<rules>", catalogue: Catalogu
     (as `instrument_problems` does for a file that loads), so one pass shows all.
     """
     problems = _size_problems(len(text.encode("utf-8", errors="surrogatepass")), filename)
+    problems += _count_problems(text, filename)
     if problems:
         raise RulesetError(problems)
     data, problems = _parse_yaml(text, filename)
@@ -189,6 +193,26 @@ def parse_ruleset_text(text: str, filename: str = "<rules>", catalogue: Catalogu
         raise RulesetError([Problem(filename, 1, 1, "nested too deeply to check")]) from None
 
 
+_RULE_START = re.compile(r"^[ \t]*-[ \t]+id[ \t]*:", re.MULTILINE)
+
+
+def _count_problems(text: str, filename: str) -> list[Problem]:
+    """Too many rules, seen before the (slow) YAML parse, so the refusal is immediate: rules
+    written `- id: ...` are counted in the text (any other way, the parsed file is counted)."""
+    for n, found in enumerate(_RULE_START.finditer(text)):
+        if n == MAX_RULES:
+            line = text.count("\n", 0, found.start()) + 1
+            col = found.group(0).index("id") + 1  # where the rule (a mapping) starts, as the parser says
+            total = sum(1 for _ in _RULE_START.finditer(text))
+            return [_too_many(filename, line, col, total)]
+    return []
+
+
+def _too_many(filename: str, line: int, col: int, total: int) -> Problem:
+    return Problem(filename, line, col, f"the file has {total:,} rules, over the {MAX_RULES:,}-rule limit",
+                   hint="split it into several rulesets")
+
+
 def _compile(data: Any, filename: str, catalogue: Catalogue | None) -> CompiledRuleset:
     try:
         spec = RulesetFile.model_validate(data)
@@ -196,6 +220,9 @@ def _compile(data: Any, filename: str, catalogue: Catalogue | None) -> CompiledR
         problems = _pydantic_problems(filename, data, exc)
         problems += _raw_problems(filename, data, catalogue)
         raise RulesetError(_dedupe(problems)) from None
+    if len(spec.rules) > MAX_RULES:
+        line, col = _pos(data["rules"][MAX_RULES], None)
+        raise RulesetError([_too_many(filename, line, col, len(spec.rules))])
     rules: list[Rule] = []
     problems = []
     seen: dict[str, int] = {}

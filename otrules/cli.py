@@ -111,7 +111,8 @@ def validate(paths: tuple[Path, ...], catalogue: Path | None) -> None:
         sys.exit(1)
     crash = check_in_child(list(paths), catalogue)
     if crash:
-        click.echo(f"{', '.join(map(str, paths))}: {crash}", err=True)
+        for line in crash.splitlines():  # each names file:line: rule <id> where it can
+            click.echo(line if ": rule " in line else f"{', '.join(map(str, paths))}: {line}", err=True)
         sys.exit(1)
     for rs in loaded:
         click.echo(f"{rs.source}: ok, ruleset {rs.name} {rs.version}, {len(rs.rules)} rules, {rs.digest[:19]}…, "

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 SMOKE_EVENTS = 600
 
@@ -36,8 +37,11 @@ def check_in_child(rules: list[Path], catalogue: Path | None = None, timeout: fl
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         return f"durable_rules crashed ({name}) while compiling or smoke-running these rules"
-    tail = proc.stderr.strip().splitlines()
-    return f"the smoke run failed: {tail[-1] if tail else f'exit status {proc.returncode}'}"
+    lines = proc.stderr.strip().splitlines()
+    named = [line for line in lines if ": rule " in line]  # file:line: rule <id>: ... from rule_problems
+    if named:
+        return "\n".join(named)
+    return f"the smoke run failed: {lines[-1] if lines else f'exit status {proc.returncode}'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +54,81 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("rules", nargs="+", type=Path)
     args = ap.parse_args(argv)
     cat = defaults.catalogue(args.catalogue)
-    engine = Engine(defaults.rulesets(args.rules, cat), cat)
+    rulesets = defaults.rulesets(args.rules, cat)
+    try:
+        engine = Engine(rulesets, cat)
+    except Exception:  # durable_rules refused a ruleset: find the rule (each alone)
+        problems = [p for rs in rulesets for p in rule_problems(rs, None)] or ["durable_rules refused the rules"]
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    problems = [p for loaded in engine._loaded for p in rule_problems(loaded.ruleset, loaded)]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     with open(defaults.SAMPLE_STREAM, "rb") as stream:
         # an engine fault fails the smoke run (it would fail those events live)
         pipeline = Pipeline(engine, lambda rec: None, DeadLetterSink(None), fault=Fault.RAISE)
         summary = pipeline.feed(islice(JsonlSource(stream), SMOKE_EVENTS))
     return 0 if summary.balanced else 1
+
+
+def rule_problems(ruleset: Any, loaded: Any) -> list[str]:
+    """`file:line: rule <id>: ...` for every rule durable_rules fails on.
+
+    Every durable_rules ruleset the engine built (`loaded`) is fed fact sets that
+    reach every rule: each event type with nothing else known, and every fact
+    known. A ruleset that fails on one is taken apart, rule by rule, to name the
+    rule; so is every rule when the engine could not be built at all."""
+    from otrules.engine.compiler import compile_condition
+    from otrules.engine.matcher import Matcher
+
+    groups = [] if loaded is None else [loaded.per_event, loaded.per_measure]
+    suspects = list(ruleset.rules) if loaded is None else []
+    for group in groups:
+        for matcher, rules in group.shards:
+            if _fails(matcher):
+                suspects += rules
+    problems = []
+    for rule in suspects:
+        try:
+            alone = Matcher([compile_condition(rule.condition, "s")], list(rule.facts), label="smoke")
+            error = _fails(alone)
+        except Exception as exc:  # creating it failed
+            error = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        if error:
+            problems.append(f"{ruleset.source}:{rule.line}: rule {rule.id}: durable_rules fails on it ({error})")
+    if suspects and not problems:  # only together: name the first
+        first = suspects[0]
+        problems.append(f"{ruleset.source}:{first.line}: rule {first.id}: durable_rules fails on the rules from here "
+                        f"on together")
+    return problems
+
+
+def _fails(matcher: Any) -> str | None:
+    """Why posting the probe fact sets fails, or None."""
+    for facts in _probes():
+        try:
+            matcher.match(facts)
+        except Exception as exc:
+            return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return None
+
+
+def _probes() -> list[dict[str, Any]]:
+    """Fact sets that reach every rule: nothing known but the event type, and everything known."""
+    from otrules.engine import FACTS
+
+    def known(info: Any, small: bool) -> Any:
+        if info.values:
+            return info.values[0]
+        return {"number": 1.0 if small else 1e15, "bool": small, "string": "x"}.get(info.type, "x")
+
+    out: list[dict[str, Any]] = []
+    for event_type in FACTS["event.type"].values:
+        out.append({"event.type": event_type})
+    for small in (True, False):
+        out.append({name: known(info, small) for name, info in FACTS.items()})
+    return out
 
 
 if __name__ == "__main__":

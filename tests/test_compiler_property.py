@@ -102,3 +102,32 @@ def test_tiny_and_huge_numbers_match_as_python_compares_them():
                 facts = {"event.type": "evaluation", "measure.score": value}
                 got = matcher.match(facts) == [0]
                 assert got == evaluate(node, facts), f"{value} {op} {constant}: durable_rules {got}"
+
+
+# ---------------------------------------------------------------- at scale: many rules, long ors, big in lists
+
+wide_or = st.lists(comparison, min_size=12, max_size=40).map(lambda xs: Or(tuple(xs)))
+big_in = st.tuples(st.sampled_from(NUMBERS).map(Fact), st.integers(60, 700)).map(
+    lambda t: In(t[0], tuple(float(v) / 2 for v in range(-t[1] // 2, t[1] // 2))))
+any_condition = st.one_of(condition, wide_or, big_in, st.tuples(wide_or, condition).map(lambda t: And(t)))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(nodes=st.lists(any_condition, min_size=40, max_size=150), samples=st.lists(fact_values, min_size=4, max_size=4))
+def test_many_rules_long_ors_and_big_in_lists_agree_with_python(nodes, samples):
+    """What the engine builds for a big rules file (engine/limits.py): the rules split into
+    several durable_rules rulesets, conditions too large for one computed by otrules. Each rule
+    answers as the plain-Python meaning does, and nothing errors or hangs."""
+    from otrules.engine.processor import shard_bounds
+
+    checked = [check(n) for n in nodes]
+    compiled = [compile_condition(n, f"s{i}") for i, n in enumerate(checked)]
+    names = NUMBERS + BOOLS + TEXTS
+    shards = [(start, Matcher(compiled[start:end], names, label="scale"))
+              for start, end in shard_bounds([(names, c) for c in compiled])]
+    assert len(shards) >= len(nodes) // 64
+    for facts in samples:
+        facts = {"event.type": "evaluation", **facts}
+        got = {start + i for start, matcher in shards for i in matcher.match(facts)}
+        expected = {i for i, n in enumerate(checked) if evaluate(n, facts)}
+        assert got == expected, f"rules {sorted(got ^ expected)} disagree with {facts}"

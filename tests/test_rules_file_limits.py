@@ -138,13 +138,13 @@ def test_a_test_case_file_alias_bomb_is_refused_in_under_a_second(tmp_path):
 
 
 def test_a_rules_file_over_the_limit_is_refused_before_it_is_parsed(tmp_path):
-    assert MAX_FILE_BYTES == 1024 * 1024
+    assert MAX_FILE_BYTES == 4 * 1024 * 1024
     path = tmp_path / "big.yaml"
     text = rules("goal.met") + "# padding\n" * (MAX_FILE_BYTES // 10) + "rules: [unclosed\n"  # bad YAML at the end
     path.write_text(text)
     size = len(text.encode())
     assert size > MAX_FILE_BYTES
-    expected = (f"{path}:1:1: the file is {size:,} bytes, over the 1 MiB limit "
+    expected = (f"{path}:1:1: the file is {size:,} bytes, over the 4 MiB limit "
                 "(hint: split it into smaller files; a folder of rules files is read as one set)")
     started = time.monotonic()
     assert validate(path) == (1, [expected, "1 error(s)"])  # only the size: the YAML error was never reached
@@ -168,11 +168,11 @@ def test_a_test_case_file_and_a_catalogue_over_the_limit_are_refused(tmp_path):
     with pytest.raises(SuiteError) as info:
         load_suite(suite)
     assert [str(p) for p in info.value.problems] == [
-        f"{suite}:1:1: the file is {MAX_FILE_BYTES + 30:,} bytes, over the 1 MiB limit "
+        f"{suite}:1:1: the file is {MAX_FILE_BYTES + 30:,} bytes, over the 4 MiB limit "
         "(hint: split it into smaller files; a folder of rules files is read as one set)"]
     catalogue = tmp_path / "instruments.yaml"
     catalogue.write_bytes(b"instruments: {}\n" + b"#" * MAX_FILE_BYTES)
-    assert problems_of(load_catalogue, catalogue)[0].startswith(f"{catalogue}:1:1: the file is 1,048,592 bytes")
+    assert problems_of(load_catalogue, catalogue)[0].startswith(f"{catalogue}:1:1: the file is {MAX_FILE_BYTES + 16:,} bytes")
 
 
 # ---------------------------------------------------------------- rule ids

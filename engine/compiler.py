@@ -59,7 +59,7 @@ class Derived:
     node: Node  # a number expression, or a comparison for yes/no fields
 
     def value(self, facts: dict[str, Any]) -> Any:
-        if isinstance(self.node, (Compare, In, And, Or, Not, Const)):
+        if isinstance(self.node, (Compare, In, And, Or, Not)):  # a yes/no; else a number
             return evaluate(self.node, facts)
         v = value_of(self.node, facts)
         return None if v is None else float(v)

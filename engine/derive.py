@@ -37,7 +37,10 @@ class EventFacts:
     per_measure: tuple[tuple[Measure, Facts], ...]
 
 
-def apply_event(state: PatientState, event: Event, catalogue: Catalogue) -> EventFacts:
+def apply_event(state: PatientState, event: Event, catalogue: Catalogue,
+                wanted: frozenset[str] | None = None) -> EventFacts:
+    """Apply `event` to `state` and present its facts. With `wanted` (the facts the loaded rules
+    name, in conditions and texts), facts that cost work and no rule reads are left null."""
     plan = state.plan(event.plan_id)
     met_before = {gid: g.met_ever for gid, g in plan.goals.items()}
     measure_facts: list[tuple[Measure, Facts]] = []
@@ -55,7 +58,7 @@ def apply_event(state: PatientState, event: Event, catalogue: Catalogue) -> Even
         plan.discharged = True
         plan.closed_on = event.local_date
     met_now = _goals_met(plan, catalogue)
-    base = _plan_facts(state, plan, event.local_date, _event_fields(event), met_now)
+    base = _plan_facts(state, plan, event.local_date, _event_fields(event, wanted), met_now, wanted)
     per_measure = tuple(
         (m, {**base, **mf, **_goal_facts(plan, plan.goals.get(m.goal_id) if m.goal_id else None, event.local_date,
                                          met_now, met_before)})
@@ -84,7 +87,7 @@ def clock_facts(state: PatientState, at: dt.datetime, catalogue: Catalogue) -> l
         if plan.discharged:
             continue
         met_now = _goals_met(plan, catalogue)
-        base = _plan_facts(state, plan, today, fields, met_now)
+        base = _plan_facts(state, plan, today, fields, met_now, None)
         met = {gid: g.met_ever for gid, g in plan.goals.items()}
         per_goal = tuple((gid, {**base, **_NO_MEASURE, **_goal_facts(plan, g, today, met_now, met)})
                          for gid, g in plan.goals.items())
@@ -92,7 +95,7 @@ def clock_facts(state: PatientState, at: dt.datetime, catalogue: Catalogue) -> l
     return out
 
 
-def _event_fields(event: Event) -> Facts:
+def _event_fields(event: Event, wanted: frozenset[str] | None = None) -> Facts:
     # isinstance, not getattr(event, name, None): a missing attribute on a pydantic
     # model raises inside __getattr__, which cost more than the rest of this function
     return {
@@ -100,7 +103,7 @@ def _event_fields(event: Event) -> Facts:
         "event.kind": event.kind if isinstance(event, EvaluationEvent) else None,
         "event.status": event.status if isinstance(event, VisitEvent) else None,
         "event.reason": event.reason if isinstance(event, DischargeEvent) else None,
-        "event.occurred_at": rfc3339(event.occurred_at),
+        "event.occurred_at": rfc3339(event.occurred_at) if wanted is None or "event.occurred_at" in wanted else None,
     }
 
 
@@ -223,12 +226,12 @@ def _goals_met(plan: PlanState, catalogue: Catalogue) -> dict[str, bool]:
 
 
 def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fields: Facts,
-                met_now: dict[str, bool]) -> Facts:
+                met_now: dict[str, bool], wanted: frozenset[str] | None) -> Facts:
     goals = list(plan.goals.values())
     met = sum(met_now.values())
     levels = [g.gas_level for g in goals]
     gas_t = None
-    if goals and all(level is not None for level in levels):
+    if goals and (wanted is None or "plan.gas_t" in wanted) and all(level is not None for level in levels):
         t = gas_t_score(levels, [g.gas_weight for g in goals])  # type: ignore[arg-type]
         gas_t = None if t is None else round(t, 2)
     return {

@@ -91,12 +91,14 @@ class Engine:
         self.catalogue = effective_catalogue(rulesets, catalogue)
         self.rulesets = tuple(rulesets)
         self._loaded = [_LoadedRuleset(rs) for rs in rulesets]
+        # the facts a rule reads (condition, summary, evidence): only these need computing per event
+        self._wanted = frozenset(n for rs in rulesets for r in rs.rules for n in r.evidence_facts)
 
     def process(self, state: PatientState, event: Event) -> Outcome:
         """Apply `event` to `state` (in place) and return what the rules recommend."""
         if not state.remember(event.event_id):
             return _DUPLICATE
-        facts = apply_event(state, event, self.catalogue)
+        facts = apply_event(state, event, self.catalogue, self._wanted)
         out: list[Recommendation] = []
         for loaded in self._loaded:
             hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]

@@ -60,6 +60,8 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
     that went silent get their recommendations too (expired certification,
     overdue re-evaluation, a target date passed unscored)."""
     sweep_at = _parse_time(as_of, "--as-of") if as_of else None
+    _refuse_same_files(("--input", input_path or str(defaults.SAMPLE_STREAM)), ("--output", output_path),
+                       ("--dlq", dlq_path))
     engine = _engine(rules, catalogue)
     source_name = input_path or str(defaults.SAMPLE_STREAM)
     table: list[Recommendation] = []
@@ -477,6 +479,23 @@ def _summary_text(s: Tally) -> str:
     swept = f", {s.swept} of them when time advanced" if s.swept else ""
     return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}; "
             f"{s.recommendations} recommendations ({kinds}){swept}")
+
+
+def _refuse_same_files(*named: tuple[str, str | None]) -> None:
+    """Exit 2, touching nothing, when two of the paths are one file: writing the output over the
+    input would empty it before it is read, and two outputs into one file would lose one."""
+    seen: dict[Path, str] = {}
+    for option, path in named:
+        if path is None or path == "-":
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise click.UsageError(f"{option} {path} is the same file as {seen[resolved]}: nothing was written")
+        seen[resolved] = f"{option} {path}"
+        if resolved.exists():  # a link or another name for a file already named
+            for other, label in list(seen.items()):
+                if other != resolved and other.exists() and resolved.samefile(other):
+                    raise click.UsageError(f"{option} {path} is the same file as {label}: nothing was written")
 
 
 def _parse_time(text: str, option: str) -> dt.datetime:

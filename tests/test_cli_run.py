@@ -221,3 +221,24 @@ def test_an_engine_fault_on_one_event_is_dead_lettered_and_the_run_goes_on():
     letter = json.loads(sink.getvalue())
     assert letter["reason"] == "internal error: the rules engine failed on this event (RuntimeError)"
     assert '"event_id":"p-00003-e0005"' in letter["original"]
+
+
+@pytest.mark.parametrize("same", ["output", "dlq", "hardlink"])
+def test_outputs_that_are_the_input_or_each_other_are_refused_and_nothing_is_touched(tmp_path, same):
+    """`--input f --output f` used to empty f and exit 0; `--output x --dlq x` kept only the dead letters."""
+    import os
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(defaults.SAMPLE_STREAM.read_bytes())
+    out = tmp_path / "out.jsonl"
+    out.write_text("kept\n")
+    if same == "output":
+        args = ["--input", str(events), "--output", str(events)]
+    elif same == "dlq":
+        args = ["--input", str(events), "--output", str(out), "--dlq", str(out)]
+    else:
+        os.link(events, tmp_path / "other-name.jsonl")
+        args = ["--input", str(events), "--output", str(tmp_path / "other-name.jsonl")]
+    result = run_cli("run", *args)
+    assert result.returncode == 2 and "is the same file as" in result.stderr and "nothing was written" in result.stderr
+    assert events.read_bytes() == defaults.SAMPLE_STREAM.read_bytes() and out.read_text() == "kept\n"

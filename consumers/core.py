@@ -214,6 +214,9 @@ class EventCore:
                     raise TooLarge("the patient's state", size, self.max_state_bytes)
             if outcome.recommendations:
                 self.sink.recommend(outcome.recommendations, record)  # raises TooLarge having sent nothing
+        except EventRejected as exc:  # the engine refused it for what the patient's state says; nothing applied
+            self.reject(record, Rejection(exc.field or "(event)", exc.reason, "invalid"))
+            return None
         except Exception as exc:  # one event's fault must not stop the stream (see Fault)
             if isinstance(exc, OSError) or (_is_sink_error(exc) and not isinstance(exc, TooLarge)):
                 raise  # the output is broken (a closed pipe, a broker away): not this event's fault

@@ -111,7 +111,8 @@ def _event_fields(event: Event, wanted: frozenset[str] | None = None) -> Facts:
 
 
 def _apply_plan(plan: PlanState, event: PlanEvent) -> None:
-    """A plan event is a full snapshot; goal history is kept by goal_id."""
+    """A plan event is a full snapshot (it re-opens a discharged plan); goal history is kept by goal_id."""
+    plan.discharged, plan.closed_on = False, None
     plan.setting = event.setting
     plan.frequency_per_week = event.frequency_per_week
     plan.certified_from = event.certified_from

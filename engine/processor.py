@@ -19,7 +19,8 @@ from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, 
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
 from otrules.engine.state import MAX_PLANS, SEEN_BYTES, PatientState, ThrottleKey
-from otrules.schemas import Catalogue, Event, Measure, Recommendation
+from otrules.schemas import Catalogue, Event, EventRejected, Measure, PlanEvent, Recommendation
+from otrules.schemas._errors import show_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +96,22 @@ class Engine:
         self._wanted = frozenset(n for rs in rulesets for r in rs.rules for n in r.evidence_facts)
 
     def process(self, state: PatientState, event: Event) -> Outcome:
-        """Apply `event` to `state` (in place) and return what the rules recommend."""
+        """Apply `event` to `state` (in place) and return what the rules recommend.
+
+        An event for a plan that no plan event opened is rejected (`EventRejected`, with nothing
+        applied). After a discharge, events still enter the plan's history but recommend
+        nothing, until a plan snapshot re-opens the plan (contracts.md §1)."""
+        plan = state.plans.get(event.plan_id)
+        opens = isinstance(event, PlanEvent)
+        if plan is None and not opens:
+            if state.has_seen(event.event_id):
+                return _DUPLICATE
+            raise EventRejected(f"plan_id: no plan event has opened {show_value(event.plan_id)}", "plan_id")
         if not state.remember(event.event_id):
             return _DUPLICATE
         facts = apply_event(state, event, self.catalogue, self._wanted)
+        if plan is not None and plan.discharged and not opens and event.type != "discharge":
+            return _quiet(state)
         out: list[Recommendation] = []
         for loaded in self._loaded:
             hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
@@ -188,6 +201,12 @@ class Engine:
                         out += [RuleCheck(loaded.ruleset, rule, None, fs, rule.id in hit, goal_id=gid,
                                           plan_id=plan_facts.plan.plan_id) for gid, fs, hit in per_goal]
         return out
+
+
+def _quiet(state: PatientState) -> Outcome:
+    """An event of a discharged plan: applied, nothing recommended."""
+    dropped = state.trim() if len(state.seen_events) > SEEN_BYTES or len(state.plans) > MAX_PLANS else 0
+    return Outcome(duplicate=False, dropped=dropped) if dropped else _NOTHING
 
 
 _DUPLICATE = Outcome(duplicate=True)

@@ -72,14 +72,16 @@ def test_an_engine_fault_is_dead_lettered_and_isolate_rolls_the_patient_back(fau
     states = PatientStates()
     core = EventCore(FailsOn(story.events[1]["event_id"]), states, sink, fault)
     core.feed(_records(story.events))
-    assert [r.kind for _, r in sink.letters] == ["engine"]
     assert sink.letters[0][1].reason == "internal error: the rules engine failed on this event (RuntimeError)"
     state = states.get("p-1")
     assert state is not None
-    # rolled back: the plan survived the fault, and the later evaluation reached the goal
-    plan = state.plans.get("poc-1")
-    assert (plan is not None and plan.setting == "outpatient") is (fault is Fault.ISOLATE)
-    assert [r.kind for r in sink.recs] == (["advance_goal", "discharge"] if fault is Fault.ISOLATE else [])
+    if fault is Fault.ISOLATE:  # rolled back: the plan survived the fault, and the later evaluation reached the goal
+        assert [r.kind for _, r in sink.letters] == ["engine"]
+        assert state.plans["poc-1"].setting == "outpatient"
+        assert [r.kind for r in sink.recs] == ["advance_goal", "discharge"]
+    else:  # not rolled back: the fault had cleared the plan, so the next evaluation has no plan to go to
+        assert [(r.kind, r.field) for _, r in sink.letters] == [("engine", "(event)"), ("invalid", "plan_id")]
+        assert "poc-1" not in state.plans and sink.recs == []
 
 
 def test_fault_raise_hands_the_failure_to_the_caller_naming_the_record():
@@ -160,9 +162,12 @@ def test_the_state_bound_keeps_the_newest_ids_and_plans_and_counts_what_goes(eng
     dropped = 0
     plans = MAX_PLANS + 3
     for i in range(MAX_REMEMBERED_EVENTS + 10):
-        visit = {"type": "visit", "event_id": f"v{i}", "patient_id": "p-1", "plan_id": f"poc-{min(i, plans - 1)}",
+        plan_id = f"poc-{min(i, plans - 1)}"
+        event = {"type": "visit", "event_id": f"v{i}", "patient_id": "p-1", "plan_id": plan_id,
                  "occurred_at": "2026-01-05T09:00:00Z", "status": "attended"}
-        dropped += engine.process(state, parse_event(json.dumps(visit))).dropped
+        if i < plans:  # each plan opened by a plan event
+            event = {**Story(plan_id=plan_id).plan(0).events[0], "event_id": f"v{i}"}
+        dropped += engine.process(state, parse_event(json.dumps(event))).dropped
     assert dropped == 10 + 3  # the 10 oldest ids, the 3 oldest plans
     assert len(state.seen_events) == 8 * MAX_REMEMBERED_EVENTS
     assert list(state.plans) == [f"poc-{i}" for i in range(3, plans)]
@@ -223,3 +228,47 @@ def test_a_failing_patient_is_left_out_of_a_sweep_and_the_others_are_swept():
     assert changed == ["p-2"] and core.tally.sweep_failures == 1
     assert states.get("p-1").to_bytes() == before  # type: ignore[union-attr]
     assert {r.patient_id for r in sink.recs if r.triggered_by[0].startswith("clock@")} == {"p-2"}
+
+
+def test_an_event_for_a_plan_no_plan_event_opened_is_rejected_and_leaves_no_phantom(engine):
+    """An evaluation or visit for an unknown plan_id used to create an open plan, swept for ever."""
+    import datetime as dt
+
+    story = Story().plan(0, [goal("g1", "COPM-performance", 3, 7)])
+    stray = Story(plan_id="poc-9")
+    stray.evaluation(3, ("COPM-performance", 5)).visit(4)
+    stray.events = [{**e, "event_id": f"stray-{i}"} for i, e in enumerate(stray.events)]  # ids apart from story's
+    sink = Collect()
+    states = PatientStates()
+    core = EventCore(engine, states, sink)
+    core.feed(_records(stray.events + story.events))
+    assert [(r.field, r.reason) for _, r in sink.letters] == [
+        ("plan_id", 'plan_id: no plan event has opened "poc-9"')] * 2
+    assert core.tally.rejected == 2 and core.tally.processed == 1 and core.tally.balanced
+    state = states.get("p-1")
+    assert state is not None and list(state.plans) == ["poc-1"]
+    core.sweep(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    assert all(r.plan_id == "poc-1" for r in sink.recs)
+    # once the plan event arrives, the same events are welcome (they were not remembered)
+    opened = Story(plan_id="poc-9").plan(0)
+    core.feed(_records([{**opened.events[0], "event_id": "open-9"}, *stray.events]))
+    assert core.tally.processed == 4 and len(sink.letters) == 2
+
+
+def test_a_discharged_plan_recommends_nothing_until_a_plan_snapshot_reopens_it(engine):
+    """An evaluation after discharge gave "Goal g1 reached ... set the next goal"."""
+    story = (Story().plan(0, [goal("g1", "COPM-performance", 3, 7)]).evaluation(14, ("COPM-performance", 5, "g1"))
+             .discharge(20).evaluation(21, ("COPM-performance", 7, "g1")))
+    sink = Collect()
+    states = PatientStates()
+    core = EventCore(engine, states, sink)
+    core.feed(_records(story.events))
+    assert sink.recs == [] and core.tally.processed == 4  # the late evaluation is kept in history
+    state = states.get("p-1")
+    assert state is not None and state.plans["poc-1"].goals["g1"].latest == 7
+    reopened = Story().plan(22, [goal("g1", "COPM-performance", 3, 9)])
+    reopened.evaluation(30, ("COPM-performance", 9, "g1"))
+    core.feed(_records([{**e, "event_id": f"again-{i}"} for i, e in enumerate(reopened.events)]))
+    assert not state.plans["poc-1"].discharged
+    # recommendations again (g1 was met before, in this plan, so only "all goals met" speaks)
+    assert [r.kind for r in sink.recs] == ["discharge"]

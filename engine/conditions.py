@@ -20,6 +20,7 @@ durable_rules ruleset must agree with it (a property test checks that).
 from __future__ import annotations
 
 import difflib
+import math
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -549,7 +550,8 @@ _CMP: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def value_of(node: Node, facts: Mapping[str, Any]) -> Value:
-    """A number, text, yes/no or null; arithmetic with a null (or /0) is null."""
+    """A number, text, yes/no or null; arithmetic with a null (or /0) is null, and so is
+    arithmetic that overflows (an infinite or undefined result compares with nothing)."""
     if isinstance(node, Const):
         return node.value
     if isinstance(node, Fact):
@@ -561,7 +563,8 @@ def value_of(node: Node, facts: Mapping[str, Any]) -> Value:
         a, b = value_of(node.left, facts), value_of(node.right, facts)
         if a is None or b is None or (node.op == "/" and b == 0):
             return None
-        return _ARITH[node.op](a, b)  # type: ignore[arg-type]
+        result = _ARITH[node.op](a, b)  # type: ignore[arg-type]
+        return result if math.isfinite(result) else None
     return evaluate(node, facts)
 
 

@@ -23,8 +23,12 @@ MAX_PENDING_ALPHAS = 64  # alpha nodes pending at once while one fact is asserte
 MAX_BOOL_NODES_PER_RULE = 15  # `$and` + `$or` nodes in one rule's condition; 16: error 113 at create
 MAX_MESSAGE_KEYS = 254  # keys of one posted message, `id` and `sid` included; 255: error 302
 MAX_COMPARED_STRING_BYTES = 65_535  # longer strings compare wrongly (lengths held in 16 bits), silently
-MAX_RULES_PER_SHARED_ALPHA = 255  # rules ending on one shared node (segfault past it): below by the pending bound
-MAX_ALPHA_CHILDREN = 511  # children of one node (hangs past it): below by the pending bound
+# Equal tests under one parent share a node, and the model above counts each rule's nodes apart.
+# So the compiler keeps rules from sharing: every test starts under a null guard (never shared),
+# and values otrules derives are posted under keys of each rule's own. With that, these two
+# stay below the pending bound (a shared node once let 33 rules overflow the stack):
+MAX_RULES_PER_SHARED_ALPHA = 255  # rules ending on one shared node (segfault past it)
+MAX_ALPHA_CHILDREN = 511  # children of one node (hangs past it)
 
 Level = tuple[int, int]  # (sibling nodes at one level, the largest pending count inside any of them)
 EMPTY: Level = (0, 0)

@@ -288,10 +288,18 @@ def load_rulesets(paths: Iterable[str | Path], catalogue: Catalogue | None = Non
         if catalogue is not None:
             unchecked.extend(instrument_problems(loaded[-1], catalogue))
     names: dict[str, str] = {}
+    total = 0
     for rs in loaded:
         if rs.name in names:
             problems.append(Problem(rs.source, 1, 1, f"ruleset {rs.name!r} is also defined in {names[rs.name]}"))
         names.setdefault(rs.name, rs.source)
+        if total <= MAX_RULES < total + len(rs.rules):  # the cap holds for everything loaded together
+            rule = rs.rules[MAX_RULES - total]
+            together = sum(len(r.rules) for r in loaded)
+            problems.append(Problem(rs.source, rule.line, 1, f"the rules files hold {together:,} rules together, "
+                                    f"over the {MAX_RULES:,}-rule limit; this is rule {MAX_RULES + 1:,}", rule.id,
+                                    "run them as separate services"))
+        total += len(rs.rules)
     if problems:
         raise RulesetError(_in_file_order(problems + unchecked, files))
     return loaded

@@ -42,8 +42,13 @@ class Matcher:
 
     def __init__(self, conditions: Sequence[Compiled], fact_names: Sequence[str], label: str = "rules") -> None:
         self.name = f"otrules-{label}-{next(_names)}"
-        # one value per distinct expression (their keys are the expressions' digests)
-        self._derived: list[Derived] = list({d.key: d for c in conditions for d in c.derived}.values())
+        derived = list({d.key: d for c in conditions for d in c.derived}.values())
+        self._derived: list[Derived] = derived
+        # each distinct expression computed once per message, then posted under every rule's key
+        by_expression: dict[str, tuple[Derived, list[str]]] = {}
+        for d in derived:
+            by_expression.setdefault(d.expression, (d, []))[1].append(d.key)
+        self._expressions = list(by_expression.values())
         self._keys = [(name, durable_key(name)) for name in dict.fromkeys(["event.type", *fact_names])]
         self._rule_index = {f"r{i}": i for i in range(len(conditions))}
         self.definition = {f"r{i}": {"all": [{"m": c.condition}]} for i, c in enumerate(conditions)}
@@ -62,8 +67,10 @@ class Matcher:
         get = facts.get
         msg = {key: float(v) if type(v := get(name)) is int else v for name, key in self._keys}
         msg["id"], msg["sid"] = "f", "0"
-        for d in self._derived:
-            msg[d.key] = d.value(facts)
+        for d, keys in self._expressions:
+            value = d.value(facts)
+            for key in keys:
+                msg[key] = value
         return msg
 
     def match(self, facts: dict[str, Any]) -> list[int]:

@@ -105,12 +105,23 @@ def rule_problems(ruleset: Any, loaded: Any) -> list[str]:
 
 
 def _fails(matcher: Any) -> str | None:
-    """Why posting the probe fact sets fails, or None."""
-    for facts in _probes():
-        try:
+    """Why posting the probe fact sets fails, or None. Besides the fact sets, a message with
+    every fact known and every yes/no value otrules derives set to true, so that every node
+    durable_rules built is entered whatever values the probes give."""
+    import orjson
+
+    from otrules.engine.matcher import _durable_numbers
+
+    probes = _probes()
+    try:
+        for facts in probes:
             matcher.match(facts)
-        except Exception as exc:
-            return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        if matcher.active:
+            everything = matcher.message(probes[-2])
+            everything.update({d.key: True for d in matcher._derived if d.boolean})
+            matcher.match_text(orjson.dumps(_durable_numbers(everything)).decode())
+    except Exception as exc:
+        return type(exc).__name__ + (f": {exc}" if str(exc) else "")
     return None
 
 

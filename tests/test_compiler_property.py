@@ -131,3 +131,16 @@ def test_many_rules_long_ors_and_big_in_lists_agree_with_python(nodes, samples):
         got = {start + i for start, matcher in shards for i in matcher.match(facts)}
         expected = {i for i, n in enumerate(checked) if evaluate(n, facts)}
         assert got == expected, f"rules {sorted(got ^ expected)} disagree with {facts}"
+
+
+def test_arithmetic_that_overflows_is_null_in_both_meanings():
+    """Red team: constants each within range multiplied past the largest float gave inf, which
+    durable_rules saw as null (false) while the Python meaning said true; explain disagreed."""
+    big = Const(1e15)
+    product = Arith("*", Fact("measure.score"), big)
+    for _ in range(21):
+        product = Arith("*", product, big)
+    node = check(Compare(">", product, Const(1.0)))
+    matcher = Matcher([compile_condition(node, "o")], ["measure.score"], label="overflow")
+    facts = {"event.type": "evaluation", "measure.score": 2.0}
+    assert evaluate(node, facts) is False and matcher.match(facts) == []

@@ -134,3 +134,28 @@ def test_the_smoke_run_names_a_rule_durable_rules_fails_on(tmp_path, monkeypatch
     monkeypatch.setattr(Matcher, "match", failing)
     assert smoke.rule_problems(ruleset, engine._loaded[0]) == [
         "s.yaml:7: rule bad: durable_rules fails on it (RuntimeError: Could not assert event, error code: 303)"]
+
+
+def test_rules_that_start_with_the_same_derived_test_do_not_share_a_node(tmp_path):
+    """Red team: 33 rules starting with one ratio (a value otrules derives) shared that
+    durable_rules node, whose children overflowed its 64-node stack on 649 of the sample's
+    events, after validate had accepted the file. Derived values are now keyed per rule."""
+    when = ("plan.visits_attended / plan.frequency_per_week > 4 and "
+            "(plan.goals_met >= 0 or plan.treatment_days_since_report >= 0)")
+    recs = validates_and_runs(write(tmp_path, [rule(f"r{i}", when) for i in range(33)]), tmp_path)
+    assert recs, "the ratio passes 4 on some of the sample's events: the rules must fire there"
+
+
+def test_the_rule_limit_holds_for_files_loaded_together(tmp_path):
+    from otrules.engine import RulesetError, load_rulesets
+    from otrules.engine.loader import MAX_RULES
+
+    for n in range(2):
+        text = HEAD.replace("scale", f"part{n}") + "".join(
+            rule(f"r{i}", "plan.goals_total > 0") for i in range(MAX_RULES // 2 + 1))
+        (tmp_path / f"part{n}.yaml").write_text(text)
+    with pytest.raises(RulesetError) as refused:
+        load_rulesets([tmp_path])
+    (problem,) = refused.value.problems
+    assert str(problem).startswith(f"{tmp_path / 'part1.yaml'}:{4 + 3 * (MAX_RULES // 2 - 1)}:1: rule r1249: "
+                                   "the rules files hold 2,502 rules together, over the 2,500-rule limit")

@@ -10,6 +10,7 @@ measure.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +186,10 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
         "measure.days_since_previous": (event.local_date - before.last_date).days if before else None,
     }
 
+    if not (math.isfinite(score) and (previous is None or math.isfinite(previous - score))
+            and math.isfinite(baseline - score)):  # scores near ±1e308 (an unknown instrument): no inf facts
+        facts = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in facts.items()}
+
     if before is None:
         plan.series[key] = Series(first=score, last=score, last_date=event.local_date, stable_count=stable_count,
                                   anchor=anchor, plateau_count=plateau_count)
@@ -234,7 +239,7 @@ def _plan_facts(state: PatientState, plan: PlanState, today: dt.date, event_fiel
     gas_t = None
     if goals and (wanted is None or "plan.gas_t" in wanted) and all(level is not None for level in levels):
         t = gas_t_score(levels, [g.gas_weight for g in goals])  # type: ignore[arg-type]
-        gas_t = None if t is None else round(t, 2)
+        gas_t = None if t is None or not math.isfinite(t) else round(t, 2)
     return {
         **event_fields,
         "patient.id": state.patient_id,

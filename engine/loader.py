@@ -58,7 +58,7 @@ from otrules.schemas._errors import field_path, show_value
 from otrules.schemas.instruments import MAX_NUMBER
 from otrules.schemas.rulesets import ID_RULE
 
-SUMMARY_MAX = 140
+SUMMARY_MAX = 139  # CDS Hooks: a card summary is "<140 characters"
 MAX_FILE_BYTES = 4 * 1024 * 1024
 """Rules files, test-case files and the catalogue larger than this are refused before
 they are parsed (docs/authoring.md, "Limits and what is refused")."""

@@ -45,6 +45,11 @@ _TIME = r"[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
 _OFFSET = r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 DATE_TIME_PATTERN = f"^{_DATE}[Tt]{_TIME}{_OFFSET}$"
 DATE_PATTERN = f"^{_DATE}$"
+# What the JSON Schemas say: the same shapes with the year range (1900-2199) that parse_event
+# checks in a second step, so pipelines validating with the schema reject those years too.
+_YEAR_RANGE = "(19[0-9]{2}|2[01][0-9]{2})"
+SCHEMA_DATE_TIME_PATTERN = f"^{_YEAR_RANGE}{_DATE[8:]}[Tt]{_TIME}{_OFFSET}$"
+SCHEMA_DATE_PATTERN = f"^{_YEAR_RANGE}{_DATE[8:]}$"
 
 
 # Years outside this window are typing errors in clinical data; near year 9999 the
@@ -84,7 +89,7 @@ DateTime = Annotated[dt.datetime, _Rfc3339(
     f"^{_DATE}[Tt]{_TIME}{_OFFSET}?$",
     core_schema.datetime_schema(tz_constraint="aware", strict=False),
     'Input should be an RFC 3339 date-time with an offset (Z or ±hh:mm), such as "2026-01-05T09:00:00Z"',
-    {"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN},
+    {"type": "string", "format": "date-time", "pattern": SCHEMA_DATE_TIME_PATTERN},
 )]
 """RFC 3339 date-time with an explicit offset, e.g. 2026-01-05T09:00:00Z or ...+01:00."""
 
@@ -92,9 +97,13 @@ Date = Annotated[dt.date, _Rfc3339(
     DATE_PATTERN,
     core_schema.date_schema(strict=False),
     'Input should be a date written YYYY-MM-DD, such as "2026-04-04"',
-    {"type": "string", "format": "date", "pattern": DATE_PATTERN},
+    {"type": "string", "format": "date", "pattern": SCHEMA_DATE_PATTERN},
 )]
 """RFC 3339 full-date, YYYY-MM-DD."""
+
+MAX_GAS_WEIGHT = 100.0
+"""A goal's weight in the GAS T-score: 0 to 100 (Kiresuk & Sherman use small integers; 1e308 made
+the T-score NaN)."""
 
 Setting = Literal["inpatient-rehab", "outpatient", "home-health", "school", "skilled-nursing", "acute"]
 SETTINGS: tuple[str, ...] = get_args(Setting)
@@ -124,7 +133,7 @@ class Goal(BaseModel):
     baseline: Score | None = None
     target: Score
     target_date: Date | None = None
-    gas_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    gas_weight: Annotated[float, Field(ge=0, le=MAX_GAS_WEIGHT, allow_inf_nan=False)] = 1.0
 
 
 class PlanEvent(_EventBase):

@@ -49,7 +49,7 @@ class Recommendation(BaseModel):
     plan_id: str
     goal_id: str | None = None
     indicator: Indicator
-    summary: str = Field(max_length=140)
+    summary: str = Field(max_length=139)  # CDS Hooks: "<140 characters"
     detail: str | None = None
     rule: RuleRef
     evidence: dict[str, Any]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import TypeVar
 
 import pytest
@@ -264,3 +265,64 @@ def test_the_committed_json_schema_holds_the_same_date_rules():
                 plan(certified_until="20260404"), without(plan(), "certified_until"), without(evaluation(), "clinician_id"),
                 {"type": "discharge", **BASE}):
         assert not validator.is_valid(bad), bad
+
+
+def _goal(**over):
+    return {**plan()["goals"][0], **over}
+
+
+# Every way parse_event rejects an event, and whether the JSON Schema can say it too. A rejection
+# the schema cannot express is listed, with why, in the README ("What the JSON Schema cannot say").
+REJECTIONS = [
+    ("occurred_at without an offset", evaluation(occurred_at="2026-01-05T09:00:00"), True),
+    ("occurred_at as digits", evaluation(occurred_at="20260310093000"), True),
+    ("occurred_at in year 9999", evaluation(occurred_at="9999-12-31T23:59:59-01:00"), True),
+    ("a date in year 1899", plan(certified_from="1899-01-05"), True),
+    ("a date as digits", plan(certified_until="20260404"), True),
+    ("a required field missing", without(evaluation(), "clinician_id"), True),
+    ("an unknown event type", {**evaluation(), "type": "referral"}, True),
+    ("a score sent as text", evaluation(measures=[{"instrument": "COPM-performance", "score": "5"}]), True),
+    ("no measures", evaluation(measures=[]), True),
+    ("frequency over 21 a week", plan(frequency_per_week=22), True),
+    ("gas_weight over 100", plan(goals=[_goal(gas_weight=1e308)]), True),
+    ("an empty id", evaluation(event_id=""), True),
+    ("a score outside its instrument's range", evaluation(measures=[{"instrument": "COPM-performance",
+                                                                    "score": 11}]), False),
+    ("certified_until before certified_from", plan(certified_from="2026-04-05", certified_until="2026-04-04"), False),
+    ("a goal_id twice in one plan", plan(goals=[_goal(), _goal()]), False),
+    ("a day that does not exist", plan(certified_until="2026-02-30"), False),
+]
+
+
+@pytest.mark.parametrize(("what", "event", "in_schema"), REJECTIONS, ids=[r[0] for r in REJECTIONS])
+def test_every_rejection_is_in_the_json_schema_or_listed_as_not_expressible(catalogue, what, event, in_schema):
+    from pathlib import Path
+
+    import jsonschema
+
+    with pytest.raises(EventRejected):
+        parse_event(event, catalogue)
+    schema = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "json" / "event.schema.json").read_text())
+    assert jsonschema.Draft202012Validator(schema).is_valid(event) is not in_schema, what
+    if not in_schema:
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        assert what in readme, f"README.md does not list {what!r} as something the schema cannot say"
+
+
+def test_huge_scores_of_an_unknown_instrument_put_no_inf_in_facts_or_text():
+    from conftest import Story, engine_for, run_story
+
+    engine = engine_for('ruleset: t\nversion: "1"\nrules:\n  - id: ch\n    when: measure.count >= 1\n'
+                        '    recommend: {kind: clinical_review, indicator: info, summary: "ch {measure.change}"}\n')
+    story = Story().plan(0).evaluation(1, ("Custom", 1e308)).evaluation(2, ("Custom", -1e308))
+    recs = run_story(engine, story)
+    assert [r.summary for r in recs] == ["ch n/a", "ch n/a"]
+    assert not any(re.search(r"\b(inf|infinity|nan)\b", r.to_json(), re.IGNORECASE) for r in recs)
+
+
+def test_the_recommendation_schema_keeps_summaries_under_140():
+    from pathlib import Path
+
+    schema = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "json" /
+                         "recommendation.schema.json").read_text())
+    assert schema["properties"]["summary"]["maxLength"] == 139

@@ -16,7 +16,7 @@ import click
 from otrules import __version__, defaults
 from otrules.consumers import DeadLetter, DeadLetterSink, JsonlSource, Pipeline, RecommendationWriter, Tally
 from otrules.engine import Engine, RulesetError
-from otrules.schemas import Recommendation
+from otrules.schemas import PlanEvent, Recommendation
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -78,12 +78,17 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                 click.echo(f"{_short(source_name)}:{letter.line}: rejected: {letter.field} ({where})", err=True)
 
         pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report)
-        summary = pipeline.feed(JsonlSource(events, source_name))
+        goals: dict[tuple[str, str, str], str] = {}  # (patient, plan, goal) -> description, for the table
+        for record in JsonlSource(events, source_name):
+            event = pipeline.core.handle(record)
+            if fmt == "table" and isinstance(event, PlanEvent):
+                goals.update({(event.patient_id, event.plan_id, g.goal_id): g.description for g in event.goals})
+        summary = pipeline.summary
         at = sweep_at or summary.last_event_at
         if at is not None:
             pipeline.sweep(at, dt.timedelta(days=retention_days))
         if fmt == "table":
-            _print_table(table, out)
+            _print_table(table, out, goals)
         writer.flush()
     click.echo(_summary_text(summary), err=True)
 
@@ -509,18 +514,32 @@ def _parse_time(text: str, option: str) -> dt.datetime:
     return value
 
 
-def _print_table(recs: list[Recommendation], out: IO[str] | None) -> None:
+def _print_table(recs: list[Recommendation], out: IO[str] | None,
+                 goals: dict[tuple[str, str, str], str] | None = None) -> None:
+    """For people: goals by their description, critical rows marked (in words and in colour), and
+    what was found when time advanced said so. Text from events is shown as text, never markup."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    goals = goals or {}
     table = Table(title=f"{len(recs)} recommendations", show_lines=False, expand=True)
+    widths = {"when": 15, "patient": 12, "goal": 28, "kind": 20, "level": 11, "rule": 24}
     for col, style in (("when", "dim"), ("patient", ""), ("goal", ""), ("kind", "bold"), ("level", ""),
                        ("summary", ""), ("rule", "dim")):
-        table.add_column(col, style=style, overflow="fold", ratio=5 if col == "summary" else None)
+        table.add_column(col, style=style, overflow="fold", max_width=widths.get(col),
+                         ratio=1 if col == "summary" else None)
     colours = {"info": "green", "warning": "yellow", "critical": "bold red"}
-    for r in recs:
-        table.add_row(r.occurred_at[:10], r.patient_id, r.goal_id or "", r.kind,
-                      f"[{colours[r.indicator]}]{r.indicator}[/]", r.summary, r.rule.id)
+    for r in sorted(recs, key=lambda r: r.indicator != "critical"):  # critical first: stable otherwise
+        swept = r.triggered_by[0].startswith("clock@")
+        when = f"{r.occurred_at[:10]}\n(time advanced)" if swept else r.occurred_at[:10]
+        goal = ""
+        if r.goal_id:
+            description = goals.get((r.patient_id, r.plan_id, r.goal_id))
+            goal = f"{r.goal_id}: {description}" if description else r.goal_id
+        level = f"[{colours[r.indicator]}]{'!! ' if r.indicator == 'critical' else ''}{r.indicator}[/]"
+        table.add_row(when, escape(r.patient_id), escape(goal), r.kind, level, escape(r.summary), r.rule.id,
+                      style="bold" if r.indicator == "critical" else None)
     Console(file=out, width=160 if out is not None and not out.isatty() else None).print(table)
 
 

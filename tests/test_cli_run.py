@@ -242,3 +242,20 @@ def test_outputs_that_are_the_input_or_each_other_are_refused_and_nothing_is_tou
     result = run_cli("run", *args)
     assert result.returncode == 2 and "is the same file as" in result.stderr and "nothing was written" in result.stderr
     assert events.read_bytes() == defaults.SAMPLE_STREAM.read_bytes() and out.read_text() == "kept\n"
+
+
+def test_the_table_shows_goal_descriptions_marks_critical_rows_and_sweeps_and_never_renders_markup(tmp_path):
+    from conftest import Story, goal
+
+    g = goal("g1", "COPM-performance", 3, 7, target_day=20)
+    g["description"] = "[red]Dress[/] <b>x</b>"  # short: one line in the goal column
+    story = (Story().plan(0, [g]).evaluation(14, ("COPM-performance", 8, "g1"))
+             .evaluation(21, ("COPM-performance", 2, "g1")))
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(json.dumps(e) for e in story.events) + "\n")
+    result = run_cli("run", "--input", str(events), "--format", "table", "--as-of", "2026-06-01T00:00:00Z")
+    assert result.returncode == 0, result.stderr
+    assert "g1: [red]Dress[/] <b>x</b>" in result.stdout  # shown as written: rich did not read it as markup
+    first_row = next(line for line in result.stdout.splitlines() if line.startswith("│"))
+    assert "!! critical" in first_row  # critical rows first, marked in words as well as colour
+    assert "(time advanced)" in result.stdout

@@ -62,8 +62,31 @@ def show_value(value: Any) -> str:
     return text
 
 
-def describe_validation_error(exc: ValidationError, *, strip_union_tags: bool = True) -> str:
-    """The first few errors as `field: message (got value)`, joined by '; '."""
+class _Literal(str):
+    """A JSON number or constant exactly as it was written."""
+
+
+def literal_at(raw: bytes | str | None, loc: tuple[Any, ...]) -> str | None:
+    """The number at `loc` in the JSON text `raw`, as it was sent (`1e309`, not Infinity; all 38
+    digits of an integer, not a rounded float). Only on the error path: it parses `raw` again."""
+    if raw is None:
+        return None
+    try:
+        node: Any = json.loads(raw, parse_float=_Literal, parse_int=_Literal, parse_constant=_Literal)
+    except (ValueError, RecursionError):
+        return None
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return str(node) if isinstance(node, _Literal) else None
+
+
+def describe_validation_error(exc: ValidationError, *, strip_union_tags: bool = True,
+                              raw: bytes | str | None = None) -> str:
+    """The first few errors as `field: message (got value)`, joined by '; '. With the JSON text
+    `raw`, a number is shown as it was sent."""
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = tuple(err["loc"])
@@ -73,7 +96,8 @@ def describe_validation_error(exc: ValidationError, *, strip_union_tags: bool = 
         if err["type"] == "missing":
             parts.append(f"{field_path(loc)}: required field is missing")
             continue
-        parts.append(f"{field_path(loc)}: {msg} (got {show_value(err.get('input'))})")
+        sent = literal_at(raw, loc) if isinstance(err.get("input"), (int, float)) else None
+        parts.append(f"{field_path(loc)}: {msg} (got {sent or show_value(err.get('input'))})")
     more = len(exc.errors()) - 3
     if more > 0:
         parts.append(f"and {more} more")

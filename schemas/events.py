@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from otrules.schemas._errors import EventRejected, describe_validation_error, field_path, show_value
+from otrules.schemas._errors import EventRejected, describe_validation_error, field_path, literal_at, show_value
 from otrules.schemas.instruments import Catalogue
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
@@ -237,7 +237,7 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
     if ends != keys:
         _check_repeated_keys(raw)
     if catalogue is not None and isinstance(event, EvaluationEvent):
-        _check_scores(event, catalogue)
+        _check_scores(event, catalogue, raw)
     return event
 
 
@@ -307,10 +307,10 @@ def _reason(exc: ValidationError, raw: bytes | str) -> tuple[str, str]:
     if kind == "union_tag_not_found":
         return "type: required field is missing (one of " + ", ".join(EVENT_TYPES) + ")", "type"
     loc = tuple(first["loc"])
-    return describe_validation_error(exc), field_path(loc[1:] if loc and loc[0] in EVENT_TYPES else loc)
+    return describe_validation_error(exc, raw=raw), field_path(loc[1:] if loc and loc[0] in EVENT_TYPES else loc)
 
 
-def _check_scores(event: EvaluationEvent, catalogue: Catalogue) -> None:
+def _check_scores(event: EvaluationEvent, catalogue: Catalogue, raw: bytes | str | None = None) -> None:
     for i, measure in enumerate(event.measures):
         instrument = catalogue.get(measure.instrument)
         if instrument is None:
@@ -318,6 +318,5 @@ def _check_scores(event: EvaluationEvent, catalogue: Catalogue) -> None:
         why = instrument.out_of_range(measure.score)
         if why:
             field = f"measures[{i}].score"
-            raise EventRejected(
-                f"{field}: {show_value(measure.score)} {why} of {measure.instrument}", field
-            )
+            sent = literal_at(raw, ("measures", i, "score")) or show_value(measure.score)
+            raise EventRejected(f"{field}: {sent} {why} of {measure.instrument}", field)

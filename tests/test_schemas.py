@@ -326,3 +326,17 @@ def test_the_recommendation_schema_keeps_summaries_under_140():
     schema = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "json" /
                          "recommendation.schema.json").read_text())
     assert schema["properties"]["summary"]["maxLength"] == 139
+
+
+@pytest.mark.parametrize(("sent", "shown"), [
+    ("1e309", "measures[0].score: Input should be a finite number (got 1e309)"),
+    ("12345678901234567890123456789012345678",
+     "measures[0].score: 12345678901234567890123456789012345678 is outside the range 1–10 of COPM-performance"),
+])
+def test_a_dead_letter_reason_shows_a_number_as_it_was_sent(catalogue, sent, shown):
+    """It showed `got Infinity` for 1e309 and a rounded float for a 38-digit integer."""
+    text = json.dumps(evaluation(measures=[{"instrument": "COPM-performance", "score": 0}])).replace(
+        '"score": 0', f'"score": {sent}')
+    with pytest.raises(EventRejected) as rejected:
+        parse_event(text.encode(), catalogue)
+    assert rejected.value.reason == shown

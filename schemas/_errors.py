@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,16 +52,49 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(event)"
 
 
+# What an id or a text may not hold (Unicode Cc, Cf, Zl, Zp; Cs cannot pass the JSON parser). In a
+# reason, these and every other character Python does not call printable (spaces other than
+# U+0020, unassigned and private-use code points) are shown as JSON escapes (\u202e): they would
+# break the reason's line, or hide or reorder text in a log viewer, or look like a plain space.
+_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_KIND = {"Cc": "a control character", "Cf": "a format character", "Cs": "a surrogate", "Zl": "a line separator",
+         "Zp": "a paragraph separator"}
+_PARTIAL_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{0,3})?$")
+
+
 def show_value(value: Any) -> str:
+    """The value as JSON, at most 60 characters, with characters that are not printable as escapes."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     try:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = repr(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
     if len(text) > _MAX_VALUE_CHARS:
-        text = text[: _MAX_VALUE_CHARS - 1] + "…"
+        cut = text[: _MAX_VALUE_CHARS - 1]
+        partial = _PARTIAL_ESCAPE.search(cut)
+        if partial:
+            before = cut[: partial.start()]
+            if (len(before) - len(before.rstrip("\\"))) % 2 == 0:  # the backslash begins an escape: cut in half
+                cut = before
+        text = cut + "…"
     return text
+
+
+def what_is_unprintable(value: str) -> str:
+    """For a reason: the first character an id or a text may not hold, and where (1-based)."""
+    for i, c in enumerate(value, start=1):
+        category = unicodedata.category(c)
+        if category in _UNSEEN:
+            name = unicodedata.name(c, "")
+            return f"U+{ord(c):04X}{f' {name}' if name else ''}, {_KIND[category]}, at character {i}"
+    if value.isspace():
+        return "only spaces"
+    if value[:1].isspace():
+        return "a space at the start"
+    return "a space at the end" if value[-1:].isspace() else "an unprintable character"
 
 
 class _Literal(str):
@@ -97,6 +132,8 @@ def describe_validation_error(exc: ValidationError, *, strip_union_tags: bool = 
             parts.append(f"{field_path(loc)}: required field is missing")
             continue
         sent = literal_at(raw, loc) if isinstance(err.get("input"), (int, float)) else None
+        if err["type"] in ("id_characters", "text_characters") and isinstance(err.get("input"), str):
+            msg += f": {what_is_unprintable(err['input'])}"
         parts.append(f"{field_path(loc)}: {msg} (got {sent or show_value(err.get('input'))})")
     more = len(exc.errors()) - 3
     if more > 0:

@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
-    StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -31,12 +30,98 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
+from typing_extensions import TypeAliasType
 
 from otrules.schemas._errors import EventRejected, describe_validation_error, field_path, literal_at, show_value
 from otrules.schemas.instruments import Catalogue
 
-NonEmpty = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 Score = Annotated[float, Field(allow_inf_nan=False)]
+
+# ---------------------------------------------------------------- identifiers and free text
+#
+# An id (event_id, patient_id, plan_id, goal_id, clinician_id, instrument) goes into Kafka keys
+# (patient_id decides the partition), recommendation ids (a uuid5 over ids joined by U+001F),
+# the patient's state and its changelog record, and the text of cards: 1 to 128 characters
+# bounds all of those (a FHIR id is at most 64, a urn:uuid 45) and leaves room in a summary of
+# fewer than 140. Printable only: a control character (newline, tab, DEL, NUL, C1), a format
+# character (zero-width space and joiners, bidi controls such as U+202E, the BOM, soft hyphen,
+# tag characters) or a line/paragraph separator (U+2028/9) would break keys, logs and tables,
+# or make an id look like another; and no white space at either end, which no one can see.
+# Free text (a goal's description, a discharge reason) is 1 to 1000 characters with the same
+# characters excluded (no line breaks either) and not only white space.
+#
+# Each class is written out as \uXXXX ranges, which pydantic-core's Rust regex, Python's re and
+# ECMA-262 (the JSON Schema dialect) all read alike. The format characters outside the Basic
+# Multilingual Plane (\U escapes; ECMA-262 needs a `u` flag and \u{...} for them, which Python's
+# re does not read) are checked by otrules only: the JSON Schema leaves them out, and the README
+# lists that. Unicode 15.0's Cc, Cf, Zl and Zp; a test compares these with `unicodedata`.
+ID_MAX = 128
+TEXT_MAX = 1000
+_NOT_PRINTABLE_BMP = (r"\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+                      r"\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb")
+_NOT_PRINTABLE_ASTRAL = (r"\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+                         r"\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
+NOT_PRINTABLE = _NOT_PRINTABLE_BMP + _NOT_PRINTABLE_ASTRAL
+"""A regex character-class body: the characters no id or free text may hold."""
+# White space other than the excluded controls (Unicode Zs), not allowed at either end of an id.
+_SPACE = r" \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+
+
+def _id_pattern(bad: str) -> str:
+    return f"^[^{bad}{_SPACE}](?:[^{bad}]*[^{bad}{_SPACE}])?$"
+
+
+def _text_pattern(bad: str) -> str:
+    return f"^[^{bad}]*[^{bad}{_SPACE}][^{bad}]*$"
+
+
+ID_PATTERN = _id_pattern(NOT_PRINTABLE)
+TEXT_PATTERN = _text_pattern(NOT_PRINTABLE)
+# What the JSON Schemas say: the same without the characters beyond the BMP (see above).
+SCHEMA_ID_PATTERN = _id_pattern(_NOT_PRINTABLE_BMP)
+SCHEMA_TEXT_PATTERN = _text_pattern(_NOT_PRINTABLE_BMP)
+ID_RULE = (f"1 to {ID_MAX} printable characters: no control or format characters (line breaks, tabs, "
+           "zero-width or bidi controls) and no space at either end")
+TEXT_RULE = (f"1 to {TEXT_MAX} printable characters, not only spaces: no control or format characters "
+             "(line breaks, tabs, zero-width or bidi controls)")
+
+
+class _Printable:
+    """A JSON string of bounded length (pydantic's own messages), then the character rule with a
+    message of its own: pydantic's would quote the whole pattern."""
+
+    def __init__(self, max_length: int, pattern: str, schema_pattern: str, error: str, message: str,
+                 description: str) -> None:
+        self.max_length, self.pattern, self.schema_pattern = max_length, pattern, schema_pattern
+        self.error, self.message, self.description = error, message, description
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.chain_schema([
+            core_schema.str_schema(min_length=1, max_length=self.max_length, strict=True),
+            core_schema.custom_error_schema(core_schema.str_schema(pattern=self.pattern),
+                                            custom_error_type=self.error, custom_error_message=self.message),
+        ])
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "minLength": 1, "maxLength": self.max_length, "pattern": self.schema_pattern,
+                "description": self.description}
+
+
+# Named type aliases: the JSON Schemas define each once (`$defs/Id`, `$defs/Text`) and refer to it.
+Id = TypeAliasType("Id", Annotated[str, _Printable(
+    ID_MAX, ID_PATTERN, SCHEMA_ID_PATTERN, "id_characters",
+    "Input should be an id of printable characters with no space at either end",
+    f"An identifier: {ID_RULE}.",
+)])
+"""event_id, patient_id, plan_id, goal_id, clinician_id, instrument: see the comment above."""
+
+Text = TypeAliasType("Text", Annotated[str, _Printable(
+    TEXT_MAX, TEXT_PATTERN, SCHEMA_TEXT_PATTERN, "text_characters",
+    "Input should be printable text, not only spaces",
+    f"Free text: {TEXT_RULE}.",
+)])
+"""A goal's description, a discharge reason."""
 
 # RFC 3339 §5.6 `date-time` ("T" and "Z" may be lower case) and `full-date`.
 # [0-9], not \d: the Rust regex engine's \d also matches non-ASCII digits.
@@ -112,9 +197,9 @@ SETTINGS: tuple[str, ...] = get_args(Setting)
 class _EventBase(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    event_id: NonEmpty
-    patient_id: NonEmpty
-    plan_id: NonEmpty
+    event_id: Id
+    patient_id: Id
+    plan_id: Id
     occurred_at: DateTime
     schema_version: Literal["1"] = "1"
 
@@ -127,9 +212,9 @@ class _EventBase(BaseModel):
 class Goal(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    goal_id: NonEmpty
-    description: NonEmpty
-    instrument: NonEmpty
+    goal_id: Id
+    description: Text
+    instrument: Id
     baseline: Score | None = None
     target: Score
     target_date: Date | None = None
@@ -169,15 +254,15 @@ class PlanEvent(_EventBase):
 class Measure(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    instrument: NonEmpty
+    instrument: Id
     score: Score
-    goal_id: NonEmpty | None = None
+    goal_id: Id | None = None
 
 
 class EvaluationEvent(_EventBase):
     type: Literal["evaluation"]
     kind: Literal["initial", "re-evaluation", "progress", "discharge"]
-    clinician_id: NonEmpty
+    clinician_id: Id
     measures: Annotated[list[Measure], Field(min_length=1)]
 
     @property
@@ -195,7 +280,7 @@ class VisitEvent(_EventBase):
 
 class DischargeEvent(_EventBase):
     type: Literal["discharge"]
-    reason: NonEmpty
+    reason: Text
 
 
 Event = Annotated[

@@ -93,14 +93,18 @@ def test_fault_raise_hands_the_failure_to_the_caller_naming_the_record():
 
 
 def test_a_state_over_the_limit_dead_letters_the_event_that_grew_it(engine):
-    story = Story().plan(0, [goal("g" * 3000, "COPM-performance", 3, 7)]).evaluation(14, ("COPM-performance", 5, "g" * 3000))
+    # ten goals with ids of the longest length allowed (128): the plan's state is ~2,200 bytes,
+    # an evaluation that scores every goal doubles it (a series and throttles per goal)
+    ids = [f"{i:03d}" + "g" * 125 for i in range(10)]
+    story = Story().plan(0, [goal(g, "COPM-performance", 3, 7) for g in ids]).evaluation(
+        14, *[("COPM-performance", 5, g) for g in ids])
     sink = Collect()
     states = PatientStates()
-    core = EventCore(engine, states, sink, Fault.ISOLATE, max_state_bytes=5000)
+    core = EventCore(engine, states, sink, Fault.ISOLATE, max_state_bytes=3000)
     core.feed(_records(story.events))
     assert [(r.kind, r.field) for _, r in sink.letters] == [("state-too-large", "(event)")]
     state = states.get("p-1")
-    assert state is not None and len(state.to_bytes()) <= 5000
+    assert state is not None and len(state.to_bytes()) <= 3000
 
 
 def test_an_isolated_fault_on_a_new_patient_leaves_no_state_and_stored_bytes_survive_a_bad_decode():

@@ -633,25 +633,31 @@ def _evaluation(patient: str, plan_id: str, goal_id: str, score: int, event_id: 
 def test_outputs_too_large_to_publish_dead_letter_their_event_and_the_partition_moves_on(kafka_bootstrap, tmp_path):
     """A recommendation over the output topic's max.message.bytes, and a dead letter over the
     DLQ's, used to abort the batch ~150 times a second for ever; now the event is dead-lettered
-    (as a bounded copy when it is itself too large) and later events go through."""
+    (as a bounded copy when it is itself too large) and later events go through.
+
+    Ids are at most 128 characters, so the topics' limits are lowered instead: the largest
+    recommendation of the stream is 1,833 bytes, the big plan's goal-met and all-goals-met ~2.6-2.9 KB
+    (ids of the longest length, every `&` written `&amp;` in summary and detail)."""
     import hashlib
 
-    gid = "g" * 150_000  # goal-met repeats it in goal_id, summary and detail: ~450 KB
-    big_plan = _plan("p-big", "poc-big", [gid], "big-e1")
-    big_eval = _evaluation("p-big", "poc-big", gid, 7, "big-e2")
-    huge_invalid = json.dumps({"type": "visit", "event_id": "x", "padding": "z" * 150_000}).encode()
+    gid, pid = "g" + "&" * 127, "poc-big" + "&" * 121
+    big_plan = _plan("p-big", pid, [gid], "big-e1")
+    big_eval = json.dumps({**json.loads(_evaluation("p-big", pid, gid, 7, "big-e2" + "&" * 122)),
+                           "note": "z" * 20_000}).encode()  # an extra field (ignored): too large for the DLQ too
+    huge_invalid = json.dumps({"type": "visit", "event_id": "x", "padding": "z" * 20_000}).encode()
     good = stream(15, seed=31)
     lines = [*good[:100], big_plan, big_eval, huge_invalid, *good[100:]]
     expected = embedded([*good, big_plan])
     topics = Topics(kafka_bootstrap, partitions=1)
-    create_topic(kafka_bootstrap, topics.output, 1, configs={"max.message.bytes": "300000"})
-    create_topic(kafka_bootstrap, topics.dlq, 1, configs={"max.message.bytes": "100000"})
+    create_topic(kafka_bootstrap, topics.output, 1, configs={"max.message.bytes": "2400"})
+    create_topic(kafka_bootstrap, topics.dlq, 1, configs={"max.message.bytes": "8000"})  # a bounded copy: ~4.5 KB
     produce(kafka_bootstrap, topics.input, lines)
     consumer = Consumer(kafka_bootstrap, topics, "too-large", tmp_path)
     records = read_all(kafka_bootstrap, topics.output, len(expected))
     letters = read_all(kafka_bootstrap, topics.dlq, 2, timeout=30)
     log = consumer.terminate()
     assert recommendations(records) == expected
+    assert max(len(m.value) for m in records) < 2400
     assert len(letters) == 2
     by_kind = {dict(m.headers)["otrules.kind"]: m for m in letters}
     assert set(by_kind) == {b"too-large", b"invalid"}
@@ -666,9 +672,13 @@ def test_outputs_too_large_to_publish_dead_letter_their_event_and_the_partition_
 
 
 def test_a_state_that_would_outgrow_the_changelog_record_dead_letters_its_event(kafka_bootstrap, tmp_path):
-    g1, g2 = "a" * 100_000, "b" * 100_000
-    plan = _plan("p-big", "poc-big", [g1, g2], "big-e1")  # state ~200 KB: fits
-    grows = _evaluation("p-big", "poc-big", g1, 5, "big-e2")  # series and throttles repeat g1: ~400 KB
+    """Ids are at most 128 characters, so the state grows by many goals instead: a plan of 1,000
+    goals fits a changelog record of 300,000 bytes (~210 KB), an evaluation that scores them all
+    adds a series and throttles per goal and does not (~420 KB)."""
+    ids = [f"{i:04d}" + "a" * 124 for i in range(1000)]
+    plan = _plan("p-big", "poc-big", ids, "big-e1")
+    grows = json.dumps({**json.loads(_evaluation("p-big", "poc-big", ids[0], 5, "big-e2")),
+                        "measures": [{"instrument": "COPM-performance", "score": 5, "goal_id": g} for g in ids]}).encode()
     small = json.dumps({"type": "visit", "event_id": "big-e3", "patient_id": "p-big", "plan_id": "poc-big",
                         "occurred_at": "2026-01-20T09:00:00Z", "status": "attended"}).encode()
     good = stream(10, seed=37)

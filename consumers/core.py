@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from otrules.consumers.states import PatientStates
-from otrules.engine import Engine, PatientState
+from otrules.engine import Engine, PatientState, Released
 from otrules.schemas import Event, EventRejected, OtrulesError, Recommendation, parse_event
 
 
@@ -120,6 +120,7 @@ class Tally:
     dropped: int = 0  # remembered event ids and plans let go by the state bound
     unpublished: int = 0  # sweep recommendations over the record size limit (no event to dead-letter)
     sweep_failures: int = 0  # patients whose sweep failed (left as they were; the sweep went on)
+    late: int = 0  # events older than their plan's latest: placed in history, recommended nothing
     last_event_at: dt.datetime | None = None
     by_kind: Counter[str] = field(default_factory=Counter)
     by_rule: Counter[str] = field(default_factory=Counter)
@@ -214,6 +215,8 @@ class EventCore:
                     raise TooLarge("the patient's state", size, self.max_state_bytes)
             if outcome.recommendations:
                 self.sink.recommend(outcome.recommendations, record)  # raises TooLarge having sent nothing
+            if outcome.released:
+                self._publish_released(outcome.released, record)
         except EventRejected as exc:  # the engine refused it for what the patient's state says; nothing applied
             self.reject(record, Rejection(exc.field or "(event)", exc.reason, "invalid"))
             return None
@@ -237,11 +240,47 @@ class EventCore:
         tally.by_type[event.type, "processed"] += 1
         if outcome.dropped:
             tally.dropped += outcome.dropped
+        if outcome.late:
+            tally.late += 1
         if tally.last_event_at is None or event.occurred_at > tally.last_event_at:
             tally.last_event_at = event.occurred_at
         if outcome.recommendations:
             tally.count(outcome.recommendations)
         return event
+
+    def _publish_released(self, released: Sequence[Released], record: Record | None) -> None:
+        """Held events the reorder window let go: each one's recommendations are published (or
+        that one event dead-lettered) on its own, so one cannot cost another its output."""
+        tally = self.tally
+        for item in released:
+            failure = item.failure
+            if failure is None and item.recommendations:
+                try:
+                    self.sink.recommend(item.recommendations, record)
+                except TooLarge as exc:
+                    rejection = _fault_rejection(exc)
+                    failure = rejection.field, rejection.reason, rejection.kind
+                else:
+                    tally.count(item.recommendations)
+            if failure is not None:  # it was counted processed when it arrived: now it is rejected
+                tally.processed -= 1
+                tally.by_type[item.event.type, "processed"] -= 1
+                self.reject(_held_record(item.event, record), Rejection(*failure))
+            elif item.late:
+                tally.late += 1
+
+    def flush(self, states: States | None = None) -> None:
+        """The end of an input: every event still held in a reorder window is applied."""
+        states = states if states is not None else self.states
+        if not self.engine.reorder_window:
+            return
+        for patient_id in states.patient_ids():
+            state = states.get(patient_id)
+            if state is None or not state.held:
+                continue
+            released = self.engine.flush(state)
+            self._publish_released(released, None)
+            states.put(state)
 
     def set_aside(self, record: Record, rejection: Rejection) -> None:
         """A record dead-lettered without processing (the caller already knows why): read and rejected."""
@@ -278,6 +317,8 @@ class EventCore:
             if state is None:
                 return False
             before = state.to_bytes() if changes else None
+            if state.held:
+                self._publish_released(self.engine.release(state, (at - self.engine.reorder_window).timestamp()), None)
             recs = self.engine.sweep(state, at)
             gone = retention is not None and self.engine.expire(state, at, retention)
             after = None if gone or not changes else state.to_bytes()
@@ -310,6 +351,15 @@ class EventCore:
 
 
 _RECORD_OVERHEAD = 128  # a record batch's header and one record's framing, over key and value
+
+
+def _held_record(event: Event, arrived: Record | None) -> Record:
+    """A held event to dead-letter: its canonical JSON (the bytes it came in are not kept)."""
+    raw = event.model_dump_json().encode()
+    source = f"{arrived.source} (reorder window)" if arrived is not None else "(reorder window)"
+    key = event.patient_id.encode()
+    return Record(raw, source, key=key, keyed=arrived.keyed if arrived is not None else False,
+                  partition=arrived.partition if arrived is not None else None)
 
 
 def _is_sink_error(exc: BaseException) -> bool:

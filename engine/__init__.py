@@ -19,7 +19,7 @@ from otrules.engine.loader import (
     load_rulesets,
     parse_ruleset_text,
 )
-from otrules.engine.processor import Engine, Outcome
+from otrules.engine.processor import Engine, Outcome, Released
 from otrules.engine.state import PatientState
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Outcome",
     "PatientState",
     "Problem",
+    "Released",
     "Rule",
     "RulesetError",
     "check",

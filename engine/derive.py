@@ -3,12 +3,15 @@
 All time arithmetic uses event time, in whole calendar days between the
 events' own local dates (the clinic's day, from the timestamp's offset).
 Facts are computed after the event is applied; each measure's `previous`,
-`change` and `stable_count` are taken against the state just before that
-measure.
+`change` and `stable_count` are taken against the score before it in event
+time. A late event (older than the plan's latest) takes its place in the
+history: the scores after it are re-judged against it, and "latest" and
+"days since" stay where the newest event put them.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import math
 from dataclasses import dataclass
@@ -16,7 +19,16 @@ from typing import Any
 
 from otrules.engine.facts import FACTS
 from otrules.engine.gas import gas_t_score
-from otrules.engine.state import GoalState, PatientState, PlanState, Series, series_key
+from otrules.engine.state import (
+    MAX_POINTS,
+    MAX_VISITS,
+    GoalState,
+    PatientState,
+    PlanState,
+    Point,
+    Series,
+    series_key,
+)
 from otrules.schemas import (
     Catalogue,
     DischargeEvent,
@@ -36,6 +48,7 @@ class EventFacts:
 
     base: Facts
     per_measure: tuple[tuple[Measure, Facts], ...]
+    late: bool = False  # older than the plan's latest event: placed in history, recommends nothing
 
 
 def apply_event(state: PatientState, event: Event, catalogue: Catalogue,
@@ -43,29 +56,35 @@ def apply_event(state: PatientState, event: Event, catalogue: Catalogue,
     """Apply `event` to `state` and present its facts. With `wanted` (the facts the loaded rules
     name, in conditions and texts), facts that cost work and no rule reads are left null."""
     plan = state.plan(event.plan_id)
+    at = event.occurred_at.timestamp()
+    late = plan.latest_at is not None and at < plan.latest_at
     met_before = {gid: g.met_ever for gid, g in plan.goals.items()}
     measure_facts: list[tuple[Measure, Facts]] = []
     if isinstance(event, PlanEvent):
-        _apply_plan(plan, event)
+        _apply_plan(plan, event, at)
     elif isinstance(event, VisitEvent):
-        _apply_visit(plan, event)
+        _apply_visit(plan, event, at)
     elif isinstance(event, EvaluationEvent):
         for measure in event.measures:
-            measure_facts.append((measure, _apply_measure(plan, event, measure, catalogue)))
-        plan.last_evaluation = event.local_date
-        if event.starts_reporting_period:
-            plan.treatment_dates.clear()
+            measure_facts.append((measure, _apply_measure(plan, event, measure, catalogue, at)))
+        if plan.last_evaluation is None or event.local_date > plan.last_evaluation:
+            plan.last_evaluation = event.local_date
+        if event.starts_reporting_period and (plan.reported_at is None or at > plan.reported_at):
+            plan.reported_at = at
+            plan.treated = {day: t for day, t in plan.treated.items() if t >= at}
     elif isinstance(event, DischargeEvent):
-        plan.discharged = True
-        plan.closed_on = event.local_date
+        _apply_discharge(plan, event, at)
+    if not late:
+        plan.latest_at, plan.latest_day = at, event.local_date
+    today = plan.latest_day or event.local_date  # a late event's facts are the plan's as of its newest event
     met_now = _goals_met(plan, catalogue)
-    base = _plan_facts(state, plan, event.local_date, _event_fields(event, wanted), met_now, wanted)
+    base = _plan_facts(state, plan, today, _event_fields(event, wanted), met_now, wanted)
     per_measure = tuple(
-        (m, {**base, **mf, **_goal_facts(plan, plan.goals.get(m.goal_id) if m.goal_id else None, event.local_date,
+        (m, {**base, **mf, **_goal_facts(plan, plan.goals.get(m.goal_id) if m.goal_id else None, today,
                                          met_now, met_before)})
         for m, mf in measure_facts
     )
-    return EventFacts(base, per_measure)
+    return EventFacts(base, per_measure, late)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +130,14 @@ def _event_fields(event: Event, wanted: frozenset[str] | None = None) -> Facts:
 # ---------------------------------------------------------------- state changes
 
 
-def _apply_plan(plan: PlanState, event: PlanEvent) -> None:
-    """A plan event is a full snapshot (it re-opens a discharged plan); goal history is kept by goal_id."""
-    plan.discharged, plan.closed_on = False, None
+def _apply_plan(plan: PlanState, event: PlanEvent, at: float) -> None:
+    """A plan event is a full snapshot; goal history is kept by goal_id. An older snapshot than
+    the one in force changes nothing; a newer one than the discharge in force re-opens the plan."""
+    if plan.opened_at is not None and at < plan.opened_at:
+        return
+    plan.opened_at = at
+    if plan.discharged and (plan.closed_at is None or at >= plan.closed_at):
+        plan.discharged, plan.closed_on, plan.closed_at = False, None, None
     plan.setting = event.setting
     plan.frequency_per_week = event.frequency_per_week
     plan.certified_from = event.certified_from
@@ -129,44 +153,66 @@ def _apply_plan(plan: PlanState, event: PlanEvent) -> None:
             plan.goals[goal.goal_id] = previous
 
 
-def _apply_visit(plan: PlanState, event: VisitEvent) -> None:
+def _apply_discharge(plan: PlanState, event: DischargeEvent, at: float) -> None:
+    """A discharge older than the snapshot in force (a re-opened plan) changes nothing."""
+    if plan.opened_at is not None and at < plan.opened_at:
+        return
+    if not plan.discharged or plan.closed_at is None or at >= plan.closed_at:
+        plan.discharged, plan.closed_at, plan.closed_on = True, at, event.local_date
+
+
+def _apply_visit(plan: PlanState, event: VisitEvent, at: float) -> None:
+    if event.status == "cancelled":
+        return  # a cancelled visit neither counts as missed nor breaks a run of misses
     if event.status == "attended":
         plan.visits_attended += 1
-        plan.visits_missed_in_a_row = 0
-        plan.treatment_dates.add(event.local_date)  # one treatment day per calendar date
-    elif event.status == "missed":
-        plan.visits_missed_in_a_row += 1
-    # a cancelled visit neither counts as missed nor breaks a run of misses
+        if plan.reported_at is None or at >= plan.reported_at:  # one treatment day per calendar date
+            day = event.local_date
+            plan.treated[day] = max(at, plan.treated.get(day, at))
+        if plan.attended_at is None or at >= plan.attended_at:
+            plan.attended_at = at
+            kept = [t for t in plan.missed_since if t > at]
+            if len(kept) < len(plan.missed_since):
+                plan.missed_carry = 0  # the misses let go were older still
+            plan.missed_since = kept
+    elif plan.attended_at is None or at > plan.attended_at:  # a miss older than the last attended visit ends no run
+        bisect.insort_right(plan.missed_since, at)
+        if len(plan.missed_since) > MAX_VISITS:
+            del plan.missed_since[0]
+            plan.missed_carry += 1
 
 
-def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, catalogue: Catalogue) -> Facts:
+def _point_time(point: Point) -> float:
+    return point.at
+
+
+def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, catalogue: Catalogue,
+                   at: float) -> Facts:
     score = measure.score
     key = series_key(measure.instrument, measure.goal_id)
-    before = plan.series.get(key)
+    series = plan.series.get(key)
     instrument = catalogue.get(measure.instrument)
     goal = plan.goals.get(measure.goal_id) if measure.goal_id else None
     own_goal = goal is not None and goal.instrument == measure.instrument
+    sign = instrument.sign if instrument else None
+    mcid = instrument.mcid if instrument else None
 
-    previous = before.last if before else None
+    # its place in event time: after every score at or before `at` (equal times: arrival order)
+    index = 0 if series is None else bisect.bisect_right(series.points, at, key=_point_time)
+    before = series.points[index - 1] if series is not None and index else None
+    if before is not None and not before.known:
+        assert series is not None
+        _work_out_runs(series, index - 1, sign, mcid)
+        before = series.points[index - 1]
+    previous = before.score if before else None
     if own_goal and goal is not None and goal.baseline is not None:
         baseline = goal.baseline
     else:
-        baseline = before.first if before else score
+        baseline = series.first if series is not None and at >= series.first_at else score
     change = _diff(score, previous)
     change_from_baseline = _round(score - baseline)  # a baseline is always there: the first score at the latest
-    sign = instrument.sign if instrument else None
     improvement = None if sign is None or change is None else _round(sign * change)
-    mcid = instrument.mcid if instrument else None
-
-    if mcid is None:
-        stable_count = None
-    elif improvement is None:
-        stable_count = 0
-    elif abs(improvement) < mcid:
-        stable_count = (before.stable_count or 0) + 1 if before else 1
-    else:
-        stable_count = 0
-    anchor, plateau_count = _plateau(before, score, mcid)
+    point = _point(before, at, event.local_date, score, sign, mcid)
 
     facts: Facts = {
         "measure.instrument": measure.instrument,
@@ -180,35 +226,65 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
         "measure.mcid": mcid,
         "measure.improved": None if improvement is None or mcid is None else improvement >= mcid,
         "measure.declined": None if improvement is None or mcid is None else improvement <= -mcid,
-        "measure.stable_count": stable_count,
-        "measure.plateau_count": plateau_count,
-        "measure.count": (before.count + 1) if before else 1,
-        "measure.days_since_previous": (event.local_date - before.last_date).days if before else None,
+        "measure.stable_count": point.stable_count,
+        "measure.plateau_count": point.plateau_count,
+        "measure.count": (series.dropped if series is not None else 0) + index + 1,
+        "measure.days_since_previous": (event.local_date - before.day).days if before else None,
     }
 
     if not (math.isfinite(score) and (previous is None or math.isfinite(previous - score))
             and math.isfinite(baseline - score)):  # scores near ±1e308 (an unknown instrument): no inf facts
         facts = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in facts.items()}
 
-    if before is None:
-        plan.series[key] = Series(first=score, last=score, last_date=event.local_date, stable_count=stable_count,
-                                  anchor=anchor, plateau_count=plateau_count)
+    if series is None:
+        series = plan.series[key] = Series([point], at, score)
     else:
-        before.last, before.last_date = score, event.local_date
-        before.count += 1
-        before.stable_count = stable_count
-        before.anchor, before.plateau_count = anchor, plateau_count
+        series.points.insert(index, point)
+        for i in range(index + 1, len(series.points)):  # the scores after a late one are judged against it
+            later = series.points[i]
+            series.points[i] = _point(series.points[i - 1], later.at, later.day, later.score, sign, mcid)
+        if at < series.first_at:
+            series.first_at, series.first = at, score
+        if len(series.points) > MAX_POINTS:
+            _work_out_runs(series, 1, sign, mcid)  # the new first point's runs are stored
+            del series.points[0]
+            series.dropped += 1
     if goal is not None:
         if own_goal:
-            goal.latest = score
-            if _goal_met(goal, catalogue):
+            goal.latest = series.last
+            if _goal_met(goal, catalogue, score):  # met at its time, even if it arrived late
                 goal.met_ever = True
         if measure.instrument == "GAS":
-            goal.gas_level = score
+            goal.gas_level = series.last
     return facts
 
 
-def _plateau(before: Series | None, score: float, mcid: float | None) -> tuple[float | None, int | None]:
+def _work_out_runs(series: Series, upto: int, sign: int | None, mcid: float | None) -> None:
+    """Work out the runs of points[1..upto] again (the first point's are always kept)."""
+    points = series.points
+    for i in range(1, upto + 1):
+        p = points[i]
+        if not p.known:
+            points[i] = _point(points[i - 1], p.at, p.day, p.score, sign, mcid)
+
+
+def _point(before: Point | None, at: float, day: dt.date, score: float, sign: int | None,
+           mcid: float | None) -> Point:
+    """A score with the runs it ends, judged against the score before it in event time."""
+    improvement = None if sign is None or before is None else _round(sign * _round(score - before.score))
+    if mcid is None:
+        stable_count = None
+    elif improvement is None:
+        stable_count = 0
+    elif abs(improvement) < mcid:
+        stable_count = (before.stable_count or 0) + 1 if before else 1
+    else:
+        stable_count = 0
+    anchor, plateau_count = _plateau(before, score, mcid)
+    return Point(at, day, score, stable_count, anchor, plateau_count)
+
+
+def _plateau(before: Point | None, score: float, mcid: float | None) -> tuple[float | None, int | None]:
     """A run of scores that stay within one MCID of the score that began it.
 
     Unlike stable_count, slow steady progress (+1, +1, +1 on a 2-point MCID)
@@ -294,11 +370,12 @@ def goal_direction(goal_state: GoalState, catalogue: Catalogue) -> int:
     return 1
 
 
-def _goal_met(goal_state: GoalState, catalogue: Catalogue) -> bool:
-    latest = goal_state.latest
-    if latest is None:
+def _goal_met(goal_state: GoalState, catalogue: Catalogue, score: float | None = None) -> bool:
+    """Whether the goal's latest score (or `score`) reaches its target in the good direction."""
+    value = goal_state.latest if score is None else score
+    if value is None:
         return False
-    return goal_direction(goal_state, catalogue) * (latest - goal_state.target) >= 0
+    return goal_direction(goal_state, catalogue) * (value - goal_state.target) >= 0
 
 
 def _progress(plan: PlanState, goal_state: GoalState) -> float | None:

@@ -3,11 +3,19 @@
 No Kafka, no files, no clock: the caller owns state storage, reading and
 writing, and stamps `emitted_at`. Duplicate event ids are skipped; throttles
 are kept in the patient's state and measured in event time.
+
+Event time: an event older than its plan's latest (late) takes its place in the
+history and recommends nothing. With a reorder window W, events wait in the
+patient's state until an event W newer (or a sweep W later, or the end of the
+input) releases them in event-time order, so events out of order by less than
+W give exactly what the time-ordered stream gives.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +26,30 @@ from otrules.engine.limits import MAX_MESSAGE_KEYS, MAX_PENDING_ALPHAS, Level, c
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
-from otrules.engine.state import MAX_PLANS, SEEN_BYTES, PatientState, ThrottleKey
+from otrules.engine.state import MAX_HELD, MAX_PLANS, SEEN_BYTES, PatientState, ThrottleKey
 from otrules.schemas import Catalogue, Event, EventRejected, Measure, PlanEvent, Recommendation
 from otrules.schemas._errors import show_value
 
 
 @dataclass(frozen=True, slots=True)
+class Released:
+    """An event the reorder window held, applied now; or, with `failure` (field, reason, kind),
+    one the engine could not apply (its plan never opened, or the engine failed on it)."""
+
+    event: Event
+    recommendations: tuple[Recommendation, ...] = ()
+    failure: tuple[str, str, str] | None = None
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     duplicate: bool
-    recommendations: tuple[Recommendation, ...] = ()
+    recommendations: tuple[Recommendation, ...] = ()  # the event's own (none while it is held)
     dropped: int = 0  # remembered ids and plans let go by the state bound (engine/state.py)
+    late: bool = False  # older than its plan's latest event: placed in history, recommended nothing
+    held: bool = False  # waiting in the reorder window
+    released: tuple[Released, ...] = ()  # held events this one's time released
 
 
 class _RuleGroup:
@@ -85,7 +107,12 @@ class _LoadedRuleset:
 class Engine:
     """Rulesets compiled into durable_rules, plus the instrument catalogue."""
 
-    def __init__(self, rulesets: Sequence[CompiledRuleset], catalogue: Catalogue) -> None:
+    def __init__(self, rulesets: Sequence[CompiledRuleset], catalogue: Catalogue,
+                 reorder_window: dt.timedelta = dt.timedelta(0)) -> None:
+        if reorder_window < dt.timedelta(0):
+            raise ValueError(f"reorder window: must not be negative, got {reorder_window}")
+        self.reorder_window = reorder_window
+        self._window_s = reorder_window.total_seconds()
         problems = [p for rs in rulesets for p in instrument_problems(rs, catalogue)]
         if problems:
             raise RulesetError(problems)
@@ -100,18 +127,56 @@ class Engine:
 
         An event for a plan that no plan event opened is rejected (`EventRejected`, with nothing
         applied). After a discharge, events still enter the plan's history but recommend
-        nothing, until a plan snapshot re-opens the plan (contracts.md §1)."""
-        plan = state.plans.get(event.plan_id)
-        opens = isinstance(event, PlanEvent)
-        if plan is None and not opens:
+        nothing, until a plan snapshot re-opens the plan (contracts.md §1). A late event enters
+        the history in its place and recommends nothing."""
+        # with a reorder window the plan event may come later, within the window: checked at release
+        if not self._window_s and event.plan_id not in state.plans and not isinstance(event, PlanEvent):
             if state.has_seen(event.event_id):
                 return _DUPLICATE
             raise EventRejected(f"plan_id: no plan event has opened {show_value(event.plan_id)}", "plan_id")
         if not state.remember(event.event_id):
             return _DUPLICATE
+        if not self._window_s:
+            return self._apply(state, event)
+        at = event.occurred_at.timestamp()
+        bisect.insort_right(state.held, event, key=_event_time)  # equal times: arrival order
+        state.watermark = at if state.watermark is None else max(state.watermark, at)
+        released = self.release(state, state.watermark - self._window_s)
+        return Outcome(duplicate=False, held=event in state.held, released=released, dropped=self._trim(state))
+
+    def release(self, state: PatientState, upto: float) -> tuple[Released, ...]:
+        """Apply, in event time, the held events that occurred at or before `upto` (seconds since
+        the epoch; `math.inf` at the end of an input), and the oldest past MAX_HELD."""
+        out: list[Released] = []
+        held = state.held
+        while held and (_event_time(held[0]) <= upto or len(held) > MAX_HELD):
+            event = held.pop(0)
+            if event.plan_id not in state.plans and not isinstance(event, PlanEvent):
+                reason = f"plan_id: no plan event has opened {show_value(event.plan_id)} by this event's time"
+                out.append(Released(event, failure=("plan_id", reason, "invalid")))
+                continue
+            try:
+                outcome = self._apply(state, event)
+            except Exception as exc:  # the core dead-letters it; the rest of the window goes on
+                reason = f"internal error: the rules engine failed on this event ({type(exc).__name__})"
+                out.append(Released(event, failure=("(event)", reason, "engine")))
+            else:
+                out.append(Released(event, outcome.recommendations, late=outcome.late))
+        return tuple(out)
+
+    def flush(self, state: PatientState) -> tuple[Released, ...]:
+        """The end of an input: every held event, in event time."""
+        return self.release(state, math.inf)
+
+    def _apply(self, state: PatientState, event: Event) -> Outcome:
+        plan = state.plans.get(event.plan_id)
+        opens = isinstance(event, PlanEvent)
         facts = apply_event(state, event, self.catalogue, self._wanted)
-        if plan is not None and plan.discharged and not opens and event.type != "discharge":
-            return _quiet(state)
+        if facts.late or (plan is not None and plan.discharged and not opens and event.type != "discharge"):
+            dropped = self._trim(state)
+            if not facts.late:
+                return Outcome(duplicate=False, dropped=dropped) if dropped else _NOTHING
+            return Outcome(duplicate=False, dropped=dropped, late=True)
         out: list[Recommendation] = []
         for loaded in self._loaded:
             hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
@@ -119,10 +184,14 @@ class Engine:
                 hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
             if hits:
                 self._emit(state, loaded, hits, event, out)
-        dropped = state.trim() if len(state.seen_events) > SEEN_BYTES or len(state.plans) > MAX_PLANS else 0
+        dropped = self._trim(state)
         if out or dropped:
             return Outcome(duplicate=False, recommendations=tuple(out), dropped=dropped)
         return _NOTHING
+
+    @staticmethod
+    def _trim(state: PatientState) -> int:
+        return state.trim() if len(state.seen_events) > SEEN_BYTES or len(state.plans) > MAX_PLANS else 0
 
     def sweep(self, state: PatientState, at: dt.datetime) -> tuple[Recommendation, ...]:
         """Check every open plan at time `at`, as if a clock event had arrived.
@@ -203,10 +272,8 @@ class Engine:
         return out
 
 
-def _quiet(state: PatientState) -> Outcome:
-    """An event of a discharged plan: applied, nothing recommended."""
-    dropped = state.trim() if len(state.seen_events) > SEEN_BYTES or len(state.plans) > MAX_PLANS else 0
-    return Outcome(duplicate=False, dropped=dropped) if dropped else _NOTHING
+def _event_time(event: Event) -> float:
+    return event.occurred_at.timestamp()
 
 
 _DUPLICATE = Outcome(duplicate=True)

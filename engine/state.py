@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from otrules.schemas import Goal
+from otrules.schemas import Event, Goal, parse_event
 
-FORMAT = 2  # written as "v"; bump it when the layout below changes
+FORMAT = 3  # written as "v"; bump it when the layout below changes
 
 # The state bound: one patient's state must stay well under Kafka's 1 MB record limit
 # (it is one changelog record) whatever the feed sends. Past these, the oldest go first
@@ -27,6 +27,12 @@ FORMAT = 2  # written as "v"; bump it when the layout below changes
 MAX_REMEMBERED_EVENTS = 4096  # event ids kept for idempotency: 32 KB; an older id sent again is processed again
 MAX_PLANS = 16  # plans kept per patient; closed (discharged) plans go before open ones, oldest first
 SEEN_BYTES = 8 * MAX_REMEMBERED_EVENTS
+# Event-time history (a late event takes its place by occurred_at): scores kept per series and
+# visits kept per plan. A late event older than everything kept still counts, but cannot be
+# placed (its neighbours are gone); 64 scores is years of a plan's evaluations.
+MAX_POINTS = 64
+MAX_VISITS = 64  # missed visits in a row kept with their times; more are counted
+MAX_HELD = 256  # events held in the reorder window per patient; past it the oldest is released early
 
 
 class ThrottleKey(NamedTuple):
@@ -48,24 +54,70 @@ class ThrottleKey(NamedTuple):
 
 
 @dataclass(slots=True)
-class Series:
-    """Scores of one instrument (for one goal, if any) within one plan."""
+class Point:
+    """One score in event time, with the runs it ends (worked out from the points before it).
 
+    Only the first and last points' runs are stored; the others' are worked out again
+    (`known` False) when a late score needs them, which saves a third of a state."""
+
+    at: float  # occurred_at, seconds since the epoch: the order
+    day: dt.date  # the clinic's calendar date: what day counts use
+    score: float
+    # the runs: worked out from the points before, so not part of a point's identity
+    stable_count: int | None = field(default=0, compare=False)  # run of scores with abs(improvement) < mcid
+    anchor: float | None = field(default=None, compare=False)  # score that began the current plateau run
+    plateau_count: int | None = field(default=0, compare=False)  # later scores within one MCID of the anchor
+    known: bool = field(default=True, compare=False)  # the runs above hold
+
+    def runs(self) -> list[Any]:
+        return [self.stable_count, self.anchor, self.plateau_count]
+
+
+@dataclass(slots=True)
+class Series:
+    """Scores of one instrument (for one goal, if any) within one plan, in event time.
+
+    The last MAX_POINTS scores are kept, so a late score can be placed between its
+    neighbours; `first` is the earliest score ever (the baseline when the goal has none)."""
+
+    points: list[Point]
+    first_at: float
     first: float
-    last: float
-    last_date: dt.date
-    count: int = 1
-    stable_count: int | None = 0  # run of scores with abs(improvement) < mcid
-    anchor: float | None = None  # score that began the current plateau run
-    plateau_count: int | None = 0  # later scores within one MCID of the anchor
+    dropped: int = 0  # older points let go
+
+    @property
+    def last(self) -> float:
+        return self.points[-1].score
+
+    @property
+    def count(self) -> int:
+        return self.dropped + len(self.points)
 
     def to_list(self) -> list[Any]:
-        return [self.first, self.last, self.last_date.isoformat(), self.count, self.stable_count, self.anchor,
-                self.plateau_count]
+        """[[at, day, score]...] (day: days since 1970-01-01), first, dropped, runs of the first and last."""
+        points = self.points
+        out = []
+        for p in points:
+            day = p.day.toordinal() - _EPOCH_DAY
+            out.append([day, _compact(p.at - day * 86400), _compact(p.score)])  # seconds from the day's start
+        return [out, _compact(self.first_at), _compact(self.first), self.dropped, points[0].runs(), points[-1].runs()]
 
     @classmethod
     def from_list(cls, v: list[Any]) -> Series:
-        return cls(v[0], v[1], dt.date.fromisoformat(v[2]), v[3], v[4], v[5], v[6])
+        points = [Point(float(day * 86400 + at), dt.date.fromordinal(day + _EPOCH_DAY), float(score), None, None,
+                        None, False) for day, at, score in v[0]]
+        points[0].stable_count, points[0].anchor, points[0].plateau_count = v[4]
+        points[-1].stable_count, points[-1].anchor, points[-1].plateau_count = v[5]
+        points[0].known = points[-1].known = True
+        return cls(points, float(v[1]), float(v[2]), v[3])
+
+
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+
+
+def _compact(at: float) -> int | float:
+    """Whole seconds written without `.0`."""
+    return int(at) if isinstance(at, float) and at.is_integer() else at
 
 
 @dataclass(slots=True)
@@ -104,6 +156,9 @@ class GoalState:
 
 @dataclass(slots=True)
 class PlanState:
+    """One plan of care, kept in event time: each part remembers when it was last changed,
+    so a late event can take its place instead of overwriting newer facts."""
+
     plan_id: str
     setting: str | None = None
     frequency_per_week: int | None = None
@@ -112,11 +167,29 @@ class PlanState:
     goals: dict[str, GoalState] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)  # key: instrument + "\x1f" + goal_id
     visits_attended: int = 0
-    visits_missed_in_a_row: int = 0
-    treatment_dates: set[dt.date] = field(default_factory=set)  # since the last progress report
+    attended_at: float | None = None  # the latest attended visit
+    missed_since: list[float] = field(default_factory=list)  # times of missed visits after it, in order
+    missed_carry: int = 0  # misses after it let go (past MAX_VISITS)
+    treated: dict[dt.date, float] = field(default_factory=dict)  # attended date -> latest visit time that day
+    reported_at: float | None = None  # the latest progress report (evaluation that opens a period)
     last_evaluation: dt.date | None = None
     discharged: bool = False
     closed_on: dt.date | None = None  # date of the discharge event; retention counts from it
+    opened_at: float | None = None  # the plan snapshot in force
+    closed_at: float | None = None  # the discharge in force
+    latest_at: float | None = None  # the latest event applied: an older one is late
+    latest_day: dt.date | None = None  # that event's calendar date: "today" for a late event's facts
+
+    @property
+    def visits_missed_in_a_row(self) -> int:
+        """Missed visits after the latest attended one, in event time."""
+        return len(self.missed_since) + self.missed_carry
+
+    @property
+    def treatment_dates(self) -> set[dt.date]:
+        """Dates with an attended visit since the last progress report."""
+        since = self.reported_at
+        return {day for day, at in self.treated.items() if since is None or at >= since}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,9 +197,14 @@ class PlanState:
             "certified": [_iso(self.certified_from), _iso(self.certified_until)],
             "goals": {k: g.to_list() for k, g in self.goals.items()},
             "series": {k: s.to_list() for k, s in self.series.items()},
-            "visits": [self.visits_attended, self.visits_missed_in_a_row],
-            "treated": sorted(d.isoformat() for d in self.treatment_dates),
+            "visits": [self.visits_attended, None if self.attended_at is None else _compact(self.attended_at),
+                       [_compact(at) for at in self.missed_since], self.missed_carry],
+            "treated": sorted([d.toordinal() - _EPOCH_DAY, _compact(at - (d.toordinal() - _EPOCH_DAY) * 86400)]
+                              for d, at in self.treated.items()),
+            "reported": None if self.reported_at is None else _compact(self.reported_at),
             "evaluated": _iso(self.last_evaluation), "discharged": self.discharged, "closed": _iso(self.closed_on),
+            "times": [None if t is None else _compact(t) for t in (self.opened_at, self.closed_at, self.latest_at)]
+            + [_iso(self.latest_day)],
         }
 
     @classmethod
@@ -136,9 +214,13 @@ class PlanState:
             certified_from=_date(d["certified"][0]), certified_until=_date(d["certified"][1]),
             goals={k: GoalState.from_list(k, g) for k, g in d["goals"].items()},
             series={k: Series.from_list(s) for k, s in d["series"].items()},
-            visits_attended=d["visits"][0], visits_missed_in_a_row=d["visits"][1],
-            treatment_dates={dt.date.fromisoformat(x) for x in d["treated"]},
+            visits_attended=d["visits"][0], attended_at=d["visits"][1], missed_since=d["visits"][2],
+            missed_carry=d["visits"][3],
+            treated={dt.date.fromordinal(day + _EPOCH_DAY): day * 86400 + at for day, at in d["treated"]},
+            reported_at=d["reported"],
             last_evaluation=_date(d["evaluated"]), discharged=d["discharged"], closed_on=_date(d["closed"]),
+            opened_at=d["times"][0], closed_at=d["times"][1], latest_at=d["times"][2],
+            latest_day=_date(d["times"][3]),
         )
 
 
@@ -148,6 +230,8 @@ class PatientState:
     plans: dict[str, PlanState] = field(default_factory=dict)
     seen_events: bytes = b""  # 8-byte event_id digests (see event_digest), in arrival order
     throttle: dict[ThrottleKey, dt.datetime] = field(default_factory=dict)  # -> last emitted (event time)
+    held: list[Event] = field(default_factory=list)  # the reorder window: events waiting, in event time
+    watermark: float | None = None  # the latest occurred_at seen (held or applied)
 
     def plan(self, plan_id: str) -> PlanState:
         plan = self.plans.get(plan_id)
@@ -199,6 +283,8 @@ class PatientState:
             "plans": {k: p.to_dict() for k, p in self.plans.items()},
             "seen": base64.b64encode(self.seen_events).decode(),
             "throttle": {k.text(): _epoch(v) for k, v in self.throttle.items()},
+            "held": [event.model_dump(mode="json") for event in self.held],
+            "mark": self.watermark,
         }, option=orjson.OPT_SORT_KEYS)
         # orjson's bytes keep the ~8 KB buffer they were written into; stores hold these
         # for every patient, so keep an exact-size copy instead
@@ -207,15 +293,44 @@ class PatientState:
     @classmethod
     def from_bytes(cls, value: bytes) -> PatientState:
         d = orjson.loads(value)
+        if isinstance(d, dict) and d.get("v") == 2:
+            d = _from_format_2(d)
         if not isinstance(d, dict) or d.get("v") != FORMAT:
             version = d.get("v", 1) if isinstance(d, dict) else "unknown"
-            raise ValueError(f"patient state: format {version} is not the format {FORMAT} this otrules reads")
+            raise ValueError(f"patient state: format {version} is not a format (2 or {FORMAT}) this otrules reads")
         return cls(
             patient_id=d["patient"],
             plans={k: PlanState.from_dict(k, p) for k, p in d["plans"].items()},
             seen_events=base64.b64decode(d["seen"]),
             throttle={ThrottleKey.parse(k): dt.datetime.fromtimestamp(v, dt.UTC) for k, v in d["throttle"].items()},
+            held=[parse_event(event) for event in d["held"]],
+            watermark=d["mark"],
         )
+
+
+_LONG_AGO = -62135596800.0  # 0001-01-01: the first score of a series from format 2 has no time
+
+
+def _from_format_2(d: dict[str, Any]) -> dict[str, Any]:
+    """State written by otrules before event time (a changelog from the previous release): each
+    series kept its last score only, so that becomes its one point, and times start unknown
+    (the next event of each plan is taken as on time)."""
+    def noon(day: str) -> float:
+        return dt.datetime.fromisoformat(day).replace(hour=12, tzinfo=dt.UTC).timestamp()
+
+    plans = {}
+    for plan_id, p in d["plans"].items():
+        series = {}
+        for key, (first, last, last_date, count, stable, anchor, plateau) in p["series"].items():
+            at = noon(last_date)
+            day = dt.date.fromisoformat(last_date).toordinal() - _EPOCH_DAY
+            series[key] = [[[day, at - day * 86400, last]], _LONG_AGO if count > 1 else at, first, count - 1,
+                           [stable, anchor, plateau], [stable, anchor, plateau]]
+        plans[plan_id] = {**p, "series": series, "visits": [p["visits"][0], None, [], p["visits"][1]],
+                          "treated": [[dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY, 12 * 3600]
+                                      for day in p["treated"]], "reported": None,
+                          "times": [None, None, None, None]}
+    return {**d, "v": FORMAT, "plans": plans, "held": [], "mark": None}
 
 
 def event_digest(event_id: str) -> bytes:

@@ -106,6 +106,8 @@ def backtest(new: Engine, baseline: Engine, records: Iterable[Record], samples: 
             base.core.handle(record)
         if progress is not None:
             progress(len(record.raw) + 1)
+    for side in (base, fresh):
+        side.core.flush()  # the end of the history releases what a reorder window holds
     tally = fresh.core.tally
     report.events, report.rejected = tally.read, tally.rejected
     report.engine_failures = tally.rejected_by["engine"] + base.core.tally.rejected_by["engine"]

@@ -17,6 +17,7 @@ from otrules import __version__, defaults
 from otrules.consumers import DeadLetter, DeadLetterSink, JsonlSource, Pipeline, RecommendationWriter, Tally
 from otrules.engine import Engine, RulesetError
 from otrules.schemas import PlanEvent, Recommendation
+from otrules.schemas.rulesets import parse_duration
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +30,35 @@ rules_option = click.option(
     "--rules", "rules", multiple=True, type=click.Path(exists=True, path_type=Path), envvar="OTRULES_RULES",
     help="Rules file or folder (repeatable). Default: the bundled ot-core.yaml.",
 )
+class _Duration(click.ParamType):
+    """A duration as rules files write one: 30m, 12h, 2d, 1w (0m: none)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+
+
+class _DurationText(_Duration):
+    """A duration checked, but kept as written (KafkaSettings holds text)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        super().convert(value, param, ctx)
+        return str(value)
+reorder_window_option = click.option(
+    "--reorder-window", "reorder_window", type=DURATION, default="0m", envvar="OTRULES_REORDER_WINDOW",
+    show_default=True, metavar="DURATION",
+    help="Hold each event this long in event time (e.g. 2d) so events that arrive out of order by less are "
+         "taken in order; recommendations wait as long. Older events are late: they correct the history and "
+         "recommend nothing. 0m: no holding.")
 catalogue_option = click.option(
     "--catalogue", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="OTRULES_CATALOGUE",
     help="Instrument catalogue. Default: the bundled rules/instruments.yaml.",
@@ -52,8 +82,10 @@ catalogue_option = click.option(
                    "event's time.")
 @click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
               show_default=True, help="Days a discharged plan's state is kept (event time) before it is forgotten.")
+@reorder_window_option
 def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, output_path: str,
-        dlq_path: str | None, fmt: str, quiet: bool, as_of: str | None, retention_days: int) -> None:
+        dlq_path: str | None, fmt: str, quiet: bool, as_of: str | None, retention_days: int,
+        reorder_window: dt.timedelta) -> None:
     """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out.
 
     After the input, time advances to --as-of for every open plan, so plans
@@ -62,7 +94,7 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
     sweep_at = _parse_time(as_of, "--as-of") if as_of else None
     _refuse_same_files(("--input", input_path or str(defaults.SAMPLE_STREAM)), ("--output", output_path),
                        ("--dlq", dlq_path))
-    engine = _engine(rules, catalogue)
+    engine = _engine(rules, catalogue, reorder_window)
     source_name = input_path or str(defaults.SAMPLE_STREAM)
     table: list[Recommendation] = []
     with _open_in(input_path) as events, _open_out(output_path) as out, _open_out(dlq_path) as dlq:
@@ -83,6 +115,7 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
             event = pipeline.core.handle(record)
             if fmt == "table" and isinstance(event, PlanEvent):
                 goals.update({(event.patient_id, event.plan_id, g.goal_id): g.description for g in event.goals})
+        pipeline.core.flush()  # the end of the input releases what the reorder window holds
         summary = pipeline.summary
         at = sweep_at or summary.last_event_at
         if at is not None:
@@ -197,8 +230,9 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
               help="Patients to show whose recommendations changed.")
 @click.option("--progress/--no-progress", default=None, envvar="OTRULES_PROGRESS",
               help="Progress bar (default: when stderr is a terminal).")
+@reorder_window_option
 def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
-             as_json: bool, samples: int, progress: bool | None) -> None:
+             as_json: bool, samples: int, progress: bool | None, reorder_window: dt.timedelta) -> None:
     """What a ruleset change would have recommended differently over a history."""
     import json
 
@@ -206,7 +240,7 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
 
     from otrules import backtest as bt
 
-    new_engine, base_engine = _engine(rules, catalogue), _engine(baseline, catalogue)
+    new_engine, base_engine = _engine(rules, catalogue, reorder_window), _engine(baseline, catalogue, reorder_window)
     path = input_path or str(defaults.SAMPLE_STREAM)
     total = Path(path).stat().st_size if path != "-" and Path(path).is_file() else None
     show = sys.stderr.isatty() if progress is None else progress
@@ -257,6 +291,8 @@ def _settings_options(fn: Any) -> Any:
             kind = click.IntRange(min=spec.minimum, max=spec.maximum)  # type: ignore[arg-type]
         elif spec.kind is float:
             kind = click.FloatRange(min=spec.minimum, max=spec.maximum)
+        elif spec.name == "reorder_window":
+            kind = _DurationText()
         else:
             kind = str
         fn = click.option(spec.flag, spec.name, type=kind, default=spec.default, envvar=spec.envvar,
@@ -296,7 +332,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     redact.set_key(settings.log_hash_key)
     log.info("configuration", rules=[str(r) for r in rules], catalogue=str(catalogue) if catalogue else None,
              **settings.redacted())
-    engine = _engine(rules, catalogue)
+    engine = _engine(rules, catalogue, parse_duration(settings.reorder_window))
     stopping = threading.Event()  # set by SIGTERM/SIGINT, before and after the service exists
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -425,10 +461,11 @@ def _configure_logging() -> None:
     )
 
 
-def _engine(rules: tuple[Path, ...], catalogue: Path | None) -> Engine:
+def _engine(rules: tuple[Path, ...], catalogue: Path | None,
+            reorder_window: dt.timedelta = dt.timedelta(0)) -> Engine:
     try:
         cat = defaults.catalogue(catalogue)
-        return Engine(defaults.rulesets(rules, cat), cat)
+        return Engine(defaults.rulesets(rules, cat), cat, reorder_window)
     except RulesetError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -482,8 +519,9 @@ def _short(path: str) -> str:
 def _summary_text(s: Tally) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())) or "none"
     swept = f", {s.swept} of them when time advanced" if s.swept else ""
+    late = f"; late {s.late} (placed in history, recommended nothing)" if s.late else ""
     return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}; "
-            f"{s.recommendations} recommendations ({kinds}){swept}")
+            f"{s.recommendations} recommendations ({kinds}){swept}{late}")
 
 
 def _refuse_same_files(*named: tuple[str, str | None]) -> None:

@@ -32,6 +32,7 @@ class Explanation:
     where: str = ""
     sweep_at: dt.datetime | None = None  # a sweep (`clock@<time>`), not an event
     patient_id: str | None = None
+    late: bool = False  # older than its plan's latest event: placed in history, recommends nothing
 
 
 class _Collect:
@@ -72,8 +73,11 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
             continue
         state = states.get(event.patient_id) or PatientState(event.patient_id)
         duplicate = state.has_seen(event.event_id)
+        late = False
         try:
-            checks = [] if duplicate else engine.checks(engine.explain_facts(copy.deepcopy(state), event))
+            facts = None if duplicate else engine.explain_facts(copy.deepcopy(state), event)
+            late = facts is not None and facts.late
+            checks = [] if facts is None else engine.checks(facts)
         except Exception as exc:  # the engine fails on this event: say so rather than crash
             checks = []
             sink.letters.append((record, Rejection("(event)", f"internal error: the rules engine failed on this "
@@ -84,7 +88,7 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
             core.handle(record, event=event)
         if sink.letters:
             return Explanation(event, [], [], duplicate, sink.letters[-1][1], record.where)
-        return Explanation(event, checks, list(sink.recs), duplicate, None, record.where)
+        return Explanation(event, checks, list(sink.recs), duplicate, None, record.where, late=late)
     who = f" of patient {patient_id}" if patient_id else ""
     raise EventNotFound(f"no event with event_id {event_id!r}{who} in the input")
 
@@ -137,6 +141,10 @@ def render(ex: Explanation) -> list[str]:
              f"plan {ev.plan_id}, at {ev.occurred_at.isoformat()}"]
     if ex.duplicate:
         return [*lines, "  a duplicate: this event_id was seen before for the patient, so it was skipped"]
+    if ex.late:
+        lines.append("  late: it occurred before the plan's latest event, so it took its place in the history "
+                     "(the scores after it are judged against it) and recommends nothing; the checks below are "
+                     "what its facts give")
     return lines + _render_checks(ex)
 
 
@@ -156,6 +164,7 @@ def _render_checks(ex: Explanation) -> list[str]:
         if check.matched:
             key = (check.ruleset.name, check.rule.id, check.plan_id, check.facts.get("goal.id"))
             fate = ("recommended " + check.rule.recommend.kind) if key in emitted else (
+                "not sent: the event is late" if ex.late else
                 "not sent: throttled, or already recommended for this event")
             lines.append(head + f"MATCHED, {fate}")
             lines += [f"      {name} = {format_value(check.facts.get(name))}" for name in check.rule.facts]
@@ -182,7 +191,7 @@ def as_json(ex: Explanation) -> dict[str, Any]:
     else:
         assert ex.event is not None
         head = {"event_id": ex.event.event_id, "patient_id": ex.event.patient_id, "where": ex.where,
-                "duplicate": ex.duplicate}
+                "duplicate": ex.duplicate, "late": ex.late}
     return {
         **head,
         "checks": [

@@ -22,7 +22,7 @@ SURFACE: dict[str, list[str] | None] = {
         "Recommend", "Recommendation", "RuleRef", "RuleSpec", "RulesetFile", "Source", "Throttle", "VisitEvent",
         "describe_validation_error", "parse_duration", "parse_event"],
     "otrules.engine": [
-        "CompiledRuleset", "ConditionError", "Engine", "FACTS", "FactInfo", "Outcome", "PatientState", "Problem",
+        "CompiledRuleset", "ConditionError", "Engine", "FACTS", "FactInfo", "Outcome", "PatientState", "Problem", "Released",
         "Rule", "RulesetError", "check", "evaluate", "load_catalogue", "load_ruleset", "load_rulesets", "parse",
         "parse_ruleset_text", "to_text"],
     "otrules.consumers": [

@@ -20,6 +20,8 @@ class Metrics:
                                     registry=r)
         self.state_dropped = Counter("otrules_state_dropped", "Remembered event ids and plans let go by the "
                                      "per-patient state bound", registry=r)
+        self.late = Counter("otrules_late_events", "Events older than their plan's latest: placed in history, "
+                            "recommended nothing", registry=r)
         self.unpublished = Counter("otrules_unpublished_recommendations", "Sweep recommendations over the record "
                                    "size limit (not published)", registry=r)
         self.sweep_failures = Counter("otrules_sweep_failures", "Patients whose sweep failed (left as they were; "

@@ -58,6 +58,9 @@ class KafkaSettings:
                                    "rest are held as compact bytes.", minimum=1)
     sweep_interval_seconds: float = _setting(300.0, "Advance the clock over owned open plans this often (0: never).",
                                              minimum=0)
+    reorder_window: str = _setting("0m", "Hold each event this long in event time (e.g. 2d) so events out of order "
+                                   "by less are taken in order; sweeps release them once the clock is that far "
+                                   "past. Older events are late: they correct the history and recommend nothing.")
     retention_days: int = _setting(90, "Days a discharged plan's state is kept (event time) before it is "
                                    "tombstoned.", minimum=0)
     connect_timeout: float = _setting(60.0, "Seconds to wait for Kafka at start-up before exiting with status 3 "

@@ -121,7 +121,7 @@ class Service(ConsumerRebalanceListener):
             return
         rulesets, catalogue = offered
         try:
-            engine = Engine(rulesets, catalogue)
+            engine = Engine(rulesets, catalogue, self.engine.reorder_window)
         except Exception as exc:  # compiled fine in the child; refuse rather than stop
             self.refuse_rulesets(f"could not be built: {type(exc).__name__}")
             return
@@ -182,6 +182,9 @@ class Service(ConsumerRebalanceListener):
         producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, transactional_id=s.transactional_id,
                                  enable_idempotence=True, acks="all", linger_ms=5, max_block_ms=CLIENT_BLOCK_MS,
                                  max_request_size=max(vars(self.limits).values()) + 1024,
+                                 # a batch must fit the smallest topic's max.message.bytes, or the broker
+                                 # refuses it whole and the client splits and retries
+                                 batch_size=min(16384, min(vars(self.limits).values())),
                                  transaction_timeout_ms=s.transaction_timeout_ms, kafka_client=RetryingNetClient,
                                  **s.service_client)
         while True:
@@ -214,7 +217,8 @@ class Service(ConsumerRebalanceListener):
         t = self.tally
         return {"read": t.read, "processed": t.processed, "rejected": t.rejected, "duplicates": t.duplicates,
                 "recommendations": t.recommendations, "batches": self.batches, "aborted": self.aborted,
-                "sweeps": self.sweeps, "swept": t.swept, "expired": t.expired, "dropped": t.dropped}
+                "sweeps": self.sweeps, "swept": t.swept, "expired": t.expired, "dropped": t.dropped,
+                "late": t.late}
 
     # ------------------------------------------------------------ rebalancing
 
@@ -389,6 +393,9 @@ class Service(ConsumerRebalanceListener):
         dropped = self.tally.dropped - txn.counted.dropped
         if dropped:
             self.metrics.state_dropped.inc(dropped)
+        late = self.tally.late - txn.counted.late
+        if late:
+            self.metrics.late.inc(late)
         unpublished = self.tally.unpublished - txn.counted.unpublished
         if unpublished:
             self.metrics.unpublished.inc(unpublished)

@@ -107,7 +107,8 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
         def report(letter: DeadLetter) -> None:
             # the field, not its value: a value may be a score or a patient identifier
             if not quiet:
-                click.echo(f"{_short(source_name)}:{letter.line}: rejected: {letter.field} ({where})", err=True)
+                at = f":{letter.line}" if letter.line is not None else " (an event the reorder window held)"
+                click.echo(f"{_short(source_name)}{at}: rejected: {letter.field} ({where})", err=True)
 
         pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report)
         goals: dict[tuple[str, str, str], str] = {}  # (patient, plan, goal) -> description, for the table

@@ -368,3 +368,13 @@ def test_events_are_held_as_the_events_they_are():
     assert again.held == state.held
     event: Event = again.held[0]
     assert event.occurred_at.utcoffset() == dt.timedelta(hours=2)
+
+
+def test_run_names_a_held_event_rejected_at_release_without_a_line_number(tmp_path):
+    body = json.dumps({**_visit("v-1", "2026-01-06T10:00:00Z", "attended"), "plan_id": "poc-9"})
+    result = CliRunner().invoke(main, ["run", "--input", "-", "--reorder-window", "2d", "--dlq", str(tmp_path / "d")],
+                                input=body + "\n")
+    assert result.exit_code == 0
+    assert "- (an event the reorder window held): rejected: plan_id" in result.stderr
+    assert "None" not in result.stderr and "p-1" not in result.stderr
+    assert json.loads((tmp_path / "d").read_text())["reason"].startswith("plan_id: no plan event has opened")

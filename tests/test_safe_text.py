@@ -293,7 +293,9 @@ def test_any_escaped_value_renders_as_itself_and_nothing_else(value):
     assert "".join(gh.text).strip() == f"x {value} x"
     links = [attrs for tag, attrs in gh.tags if tag == "a"]
     assert [t for t, _ in gh.tags if t != "a"] == ["p"]
-    assert all(EMAIL.search(value) and (a["href"] or "").startswith(("mailto:", "xmpp:")) for a in links), links
+    # the one link cmark-gfm makes whatever the escapes: its e-mail autolink (documented), to the text shown
+    assert all("@" in value and (a["href"] or "").startswith(("mailto:", "xmpp:"))
+               and (a["href"] or "").split(":", 1)[1] in value for a in links), links
     assert not _html_tags(esc).tags  # put into HTML as it is, it makes no element either
 
 

@@ -173,10 +173,8 @@ class Engine:
         opens = isinstance(event, PlanEvent)
         facts = apply_event(state, event, self.catalogue, self._wanted)
         if facts.late or (plan is not None and plan.discharged and not opens and event.type != "discharge"):
-            dropped = self._trim(state)
-            if not facts.late:
-                return Outcome(duplicate=False, dropped=dropped) if dropped else _NOTHING
-            return Outcome(duplicate=False, dropped=dropped, late=True)
+            dropped = self._trim(state)  # placed in history, recommends nothing
+            return Outcome(duplicate=False, dropped=dropped, late=facts.late) if dropped or facts.late else _NOTHING
         out: list[Recommendation] = []
         for loaded in self._loaded:
             hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]

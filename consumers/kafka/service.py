@@ -390,18 +390,12 @@ class Service(ConsumerRebalanceListener):
         self._failures = 0
         for partition in {p for p, _ in txn.view.written}:
             self._observe_state(partition)
-        dropped = self.tally.dropped - txn.counted.dropped
-        if dropped:
-            self.metrics.state_dropped.inc(dropped)
-        late = self.tally.late - txn.counted.late
-        if late:
-            self.metrics.late.inc(late)
-        unpublished = self.tally.unpublished - txn.counted.unpublished
-        if unpublished:
-            self.metrics.unpublished.inc(unpublished)
-        failures = self.tally.sweep_failures - txn.counted.sweep_failures
-        if failures:
-            self.metrics.sweep_failures.inc(failures)
+        m = self.metrics
+        for name, counter in (("dropped", m.state_dropped), ("late", m.late), ("unpublished", m.unpublished),
+                              ("sweep_failures", m.sweep_failures)):
+            n = getattr(self.tally, name) - getattr(txn.counted, name)
+            if n:
+                counter.inc(n)
         for (kind, outcome), n in (self.tally.by_type - txn.counted.by_type).items():
             self.metrics.events.labels(kind, outcome).inc(n)
         for why, n in (self.tally.rejected_by - txn.counted.rejected_by).items():  # counted once, at commit

@@ -3,17 +3,26 @@
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
-# durable_rules needs CPython 3.11 or 3.12: take the first such interpreter on PATH.
-PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
-  $$p -c 'import sys; sys.exit(not ((3,11) <= sys.version_info[:2] < (3,13)))' 2>/dev/null && { echo $$p; break; }; done)
+# The newest supported CPython on PATH or under pyenv (3.13, 3.12, 3.11); PYTHON=... chooses another.
+PYTHON ?= $(shell scripts/find_python.sh)
+# durable_rules 2.0.28 calls PyEval_CallObject, which CPython 3.13 removed; its setup.py overwrites
+# CFLAGS but not CPPFLAGS, so on 3.13 the same PyPI sdist is built with this one definition.
+DURABLE_CPPFLAGS := -DPyEval_CallObject(c,a)=PyObject_CallObject(c,a)
 
 .PHONY: run test lint venv sample clean
 
 $(BIN)/.installed: pyproject.toml
-	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (durable_rules does not import on 3.13)"; exit 2; }
+	@test -n "$(PYTHON)" || { echo "No supported Python found: otrules needs CPython 3.11, 3.12 or 3.13, as" \
+	  "python3.X on PATH or under pyenv; set PYTHON=/path/to/python3.X to choose one. On 3.13 durable_rules" \
+	  "is built with CPPFLAGS='$(DURABLE_CPPFLAGS)' (README, 'Python versions')."; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@if $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then \
+	  echo "CPython 3.13: building durable_rules with CPPFLAGS='$(DURABLE_CPPFLAGS)'"; \
+	  export CPPFLAGS="$${CPPFLAGS:-} $(DURABLE_CPPFLAGS)"; fi; \
 	$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/python -c 'import durable_rules_engine' || { echo "durable_rules does not import (a wheel built" \
+	  "without the 3.13 definition in pip's cache?): pip cache remove durable_rules, then make clean"; exit 2; }
 	@touch $@
 
 venv: $(BIN)/.installed

@@ -157,6 +157,7 @@ class EventCore:
         self.tally = tally if tally is not None else Tally()
         self.max_state_bytes = max_state_bytes  # checked after each event under Fault.ISOLATE
         self._in_place = isinstance(states, PatientStates)  # a state it hands out is changed in place
+        self._ended = False  # `flush` was called: the input is complete, nothing more will arrive
 
     def feed(self, records: Iterable[Record]) -> Tally:
         for record in records:
@@ -268,10 +269,12 @@ class EventCore:
                 self.reject(_held_record(item.event, record), Rejection(*failure))
             elif item.late:
                 tally.late += 1
+            tally.dropped += item.dropped
 
     def flush(self, states: States | None = None) -> None:
         """The end of an input: every event still held in a reorder window is applied."""
         states = states if states is not None else self.states
+        self._ended = True
         if not self.engine.reorder_window:
             return
         for patient_id in states.patient_ids():
@@ -317,14 +320,18 @@ class EventCore:
             if state is None:
                 return False
             before = state.to_bytes() if changes else None
-            if state.held:
-                self._publish_released(self.engine.release(state, (at - self.engine.reorder_window).timestamp()), None)
-            recs = self.engine.sweep(state, at)
-            gone = retention is not None and self.engine.expire(state, at, retention)
+            # with a reorder window, the clock runs the window behind until the input ends: what
+            # is still held has not been applied, and judging "now" without it would be wrong
+            clock = at if self._ended else at - self.engine.reorder_window
+            released = self.engine.release(state, clock.timestamp()) if state.held else ()
+            recs = self.engine.sweep(state, clock)
+            gone = retention is not None and self.engine.expire(state, clock, retention)
             after = None if gone or not changes else state.to_bytes()
             if after is not None and self.max_state_bytes is not None and (
                     len(after) + len(patient_id.encode()) + _RECORD_OVERHEAD > self.max_state_bytes):
                 raise TooLarge("the patient's state", len(after), self.max_state_bytes)
+            if released:  # only now: a failed sweep restores the state, and they are released again
+                self._publish_released(released, None)
             if recs:
                 try:
                     self.sink.recommend(recs, None)

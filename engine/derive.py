@@ -172,8 +172,8 @@ def _apply_visit(plan: PlanState, event: VisitEvent, at: float) -> None:
         if plan.attended_at is None or at >= plan.attended_at:
             plan.attended_at = at
             kept = [t for t in plan.missed_since if t > at]
-            if len(kept) < len(plan.missed_since):
-                plan.missed_carry = 0  # the misses let go were older still
+            if not kept or len(kept) < len(plan.missed_since):
+                plan.missed_carry = 0  # the misses let go (or carried from format 2) were older still
             plan.missed_since = kept
     elif plan.attended_at is None or at > plan.attended_at:  # a miss older than the last attended visit ends no run
         bisect.insort_right(plan.missed_since, at)

@@ -17,7 +17,7 @@ import bisect
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from otrules.engine.compiler import Compiled, compile_condition
@@ -26,7 +26,15 @@ from otrules.engine.limits import MAX_MESSAGE_KEYS, MAX_PENDING_ALPHAS, Level, c
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
-from otrules.engine.state import MAX_HELD, MAX_PLANS, SEEN_BYTES, PatientState, ThrottleKey
+from otrules.engine.state import (
+    MAX_HELD,
+    MAX_HELD_BYTES,
+    MAX_PLANS,
+    SEEN_BYTES,
+    PatientState,
+    ThrottleKey,
+    held_size,
+)
 from otrules.schemas import Catalogue, Event, EventRejected, Measure, PlanEvent, Recommendation
 from otrules.schemas._errors import show_value
 
@@ -40,6 +48,7 @@ class Released:
     recommendations: tuple[Recommendation, ...] = ()
     failure: tuple[str, str, str] | None = None
     late: bool = False
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,28 +139,38 @@ class Engine:
         nothing, until a plan snapshot re-opens the plan (contracts.md §1). A late event enters
         the history in its place and recommends nothing."""
         # with a reorder window the plan event may come later, within the window: checked at release
-        if not self._window_s and event.plan_id not in state.plans and not isinstance(event, PlanEvent):
+        if not self._window_s and event.plan_id not in state.plans and not isinstance(event, PlanEvent) and not any(
+                isinstance(held, PlanEvent) and held.plan_id == event.plan_id for held in state.held):
             if state.has_seen(event.event_id):
                 return _DUPLICATE
             raise EventRejected(f"plan_id: no plan event has opened {show_value(event.plan_id)}", "plan_id")
+        at = event.occurred_at.timestamp()
+        _check_plausible(state, event, at)
         if not state.remember(event.event_id):
             return _DUPLICATE
         if not self._window_s:
-            return self._apply(state, event)
-        at = event.occurred_at.timestamp()
+            # events a window held before it was turned off go first, in event time
+            released = self.flush(state) if state.held else ()
+            outcome = self._apply(state, event)
+            return replace(outcome, released=released) if released else outcome
         bisect.insort_right(state.held, event, key=_event_time)  # equal times: arrival order
+        state.held_bytes += held_size(event)
         state.watermark = at if state.watermark is None else max(state.watermark, at)
         released = self.release(state, state.watermark - self._window_s)
-        return Outcome(duplicate=False, held=event in state.held, released=released, dropped=self._trim(state))
+        return Outcome(duplicate=False, held=any(e is event for e in state.held), released=released,
+                       dropped=self._trim(state))
 
     def release(self, state: PatientState, upto: float) -> tuple[Released, ...]:
         """Apply, in event time, the held events that occurred at or before `upto` (seconds since
-        the epoch; `math.inf` at the end of an input), and the oldest past MAX_HELD."""
+        the epoch; `math.inf` at the end of an input), and the oldest past MAX_HELD events or
+        MAX_HELD_BYTES (the state is one changelog record)."""
         out: list[Released] = []
         held = state.held
-        while held and (_event_time(held[0]) <= upto or len(held) > MAX_HELD):
+        while held and (_event_time(held[0]) <= upto or len(held) > MAX_HELD or state.held_bytes > MAX_HELD_BYTES):
             event = held.pop(0)
+            state.held_bytes -= held_size(event)
             if event.plan_id not in state.plans and not isinstance(event, PlanEvent):
+                state.forget(event.event_id)  # so it can be sent again once its plan is open
                 reason = f"plan_id: no plan event has opened {show_value(event.plan_id)} by this event's time"
                 out.append(Released(event, failure=("plan_id", reason, "invalid")))
                 continue
@@ -161,7 +180,7 @@ class Engine:
                 reason = f"internal error: the rules engine failed on this event ({type(exc).__name__})"
                 out.append(Released(event, failure=("(event)", reason, "engine")))
             else:
-                out.append(Released(event, outcome.recommendations, late=outcome.late))
+                out.append(Released(event, outcome.recommendations, late=outcome.late, dropped=outcome.dropped))
         return tuple(out)
 
     def flush(self, state: PatientState) -> tuple[Released, ...]:
@@ -210,11 +229,12 @@ class Engine:
 
     @staticmethod
     def expire(state: PatientState, at: dt.datetime, retention: dt.timedelta) -> bool:
-        """Forget plans closed longer than `retention` ago (event time); True when nothing is left."""
+        """Forget plans closed longer than `retention` ago (event time); True when nothing is left
+        (no plan and no event held in a reorder window)."""
         for plan_id in [p for p, plan in state.plans.items()
                         if plan.closed_on is not None and plan.closed_on + retention <= at.date()]:
             state.forget_plan(plan_id)
-        return not state.plans
+        return not state.plans and not state.held
 
     def _emit(self, state: PatientState, loaded: _LoadedRuleset, hits: list[tuple[Rule, dict[str, Any]]],
               trigger: Any, out: list[Recommendation]) -> None:
@@ -272,6 +292,25 @@ class Engine:
 
 def _event_time(event: Event) -> float:
     return event.occurred_at.timestamp()
+
+
+MAX_GAP = dt.timedelta(days=366)
+"""An event more than this after its plan's latest (applied or held) is refused: a plan of care
+spans weeks to months, and one mistyped year (2062 for 2026) would otherwise make every later
+event of the plan late, and so silent, for good."""
+
+
+def _check_plausible(state: PatientState, event: Event, at: float) -> None:
+    plan = state.plans.get(event.plan_id)
+    times = [_event_time(e) for e in state.held if e.plan_id == event.plan_id]
+    if plan is not None and plan.latest_at is not None:
+        times.append(plan.latest_at)
+    latest = max(times, default=None)
+    if latest is not None and at - latest > MAX_GAP.total_seconds():
+        seen = dt.datetime.fromtimestamp(latest, dt.UTC).date().isoformat()
+        raise EventRejected(f"occurred_at: {show_value(rfc3339(event.occurred_at))} is more than {MAX_GAP.days} days "
+                            f"after the latest event seen for this plan ({seen}); a new episode needs a new plan_id",
+                            "occurred_at")
 
 
 _DUPLICATE = Outcome(duplicate=True)

@@ -33,6 +33,7 @@ SEEN_BYTES = 8 * MAX_REMEMBERED_EVENTS
 MAX_POINTS = 64
 MAX_VISITS = 64  # missed visits in a row kept with their times; more are counted
 MAX_HELD = 256  # events held in the reorder window per patient; past it the oldest is released early
+MAX_HELD_BYTES = 256_000  # and their JSON at most this large, so the state stays one changelog record
 
 
 class ThrottleKey(NamedTuple):
@@ -232,6 +233,7 @@ class PatientState:
     throttle: dict[ThrottleKey, dt.datetime] = field(default_factory=dict)  # -> last emitted (event time)
     held: list[Event] = field(default_factory=list)  # the reorder window: events waiting, in event time
     watermark: float | None = None  # the latest occurred_at seen (held or applied)
+    held_bytes: int = field(default=0, compare=False)  # JSON size of `held` (worked out again when read)
 
     def plan(self, plan_id: str) -> PlanState:
         plan = self.plans.get(plan_id)
@@ -249,6 +251,14 @@ class PatientState:
             return False
         self.seen_events += digest
         return True
+
+    def forget(self, event_id: str) -> None:
+        """Let an event id go (an event dead-lettered after it was remembered, so it can come again)."""
+        digest, seen = event_digest(event_id), self.seen_events
+        for at in range(0, len(seen), 8):
+            if seen[at:at + 8] == digest:
+                self.seen_events = seen[:at] + seen[at + 8:]
+                return
 
     def trim(self) -> int:
         """Apply the state bound; returns how many remembered ids and plans were let go."""
@@ -303,7 +313,8 @@ class PatientState:
             plans={k: PlanState.from_dict(k, p) for k, p in d["plans"].items()},
             seen_events=base64.b64decode(d["seen"]),
             throttle={ThrottleKey.parse(k): dt.datetime.fromtimestamp(v, dt.UTC) for k, v in d["throttle"].items()},
-            held=[parse_event(event) for event in d["held"]],
+            held=(held := [parse_event(event) for event in d["held"]]),
+            held_bytes=sum(held_size(event) for event in held),
             watermark=d["mark"],
         )
 
@@ -315,22 +326,29 @@ def _from_format_2(d: dict[str, Any]) -> dict[str, Any]:
     """State written by otrules before event time (a changelog from the previous release): each
     series kept its last score only, so that becomes its one point, and times start unknown
     (the next event of each plan is taken as on time)."""
-    def noon(day: str) -> float:
-        return dt.datetime.fromisoformat(day).replace(hour=12, tzinfo=dt.UTC).timestamp()
+    def day_start(day: str) -> float:
+        """The earliest instant of that date anywhere (UTC+14), so every later event of the date
+        sorts after what the old state kept of it."""
+        return dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() - 14 * 3600
 
     plans = {}
     for plan_id, p in d["plans"].items():
         series = {}
         for key, (first, last, last_date, count, stable, anchor, plateau) in p["series"].items():
-            at = noon(last_date)
+            at = day_start(last_date)
             day = dt.date.fromisoformat(last_date).toordinal() - _EPOCH_DAY
             series[key] = [[[day, at - day * 86400, last]], _LONG_AGO if count > 1 else at, first, count - 1,
                            [stable, anchor, plateau], [stable, anchor, plateau]]
         plans[plan_id] = {**p, "series": series, "visits": [p["visits"][0], None, [], p["visits"][1]],
-                          "treated": [[dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY, 12 * 3600]
+                          "treated": [[dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY, -14 * 3600]
                                       for day in p["treated"]], "reported": None,
                           "times": [None, None, None, None]}
     return {**d, "v": FORMAT, "plans": plans, "held": [], "mark": None}
+
+
+def held_size(event: Event) -> int:
+    """The bytes an event held in a reorder window adds to the state."""
+    return len(event.model_dump_json())
 
 
 def event_digest(event_id: str) -> bytes:

@@ -378,3 +378,122 @@ def test_run_names_a_held_event_rejected_at_release_without_a_line_number(tmp_pa
     assert "- (an event the reorder window held): rejected: plan_id" in result.stderr
     assert "None" not in result.stderr and "p-1" not in result.stderr
     assert json.loads((tmp_path / "d").read_text())["reason"].startswith("plan_id: no plan event has opened")
+
+
+# ------------------------------------------------------------------ red-team findings, pinned
+
+
+def _core(window: dt.timedelta, letters: io.StringIO | None = None) -> tuple[Pipeline, list[Recommendation]]:
+    engine = Engine(defaults.rulesets(), defaults.catalogue(), reorder_window=window)
+    recs: list[Recommendation] = []
+    return Pipeline(engine, recs.append, DeadLetterSink(letters)), recs
+
+
+def _lines(*bodies: dict[str, Any]) -> JsonlSource:
+    return JsonlSource(io.BytesIO("".join(json.dumps(b) + "\n" for b in bodies).encode()), "in.jsonl")
+
+
+def test_a_sweep_keeps_a_patient_whose_events_are_all_held():
+    pipeline, _ = _core(WINDOW)
+    pipeline.feed(_lines(_plan(), _visit("v-1", "2026-01-06T10:00:00Z", "attended")))
+    pipeline.core.sweep(dt.datetime(2026, 1, 6, 12, tzinfo=dt.UTC), dt.timedelta(days=90))
+    state = pipeline.states.get("p-1")
+    assert state is not None and [e.event_id for e in state.held] == ["e-plan", "v-1"]
+    assert pipeline.summary.expired == 0
+
+
+def test_with_a_window_a_sweep_judges_the_clock_the_window_behind():
+    """Evaluations on Jan 5 and Feb 3; at Feb 4 the Feb 3 one is still held, so 'now' for the
+    sweep is Feb 2: no 'no evaluation for 30 days' from a state that lacks Feb 3."""
+    bodies = [_plan(), _evaluation("e-1", "2026-01-05T10:00:00Z", 4, "initial"),
+              _evaluation("e-2", "2026-02-03T10:00:00Z", 5)]
+    pipeline, recs = _core(WINDOW)
+    pipeline.feed(_lines(*bodies))
+    pipeline.core.sweep(dt.datetime(2026, 2, 4, 12, tzinfo=dt.UTC))
+    assert not [r for r in recs if r.kind == "re_evaluate"]
+    pipeline.core.flush()  # the input ends: the clock is the sweep's own again
+    pipeline.core.sweep(dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC))
+    assert [r for r in recs if r.kind == "re_evaluate" and "35 days" in r.summary]
+
+
+def test_one_mistyped_year_is_refused_and_does_not_silence_the_plan():
+    letters = io.StringIO()
+    for window in (dt.timedelta(0), WINDOW):
+        pipeline, recs = _core(window, letters)
+        pipeline.feed(_lines(_plan(), _evaluation("e-typo", "2062-01-20T10:00:00Z", 4),
+                             _evaluation("e-1", "2026-01-20T10:00:00Z", 8)))
+        pipeline.core.flush()
+        assert pipeline.summary.rejected == 1 and pipeline.summary.late == 0
+        assert any(r.kind == "advance_goal" for r in recs)
+    reason = json.loads(letters.getvalue().splitlines()[0])["reason"]
+    assert reason.startswith('occurred_at: "2062-01-20T10:00:00Z" is more than 366 days after the latest event')
+
+
+def test_turning_the_window_off_applies_what_it_held_first(engine, held_engine):
+    state = PatientState("p-1")
+    for body in (_plan(), _evaluation("e-1", "2026-01-06T10:00:00Z", 8)):
+        held_engine.process(state, parse_event(body, held_engine.catalogue))
+    assert len(state.held) == 2
+    outcome = engine.process(state, parse_event(_visit("v-1", "2026-01-07T10:00:00Z", "attended"), engine.catalogue))
+    assert [r.event.event_id for r in outcome.released] == ["e-plan", "e-1"] and not state.held
+    assert any(rec.kind == "advance_goal" for r in outcome.released for rec in r.recommendations)
+    assert not outcome.late
+
+
+def test_an_event_dead_lettered_at_release_can_be_sent_again_once_its_plan_opens():
+    orphan = {**_visit("v-1", "2026-01-06T10:00:00Z", "attended"), "plan_id": "poc-2"}
+    pipeline, _ = _core(WINDOW)
+    pipeline.feed(_lines(_plan(), orphan))
+    pipeline.core.flush()
+    assert pipeline.summary.rejected == 1
+    pipeline.feed(_lines({**_plan("2026-01-05T10:00:00Z", "e-plan-2"), "plan_id": "poc-2"}, orphan))
+    pipeline.core.flush()
+    tally = pipeline.summary
+    assert (tally.duplicates, tally.rejected) == (0, 1) and tally.balanced
+    state = pipeline.states.get("p-1")
+    assert state is not None and state.plans["poc-2"].visits_attended == 1
+
+
+def test_what_a_window_holds_is_bounded_in_bytes_as_well_as_in_events(held_engine):
+    state = PatientState("p-1")
+    long = "x" * 900
+    for i in range(400):
+        body = _plan(f"2026-01-05T09:{i // 60:02d}:{i % 60:02d}Z", f"e-{i}")
+        body["goals"] = [{**g, "description": long} for g in body["goals"]] * 1
+        held_engine.process(state, parse_event(body, held_engine.catalogue))
+    assert len(state.held) < 256 and len(state.to_bytes()) < 300_000
+    assert state.held_bytes == PatientState.from_bytes(state.to_bytes()).held_bytes
+
+
+def test_a_failed_sweep_publishes_what_it_released_once_it_succeeds(monkeypatch):
+    pipeline, recs = _core(WINDOW)
+    pipeline.feed(_lines(_plan(), _evaluation("e-1", "2026-01-06T10:00:00Z", 8)))
+    calls = []
+    real = pipeline.core.engine.sweep
+
+    def failing(state: PatientState, at: dt.datetime) -> Any:
+        calls.append(at)
+        if len(calls) == 1:
+            raise RuntimeError("one failure")
+        return real(state, at)
+
+    monkeypatch.setattr(pipeline.core.engine, "sweep", failing)
+    for _ in range(2):
+        pipeline.core.sweep(dt.datetime(2026, 1, 10, 12, tzinfo=dt.UTC), changes=True)
+    assert pipeline.summary.sweep_failures == 1
+    assert [r.triggered_by for r in recs if r.kind == "advance_goal"] == [["e-1"]]  # once, not twice
+
+
+def test_a_format_2_run_of_misses_ends_at_the_next_attended_visit_and_same_day_scores_follow_it(engine):
+    old = {"v": 2, "patient": "p-1", "seen": "", "throttle": {},
+           "plans": {"poc-1": {"setting": "outpatient", "frequency": 2, "certified": ["2026-01-05", "2026-06-30"],
+                               "goals": {"g1": ["COPM-performance", 8, 3, None, 1.0, 5, False, None]},
+                               "series": {"COPM-performance\x1fg1": [3, 5, "2026-01-19", 2, 1, 3, 1]},
+                               "visits": [4, 3], "treated": [], "evaluated": "2026-01-19",
+                               "discharged": False, "closed": None}}}
+    state = PatientState.from_bytes(json.dumps(old).encode())
+    state, _, _ = _feed(engine, [_visit("v-9", "2026-01-20T10:00:00Z", "attended"),
+                                 _evaluation("e-9", "2026-01-19T11:00:00+14:00", 6)], state)
+    plan = state.plans["poc-1"]
+    assert plan.visits_missed_in_a_row == 0
+    assert [p.score for p in plan.series["COPM-performance\x1fg1"].points] == [5, 6]

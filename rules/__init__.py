@@ -19,3 +19,4 @@ def path(name: str) -> Path:
 DEFAULT_RULESET = "ot-core.yaml"
 CATALOGUE = "instruments.yaml"
 SAMPLE_STREAM = "samples/sample-stream.jsonl"
+FHIR_CODES = "fhir-codes.yaml"

@@ -11,7 +11,7 @@ from otrules import defaults
 from otrules.engine import Engine, PatientState, parse_ruleset_text
 from otrules.schemas import Recommendation, parse_event
 
-pytest_plugins = ["kafka_support"]
+pytest_plugins = ["kafka_support", "fhir_validator_support"]
 
 
 @pytest.fixture(scope="session")

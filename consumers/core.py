@@ -13,7 +13,12 @@ its own sink and its failure policy for an event the engine fails on:
 - `Fault.RAISE`: raise `EventFailed` so the caller rolls its whole batch back
   (the Kafka service's fast path, where a transaction gives the rollback).
 
-Counts add up in one `Tally`: read = processed + rejected + duplicates.
+Counts add up in one `Tally`: read = processed + rejected + duplicates + skipped.
+
+Input is otrules' JSON events or FHIR R4 (`input_format`: `auto` tells them
+apart by a top-level `resourceType`). FHIR is an adapter in front of the same
+steps: `consumers.fhir` turns a line into events, which go through
+`_process` like any other; for FHIR input the counts are of resources.
 """
 
 from __future__ import annotations
@@ -21,13 +26,23 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from otrules.consumers.fhir.codes import load_code_table
+from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined, Refused, Skipped
+from otrules.consumers.fhir.resources import entries, is_fhir
 from otrules.consumers.states import PatientStates
-from otrules.engine import Engine, PatientState, Released
+from otrules.engine import Engine, Outcome, PatientState, Released
 from otrules.schemas import Event, EventRejected, OtrulesError, Recommendation, parse_event
+
+INPUT_FORMATS = ("auto", "otrules", "fhir")
+
+
+class _Unreadable(Exception):
+    def __init__(self, patient_id: str) -> None:
+        self.patient_id = patient_id
 
 
 class Fault(enum.Enum):
@@ -121,11 +136,13 @@ class Tally:
     unpublished: int = 0  # sweep recommendations over the record size limit (no event to dead-letter)
     sweep_failures: int = 0  # patients whose sweep failed (left as they were; the sweep went on)
     late: int = 0  # events older than their plan's latest: placed in history, recommended nothing
+    skipped: int = 0  # FHIR resources otrules does not read (a vitals Observation, a Patient): read, not rejected
     last_event_at: dt.datetime | None = None
     by_kind: Counter[str] = field(default_factory=Counter)
     by_rule: Counter[str] = field(default_factory=Counter)
     rejected_by: Counter[str] = field(default_factory=Counter)  # rejection kind -> count
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (event type, processed|duplicate)
+    skipped_by: Counter[str] = field(default_factory=Counter)  # why a FHIR resource was skipped -> count
 
     @property
     def recommendations(self) -> int:
@@ -133,11 +150,12 @@ class Tally:
 
     @property
     def balanced(self) -> bool:
-        return self.read == self.processed + self.rejected + self.duplicates
+        return self.read == self.processed + self.rejected + self.duplicates + self.skipped
 
     def copy(self) -> Tally:
         return replace(self, by_kind=Counter(self.by_kind), by_rule=Counter(self.by_rule),
-                       rejected_by=Counter(self.rejected_by), by_type=Counter(self.by_type))
+                       rejected_by=Counter(self.rejected_by), by_type=Counter(self.by_type),
+                       skipped_by=Counter(self.skipped_by))
 
     def count(self, recs: Iterable[Recommendation]) -> None:
         for rec in recs:
@@ -149,8 +167,13 @@ class EventCore:
     """Feeds records through the engine; every command that reads events drives one."""
 
     def __init__(self, engine: Engine, states: States, sink: Sink, fault: Fault = Fault.DEAD_LETTER,
-                 tally: Tally | None = None, max_state_bytes: int | None = None) -> None:
+                 tally: Tally | None = None, max_state_bytes: int | None = None, input_format: str = "auto",
+                 fhir: FhirMapper | None = None) -> None:
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"input format {input_format!r}: one of {', '.join(INPUT_FORMATS)}")
         self.engine = engine
+        self.input_format = input_format
+        self._fhir = fhir  # made on first use (the code table is read then) unless given
         self.states = states
         self.sink = sink
         self.fault = fault
@@ -158,6 +181,10 @@ class EventCore:
         self.max_state_bytes = max_state_bytes  # checked after each event under Fault.ISOLATE
         self._in_place = isinstance(states, PatientStates)  # a state it hands out is changed in place
         self._ended = False  # `flush` was called: the input is complete, nothing more will arrive
+        self.events: list[Event] = []  # the events the last record made (FHIR: none, one or several)
+        # `otrules explain` watches one event go through: called with the patient's state before the
+        # engine applies it (None for a new patient), and with None once its outputs are out
+        self.observe: Callable[[Event, PatientState | None], None] | None = None
 
     def feed(self, records: Iterable[Record]) -> Tally:
         for record in records:
@@ -181,9 +208,22 @@ class EventCore:
             raise EventRejected(f"key: the Kafka key {_shown(record.key)} is not the body's patient_id "
                                 f"{_shown(patient)}", "key")
 
+    def is_fhir(self, record: Record) -> bool:
+        """Whether the record is read as FHIR (input format `fhir`, or `auto` and a resourceType)."""
+        fmt = self.input_format
+        return fmt == "fhir" or (fmt == "auto" and is_fhir(record.raw))
+
     def handle(self, record: Record, fault: Fault | None = None, event: Event | None = None) -> Event | None:
-        """Process one record (already parsed as `event`, if given); returns its event, or
-        None if it was rejected."""
+        """Process one record (already parsed as `event`, if given); returns its event (a FHIR
+        line's first; `self.events` holds them all), or None if it was rejected."""
+        if event is None and self.input_format != "otrules" and self.is_fhir(record):
+            self.events = self._handle_fhir(record, fault)
+            return self.events[0] if self.events else None
+        event = self._handle_native(record, fault, event)
+        self.events = [event] if event is not None else []
+        return event
+
+    def _handle_native(self, record: Record, fault: Fault | None, event: Event | None) -> Event | None:
         tally = self.tally
         tally.read += 1
         try:
@@ -195,14 +235,27 @@ class EventCore:
             kind = "key" if exc.field == "key" else "invalid"
             self.reject(record, Rejection(exc.field or "(event)", exc.reason, kind))
             return None
-        if fault is None:
-            fault = self.fault
         try:
             state = self.states.get(event.patient_id)
         except ValueError as exc:  # stored bytes this otrules cannot read: keep them, set the event aside
             self.reject(record, Rejection("(state)", f"the patient's stored state cannot be read ({exc})", "state"))
             return None
+        result = self._process(record, event, fault, state)
+        if isinstance(result, Rejection):
+            self.reject(record, result)
+            return None
+        self._count(event, result)
+        return event
+
+    def _process(self, record: Record, event: Event, fault: Fault | None,
+                 state: PatientState | None) -> Outcome | Rejection:
+        """The engine on one event and the patient's state (None: a new patient), its outputs to
+        the sink, the state put back; or why the event is set aside (not yet counted)."""
+        if fault is None:
+            fault = self.fault
         isolate = fault is Fault.ISOLATE
+        if self.observe is not None:
+            self.observe(event, state)
         before = None if state is None or not isolate else state.to_bytes()
         created = state is None
         if state is None:
@@ -219,8 +272,7 @@ class EventCore:
             if outcome.released:
                 self._publish_released(outcome.released, record)
         except EventRejected as exc:  # the engine refused it for what the patient's state says; nothing applied
-            self.reject(record, Rejection(exc.field or "(event)", exc.reason, "invalid"))
-            return None
+            return Rejection(exc.field or "(event)", exc.reason, "invalid")
         except Exception as exc:  # one event's fault must not stop the stream (see Fault)
             if isinstance(exc, OSError) or (_is_sink_error(exc) and not isinstance(exc, TooLarge)):
                 raise  # the output is broken (a closed pipe, a broker away): not this event's fault
@@ -229,15 +281,21 @@ class EventCore:
                 raise EventFailed(record, rejection) from exc
             if isolate:
                 self.states.put_raw(event.patient_id, before)
-            self.reject(record, rejection)
-            return None
+            return rejection
         if created or not self._in_place:
             self.states.put(state)
+        if self.observe is not None:
+            self.observe(event, None)
+        return outcome
+
+    def _count(self, event: Event, outcome: Outcome, resources: int = 1) -> None:
+        """A processed (or duplicate) event in the tally; FHIR counts each resource it was made of."""
+        tally = self.tally
         if outcome.duplicate:
-            tally.duplicates += 1
+            tally.duplicates += resources
             tally.by_type[event.type, "duplicate"] += 1
-            return event
-        tally.processed += 1
+            return
+        tally.processed += resources
         tally.by_type[event.type, "processed"] += 1
         if outcome.dropped:
             tally.dropped += outcome.dropped
@@ -247,7 +305,100 @@ class EventCore:
             tally.last_event_at = event.occurred_at
         if outcome.recommendations:
             tally.count(outcome.recommendations)
-        return event
+
+    def _handle_fhir(self, record: Record, fault: Fault | None) -> list[Event]:
+        """A FHIR line: its resources one at a time through the mapping, each event made through
+        `_process`. Counts are of resources; each refused resource is dead-lettered on its own."""
+        tally = self.tally
+        try:
+            items = entries(record.raw)
+        except EventRejected as exc:
+            tally.read += 1
+            self.reject(record, Rejection(exc.field or "(resource)", exc.reason, "invalid"))
+            return []
+        if self._fhir is None:
+            self._fhir = FhirMapper(load_code_table(None, self.engine.catalogue), self.engine.catalogue)
+        touched: dict[str, PatientState] = {}
+        unreadable: dict[str, str] = {}
+        isolate = (fault or self.fault) is Fault.ISOLATE
+        before: dict[str, bytes] = {}  # under Fault.ISOLATE: each patient's state before the resource
+
+        def state_of(patient_id: str) -> PatientState:
+            state = touched.get(patient_id)
+            if state is None:
+                try:
+                    state = self.states.get(patient_id)
+                except ValueError as exc:
+                    unreadable[patient_id] = str(exc)
+                    raise _Unreadable(patient_id) from None
+                state = touched[patient_id] = state if state is not None else PatientState(patient_id)
+            if isolate:
+                before[patient_id] = state.to_bytes()
+            return state
+
+        key = None if not record.keyed else (record.key or b"").decode("utf-8", "replace")
+        made: list[Event] = []
+        steps = self._fhir.steps(items, state_of, key)
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration:
+                break
+            except _Unreadable as exc:  # the mapping needed a state it cannot read: the rest of the line waits
+                tally.read += 1
+                reason = f"the patient's stored state cannot be read ({unreadable[exc.patient_id]})"
+                self.reject(record, Rejection("(state)", reason, "state"))
+                break
+            if isinstance(step, Skipped):
+                tally.read += 1
+                tally.skipped += 1
+                tally.skipped_by[step.why] += 1
+                continue
+            if isinstance(step, Refused):
+                tally.read += 1
+                self.reject(record, Rejection(step.field, step.reason, step.kind))
+                continue
+            patient_id = step.event.patient_id if isinstance(step, Apply) else step.patient_id
+            resources = len(step.where) if isinstance(step, Apply) else 1
+            tally.read += resources
+            state = touched.get(patient_id) or state_of(patient_id)  # the one the mapping worked on
+            if isinstance(step, Duplicate):
+                tally.duplicates += 1
+                continue
+            if isinstance(step, Joined):
+                too_big = self._too_big(state) if isolate else None
+                if too_big is not None:  # the join made the state too large for the changelog: undo it
+                    self.states.put_raw(patient_id, before.get(patient_id))
+                    touched.pop(patient_id, None)
+                    self._reject_each(record, step, too_big)
+                    continue
+                tally.processed += 1
+                self.states.put(state)
+                continue
+            result = self._process(record, step.event, fault, state)
+            if isinstance(result, Rejection):
+                self._reject_each(record, step, result)
+                touched.pop(patient_id, None)  # rolled back (Fault.ISOLATE) or left as it is: read it again
+                continue
+            for alias in step.event_ids[1:]:  # a resend of one Observation of the group alone is a duplicate
+                state.remember(alias)
+            self.states.put(state)
+            self._count(step.event, result, resources)
+            made.append(step.event)
+        return made
+
+    def _too_big(self, state: PatientState) -> Rejection | None:
+        if self.max_state_bytes is None:
+            return None
+        size = len(state.to_bytes()) + len(state.patient_id.encode()) + _RECORD_OVERHEAD
+        if size <= self.max_state_bytes:
+            return None
+        return _fault_rejection(TooLarge("the patient's state", size, self.max_state_bytes))
+
+    def _reject_each(self, record: Record, step: Apply | Joined | Duplicate, rejection: Rejection) -> None:
+        for where in (step.where if isinstance(step, Apply) else [step.where]):
+            reason = rejection.reason if rejection.reason.startswith(where) else f"{where}: {rejection.reason}"
+            self.reject(record, replace(rejection, reason=reason))
 
     def _publish_released(self, released: Sequence[Released], record: Record | None) -> None:
         """Held events the reorder window let go: each one's recommendations are published (or

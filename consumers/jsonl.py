@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO
+
+import orjson
 
 from otrules.consumers.core import Record
 from otrules.schemas import Recommendation
@@ -12,19 +15,49 @@ from otrules.schemas import Recommendation
 
 class JsonlSource:
     """Records of a binary stream, one per non-blank line; the original bytes are kept for
-    dead letters. A UTF-8 byte-order mark before the first line is not part of it."""
+    dead letters. A UTF-8 byte-order mark before the first line is not part of it.
 
-    def __init__(self, stream: IO[bytes], name: str = "-") -> None:
+    With `documents`, a file holding one pretty-printed JSON document (a FHIR Bundle saved from
+    a server, say) is one record: told apart by a first line that is `{` alone, which no JSONL
+    line is, and a whole that parses. Anything else is read line by line as it comes."""
+
+    def __init__(self, stream: IO[bytes], name: str = "-", documents: bool = False) -> None:
         self._stream = stream
         self.name = name
+        self.documents = documents
 
     def __iter__(self) -> Iterator[Record]:
-        for number, raw in enumerate(self._stream, start=1):
+        lines: Iterable[bytes] = self._stream
+        if self.documents:
+            head: list[bytes] = []
+            for line in self._stream:
+                head.append(line)
+                if line.strip():
+                    break
+            first = head[-1].removeprefix(b"\xef\xbb\xbf") if head else b""
+            if first.strip() == b"{":
+                rest = head + list(self._stream)
+                whole = b"".join(rest).removeprefix(b"\xef\xbb\xbf")
+                if _is_json(whole):
+                    yield Record(whole.strip(), self.name, len(head))
+                    return
+                lines = rest
+            else:
+                lines = itertools.chain(head, self._stream)
+        for number, raw in enumerate(lines, start=1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             raw = raw.rstrip(b"\r\n")
             if raw.strip():
                 yield Record(raw, self.name, number)
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def utc_now() -> str:

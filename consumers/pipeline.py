@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from otrules.consumers.core import EventCore, Fault, Record, Rejection, Tally
 from otrules.consumers.deadletter import DeadLetter, DeadLetterSink
+from otrules.consumers.fhir.mapping import FhirMapper
 from otrules.consumers.states import PatientStates
 from otrules.engine import Engine
 from otrules.schemas import Recommendation
@@ -42,9 +43,10 @@ class Pipeline:
 
     def __init__(self, engine: Engine, emit: Callable[[Recommendation], None], dead_letters: DeadLetterSink,
                  on_reject: Callable[[DeadLetter], None] | None = None, states: PatientStates | None = None,
-                 fault: Fault = Fault.DEAD_LETTER) -> None:
+                 fault: Fault = Fault.DEAD_LETTER, input_format: str = "auto", fhir: FhirMapper | None = None) -> None:
         self.states = states if states is not None else PatientStates()
-        self.core = EventCore(engine, self.states, FileSink(emit, dead_letters, on_reject), fault)
+        self.core = EventCore(engine, self.states, FileSink(emit, dead_letters, on_reject), fault,
+                              input_format=input_format, fhir=fhir)
 
     @property
     def summary(self) -> Tally:

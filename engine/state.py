@@ -234,6 +234,7 @@ class PatientState:
     held: list[Event] = field(default_factory=list)  # the reorder window: events waiting, in event time
     watermark: float | None = None  # the latest occurred_at seen (held or applied)
     held_bytes: int = field(default=0, compare=False)  # JSON size of `held` (worked out again when read)
+    fhir: dict[str, Any] | None = None  # FHIR input's join state (consumers/fhir/mapping.py), JSON values only
 
     def plan(self, plan_id: str) -> PlanState:
         plan = self.plans.get(plan_id)
@@ -295,6 +296,7 @@ class PatientState:
             "throttle": {k.text(): _epoch(v) for k, v in self.throttle.items()},
             "held": [event.model_dump(mode="json") for event in self.held],
             "mark": self.watermark,
+            **({"fhir": self.fhir} if self.fhir else {}),
         }, option=orjson.OPT_SORT_KEYS)
         # orjson's bytes keep the ~8 KB buffer they were written into; stores hold these
         # for every patient, so keep an exact-size copy instead
@@ -316,6 +318,7 @@ class PatientState:
             held=(held := [parse_event(event) for event in d["held"]]),
             held_bytes=sum(held_size(event) for event in held),
             watermark=d["mark"],
+            fhir=d.get("fhir"),
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from otrules.consumers import EventCore, PatientStates, Record, Rejection
+from otrules.consumers.fhir.mapping import FhirMapper
 from otrules.engine import Engine
 from otrules.schemas import Recommendation
 
@@ -76,11 +77,11 @@ class Report:
 class _Side:
     """One engine over the history: the event core with a sink that keeps what it recommends."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, input_format: str = "auto", fhir: FhirMapper | None = None) -> None:
         self.engine = engine
         self.states = PatientStates()
         self.found: dict[Key, Brief] = {}
-        self.core = EventCore(engine, self.states, self)
+        self.core = EventCore(engine, self.states, self, input_format=input_format, fhir=fhir)
 
     def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
         for rec in recs:
@@ -91,16 +92,20 @@ class _Side:
 
 
 def backtest(new: Engine, baseline: Engine, records: Iterable[Record], samples: int = 5,
-             progress: Callable[[int], None] | None = None, as_of: dt.datetime | None = None) -> Report:
+             progress: Callable[[int], None] | None = None, as_of: dt.datetime | None = None,
+             input_format: str = "auto",
+             fhir: tuple[FhirMapper | None, FhirMapper | None] = (None, None)) -> Report:
     """Run both engines over `records`, advance time to `as_of` (default: the last
-    event's time, as `otrules run` does), and compare what they recommend."""
+    event's time, as `otrules run` does), and compare what they recommend. `fhir`: the
+    baseline's and the new side's FHIR mapping (None: the bundled code table)."""
     report = Report(_label(baseline), _label(new))
-    base, fresh = _Side(baseline), _Side(new)
+    base, fresh = _Side(baseline, input_format, fhir[0]), _Side(new, input_format, fhir[1])
     same_catalogue = new.catalogue == baseline.catalogue
     for record in records:
         event = fresh.core.handle(record)
-        # one parse serves both when the catalogues agree (a rejected record is rejected by both)
-        if same_catalogue and event is not None:
+        # one parse serves both when the catalogues agree (a rejected record is rejected by both); a FHIR
+        # line is mapped by each side, against its own state
+        if same_catalogue and event is not None and len(fresh.core.events) == 1 and not fresh.core.is_fhir(record):
             base.core.handle(record, event=event)
         else:
             base.core.handle(record)

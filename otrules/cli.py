@@ -15,6 +15,7 @@ import click
 
 from otrules import __version__, defaults
 from otrules.consumers import DeadLetter, DeadLetterSink, JsonlSource, Pipeline, RecommendationWriter, Tally
+from otrules.consumers.fhir.mapping import FhirMapper
 from otrules.engine import Engine, RulesetError
 from otrules.schemas import PlanEvent, Recommendation
 from otrules.schemas.rulesets import parse_duration
@@ -59,6 +60,14 @@ reorder_window_option = click.option(
     help="Hold each event this long in event time (e.g. 2d) so events that arrive out of order by less are "
          "taken in order; recommendations wait as long. Older events are late: they correct the history and "
          "recommend nothing. 0m: no holding.")
+input_format_option = click.option(
+    "--input-format", "input_format", type=click.Choice(["auto", "otrules", "fhir"]), default="auto",
+    envvar="OTRULES_INPUT_FORMAT", show_default=True,
+    help="otrules JSON events, FHIR R4 resources or Bundles (one per line, or one pretty-printed Bundle), or "
+         "auto: FHIR when a line is a JSON object with resourceType (docs/fhir.md).")
+fhir_codes_option = click.option(
+    "--fhir-codes", "fhir_codes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="OTRULES_FHIR_CODES", help="FHIR code table. Default: the bundled rules/fhir-codes.yaml.")
 catalogue_option = click.option(
     "--catalogue", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="OTRULES_CATALOGUE",
     help="Instrument catalogue. Default: the bundled rules/instruments.yaml.",
@@ -83,9 +92,11 @@ catalogue_option = click.option(
 @click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
               show_default=True, help="Days a discharged plan's state is kept (event time) before it is forgotten.")
 @reorder_window_option
+@input_format_option
+@fhir_codes_option
 def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, output_path: str,
         dlq_path: str | None, fmt: str, quiet: bool, as_of: str | None, retention_days: int,
-        reorder_window: dt.timedelta) -> None:
+        reorder_window: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
     """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out.
 
     After the input, time advances to --as-of for every open plan, so plans
@@ -110,12 +121,16 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                 at = f":{letter.line}" if letter.line is not None else " (an event the reorder window held)"
                 click.echo(f"{_short(source_name)}{at}: rejected: {letter.field} ({where})", err=True)
 
-        pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report)
+        pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, input_format=input_format,
+                            fhir=_fhir_mapper(engine, fhir_codes))
         goals: dict[tuple[str, str, str], str] = {}  # (patient, plan, goal) -> description, for the table
-        for record in JsonlSource(events, source_name):
-            event = pipeline.core.handle(record)
-            if fmt == "table" and isinstance(event, PlanEvent):
-                goals.update({(event.patient_id, event.plan_id, g.goal_id): g.description for g in event.goals})
+        for record in JsonlSource(events, source_name, documents=input_format != "otrules"):
+            pipeline.core.handle(record)
+            if fmt == "table":
+                for event in pipeline.core.events:
+                    if isinstance(event, PlanEvent):
+                        goals.update({(event.patient_id, event.plan_id, g.goal_id): g.description
+                                      for g in event.goals})
         pipeline.core.flush()  # the end of the input releases what the reorder window holds
         summary = pipeline.summary
         at = sweep_at or summary.last_event_at
@@ -136,9 +151,16 @@ def validate(paths: tuple[Path, ...], catalogue: Path | None) -> None:
     Files that check out are then compiled and smoke-run in a child process, so
     a durable_rules crash cannot reach a running service.
     """
+    from otrules.consumers.fhir.codes import is_code_table
     from otrules.engine.loader import instrument_problems
     from otrules.smoke import check_in_child
 
+    tables = [p for p in paths if p.is_file() and is_code_table(p)]
+    if tables:
+        _validate_code_tables(tables, catalogue)
+        paths = tuple(p for p in paths if p not in tables)
+        if not paths:
+            return
     try:
         cat = defaults.catalogue(catalogue)
         loaded = defaults.rulesets(paths, cat)
@@ -158,6 +180,27 @@ def validate(paths: tuple[Path, ...], catalogue: Path | None) -> None:
     for rs in loaded:
         click.echo(f"{rs.source}: ok, ruleset {rs.name} {rs.version}, {len(rs.rules)} rules, {rs.digest[:19]}…, "
                    "compiled and smoke-run")
+
+
+def _validate_code_tables(tables: list[Path], catalogue: Path | None) -> None:
+    """`otrules validate rules/fhir-codes.yaml`: the FHIR code table, errors as file:line; exit 1 on any."""
+    from otrules.consumers.fhir import load_code_table
+
+    failed = 0
+    cat = defaults.catalogue(catalogue)
+    for path in tables:
+        try:
+            table = load_code_table(path, cat)
+        except RulesetError as exc:
+            failed += len(exc.problems)
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            continue
+        click.echo(f"{path}: ok, FHIR code table {table.codes} {table.version}, {len(table.instruments)} instrument "
+                   f"codes, {len(table.evaluation_kinds)} evaluation kinds, {len(table.settings)} settings")
+    if failed:
+        click.echo(f"{failed} error(s)", err=True)
+        sys.exit(1)
 
 
 @main.command("test")
@@ -198,8 +241,10 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
 @click.option("--patient", default=None, envvar="OTRULES_PATIENT",
               help="Its patient, if event ids repeat across patients.")
 @click.option("--json", "as_json", is_flag=True, envvar="OTRULES_JSON", help="Machine-readable output.")
+@input_format_option
+@fhir_codes_option
 def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, event_id: str, patient: str | None,
-            as_json: bool) -> None:
+            as_json: bool, input_format: str, fhir_codes: Path | None) -> None:
     """Every rule one event was checked against; for a rule that did not fire, the first false clause."""
     import json
 
@@ -208,7 +253,9 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
     engine = _engine(rules, catalogue)
     with _open_in(input_path) as events:
         try:
-            ex = explainer.explain(engine, JsonlSource(events, input_path), event_id, patient)
+            ex = explainer.explain(engine, JsonlSource(events, input_path, documents=input_format != "otrules"),
+                                   event_id, patient, input_format=input_format,
+                                   fhir=_fhir_mapper(engine, fhir_codes))
         except explainer.EventNotFound as exc:
             raise click.UsageError(str(exc)) from None
     if as_json:
@@ -232,8 +279,11 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
 @click.option("--progress/--no-progress", default=None, envvar="OTRULES_PROGRESS",
               help="Progress bar (default: when stderr is a terminal).")
 @reorder_window_option
+@input_format_option
+@fhir_codes_option
 def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
-             as_json: bool, samples: int, progress: bool | None, reorder_window: dt.timedelta) -> None:
+             as_json: bool, samples: int, progress: bool | None, reorder_window: dt.timedelta, input_format: str,
+             fhir_codes: Path | None) -> None:
     """What a ruleset change would have recommended differently over a history."""
     import json
 
@@ -249,8 +299,9 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
                    transient=True)
     with bar, _open_in(input_path) as events:
         task = bar.add_task("backtest", total=total)
-        report = bt.backtest(new_engine, base_engine, JsonlSource(events, path), samples,
-                             progress=lambda n: bar.advance(task, n))
+        report = bt.backtest(new_engine, base_engine, JsonlSource(events, path, documents=input_format != "otrules"),
+                             samples, progress=lambda n: bar.advance(task, n), input_format=input_format,
+                             fhir=(_fhir_mapper(base_engine, fhir_codes), _fhir_mapper(new_engine, fhir_codes)))
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
     else:
@@ -334,6 +385,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     log.info("configuration", rules=[str(r) for r in rules], catalogue=str(catalogue) if catalogue else None,
              **settings.redacted())
     engine = _engine(rules, catalogue, parse_duration(settings.reorder_window))
+    if settings.input_format != "otrules" and settings.fhir_codes:
+        _fhir_mapper(engine, Path(settings.fhir_codes))  # a broken code table: its errors, exit 2
     stopping = threading.Event()  # set by SIGTERM/SIGINT, before and after the service exists
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -364,8 +417,9 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     finally:
         watcher.stop()
     c = service.counts()
+    skipped = f" + skipped {tally.skipped}" if tally.skipped else ""
     click.echo(f"read {tally.read} = processed {tally.processed} + rejected {tally.rejected} + "
-               f"duplicates {tally.duplicates}; {tally.recommendations} recommendations in "
+               f"duplicates {tally.duplicates}{skipped}; {tally.recommendations} recommendations in "
                f"{c['batches']} transactions ({c['aborted']} aborted); {c['sweeps']} sweeps made "
                f"{tally.swept} of them; {tally.expired} patients expired", err=True)
 
@@ -377,16 +431,39 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
               help="Exact number of events.")
 @click.option("--seed", type=int, default=0, show_default=True, envvar="OTRULES_SEED")
 @click.option("--out", "out_path", default="-", metavar="F|-", show_default=True, envvar="OTRULES_OUT")
-def generate(patients: int | None, events: int | None, seed: int, out_path: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["otrules", "fhir"]), default="otrules", show_default=True,
+              envvar="OTRULES_FORMAT", help="otrules JSONL events, or the same stream as FHIR R4 NDJSON (Patient, "
+                                            "CarePlan, Goal, Observation, Encounter, Appointment, EpisodeOfCare).")
+def generate(patients: int | None, events: int | None, seed: int, out_path: str, fmt: str) -> None:
     """Write a synthetic, clinically plausible event stream (deterministic per seed)."""
     from otrules import synthetic
 
     if (patients is None) == (events is None):
         raise click.UsageError("give exactly one of --patients or --events")
+    stream = synthetic.generate(patients=patients, events=events, seed=seed)
     with _open_out(out_path) as out:
         assert out is not None  # --out has a default
-        n = synthetic.write_jsonl(out, synthetic.generate(patients=patients, events=events, seed=seed))
+        if fmt == "fhir":
+            from otrules import synthetic_fhir
+
+            counted = _Counted(stream)
+            lines = synthetic_fhir.write_ndjson(out, synthetic_fhir.to_fhir(counted))
+            click.echo(f"wrote {counted.n} events as {lines} FHIR lines", err=True)
+            return
+        n = synthetic.write_jsonl(out, stream)
     click.echo(f"wrote {n} events", err=True)
+
+
+class _Counted:
+    """An iterable that counts what passed through it."""
+
+    def __init__(self, items: Any) -> None:
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Any:
+        for item in self.items:
+            self.n += 1
+            yield item
 
 
 @main.command()
@@ -521,8 +598,24 @@ def _summary_text(s: Tally) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())) or "none"
     swept = f", {s.swept} of them when time advanced" if s.swept else ""
     late = f"; late {s.late} (placed in history, recommended nothing)" if s.late else ""
-    return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}; "
-            f"{s.recommendations} recommendations ({kinds}){swept}{late}")
+    skipped = f" + skipped {s.skipped}" if s.skipped else ""  # FHIR resources otrules does not read
+    return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}"
+            f"{skipped}; {s.recommendations} recommendations ({kinds}){swept}{late}")
+
+
+def _fhir_mapper(engine: Engine, fhir_codes: Path | None) -> FhirMapper | None:
+    """The FHIR mapping with the code table at `fhir_codes`, read now so its errors stop the
+    command before any input is read (exit 2); None: the bundled table, read on first use."""
+    if fhir_codes is None:
+        return None
+    from otrules.consumers.fhir import load_code_table
+
+    try:
+        return FhirMapper(load_code_table(fhir_codes, engine.catalogue), engine.catalogue)
+    except RulesetError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
 
 
 def _refuse_same_files(*named: tuple[str, str | None]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from otrules.consumers import EventCore, Fault, PatientStates, Record, Rejection
+from otrules.consumers.fhir.mapping import FhirMapper
 from otrules.engine import Engine, PatientState
 from otrules.engine.explain import Clause, failing_clauses
 from otrules.engine.processor import RuleCheck
@@ -49,7 +50,8 @@ class _Collect:
         self.letters.append((record, rejection))
 
 
-def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id: str | None = None) -> Explanation:
+def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id: str | None = None,
+            input_format: str = "auto", fhir: FhirMapper | None = None) -> Explanation:
     """Replay the stream up to `event_id` (of `patient_id`, if given) and explain that event.
 
     A record with that id that was rejected (or that the engine failed on) is
@@ -60,8 +62,13 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
         return _explain_sweep(engine, records, event_id, patient_id)
     states = PatientStates()
     sink = _Collect()
-    core = EventCore(engine, states, sink, Fault.ISOLATE)
+    core = EventCore(engine, states, sink, Fault.ISOLATE, input_format=input_format, fhir=fhir)
     for record in records:
+        if core.is_fhir(record):
+            found = _explain_fhir_line(engine, core, sink, record, event_id, patient_id)
+            if found is not None:
+                return found
+            continue
         try:
             event = core.parse(record)
         except EventRejected as exc:
@@ -91,6 +98,53 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
         return Explanation(event, checks, list(sink.recs), duplicate, None, record.where, late=late)
     who = f" of patient {patient_id}" if patient_id else ""
     raise EventNotFound(f"no event with event_id {event_id!r}{who} in the input")
+
+
+def _explain_fhir_line(engine: Engine, core: EventCore, sink: _Collect, record: Record, event_id: str,
+                       patient_id: str | None) -> Explanation | None:
+    """A FHIR line: its events go through the core as usual, and the one asked for is watched (its
+    facts worked out on a copy of the state the engine is about to apply it to)."""
+    seen: dict[str, Any] = {}
+
+    def watch(event: Event, state: PatientState | None) -> None:
+        if "done" in seen:
+            return
+        if state is not None and "event" in seen:  # a later event of the same line: the target's outputs are in
+            seen["done"] = True
+            return
+        if event.event_id != event_id or patient_id not in (None, event.patient_id):
+            return
+        if state is None:
+            seen["done"] = True
+            seen["emitted"] = list(sink.recs[seen["start"]:])
+            return
+        seen["event"], seen["start"] = event, len(sink.recs)
+        try:
+            facts = engine.explain_facts(copy.deepcopy(state), event)
+            seen["late"], seen["checks"] = facts.late, engine.checks(facts)
+        except Exception as exc:  # the engine fails on this event: the core dead-letters it
+            seen["checks"], seen["late"] = [], False
+            seen["failed"] = type(exc).__name__
+
+    letters = len(sink.letters)
+    core.observe = watch
+    try:
+        core.handle(record)
+    finally:
+        core.observe = None
+    if "event" in seen:
+        event = seen["event"]
+        mine = [r for r in sink.letters[letters:] if r[1].reason.find(event_id.split("/_history/")[0]) >= 0]
+        if "emitted" not in seen and mine:
+            return Explanation(event, [], [], False, mine[-1][1], record.where)
+        return Explanation(event, seen["checks"], seen.get("emitted", []), False, None, record.where,
+                           late=seen["late"])
+    # set aside by the mapping (refused, or a duplicate): say so if the resource is the one asked for
+    resource = event_id.split("/_history/")[0]
+    for rec, rejection in sink.letters[letters:]:
+        if f"({resource})" in rejection.reason or rejection.reason.startswith(f"{resource}:"):
+            return Explanation(None, [], [], False, rejection, rec.where)
+    return None
 
 
 def _explain_sweep(engine: Engine, records: Iterable[Record], trigger: str, patient_id: str | None) -> Explanation:

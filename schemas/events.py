@@ -320,7 +320,7 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
     if nested is not None and nested in fields:
         keys += sum(len(item.__pydantic_fields_set__) for item in getattr(event, nested))
     if ends != keys:
-        _check_repeated_keys(raw)
+        check_repeated_keys(raw)
     if catalogue is not None and isinstance(event, EvaluationEvent):
         _check_scores(event, catalogue, raw)
     return event
@@ -346,7 +346,7 @@ def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _check_repeated_keys(raw: bytes | str) -> None:
+def check_repeated_keys(raw: bytes | str) -> None:
     """contracts.md §1: an object that repeats a key is rejected (which value wins is ambiguous)."""
     try:
         json.loads(raw, object_pairs_hook=_no_repeats)

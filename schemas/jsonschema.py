@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from otrules.schemas.events import Event
+from otrules.schemas.fhir_codes import CodeTable
 from otrules.schemas.instruments import Catalogue
 from otrules.schemas.recommendations import Recommendation
 from otrules.schemas.rulesets import RulesetFile
@@ -26,6 +27,7 @@ DOCUMENTS: dict[str, tuple[Any, str]] = {
     "recommendation.schema.json": (TypeAdapter(Recommendation), "An otrules recommendation (topic ot.recommendations)"),
     "rules.schema.json": (TypeAdapter(RulesetFile), "An otrules rules file (rules/*.yaml)"),
     "instruments.schema.json": (TypeAdapter(Catalogue), "The otrules instrument catalogue (rules/instruments.yaml)"),
+    "fhir-codes.schema.json": (TypeAdapter(CodeTable), "The otrules FHIR code table (rules/fhir-codes.yaml)"),
 }
 
 

@@ -22,6 +22,9 @@ class Metrics:
                                      "per-patient state bound", registry=r)
         self.late = Counter("otrules_late_events", "Events older than their plan's latest: placed in history, "
                             "recommended nothing", registry=r)
+        self.skipped = Counter("otrules_fhir_skipped_resources", "FHIR resources otrules does not read (another "
+                               "type, a code not in the code table, a status it ignores), by why", ["why"],
+                               registry=r)
         self.unpublished = Counter("otrules_unpublished_recommendations", "Sweep recommendations over the record "
                                    "size limit (not published)", registry=r)
         self.sweep_failures = Counter("otrules_sweep_failures", "Patients whose sweep failed (left as they were; "

@@ -37,6 +37,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import MemberState
 
 from otrules.consumers.core import EventCore, EventFailed, Fault, Record, Rejection, Tally
+from otrules.consumers.fhir import FhirMapper, load_code_table
 from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka.changelog import Changelog
 from otrules.consumers.kafka.connect import KafkaUnreachable
@@ -100,6 +101,10 @@ class Service(ConsumerRebalanceListener):
         self._stop = stop or threading.Event()
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
+        # FHIR input's code table, read at start-up (a broken one stops the service before it joins)
+        self._codes = (None if settings.input_format == "otrules" else
+                       load_code_table(settings.fhir_codes, engine.catalogue))
+        self._mapper: FhirMapper | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,6 +134,14 @@ class Service(ConsumerRebalanceListener):
         self.metrics.set_rulesets(rulesets)
         self.metrics.reloads.labels("applied").inc()
         log.info("rules reloaded", rulesets=[f"{rs.name} {rs.version} {rs.digest[:19]}" for rs in rulesets])
+
+    def _fhir_mapper(self) -> FhirMapper | None:
+        """One mapping per engine (a rules reload may bring another catalogue)."""
+        if self._codes is None:
+            return None
+        if self._mapper is None or self._mapper.catalogue is not self.engine.catalogue:
+            self._mapper = FhirMapper(self._codes, self.engine.catalogue)
+        return self._mapper
 
     def run(self) -> Tally:
         """Start (retrying while Kafka is away, up to --connect-timeout), then loop until stopped."""
@@ -218,7 +231,7 @@ class Service(ConsumerRebalanceListener):
         return {"read": t.read, "processed": t.processed, "rejected": t.rejected, "duplicates": t.duplicates,
                 "recommendations": t.recommendations, "batches": self.batches, "aborted": self.aborted,
                 "sweeps": self.sweeps, "swept": t.swept, "expired": t.expired, "dropped": t.dropped,
-                "late": t.late}
+                "late": t.late, "skipped": t.skipped}
 
     # ------------------------------------------------------------ rebalancing
 
@@ -326,7 +339,8 @@ class Service(ConsumerRebalanceListener):
         view = BatchView(self.stores)
         sink = KafkaSink(self.producer, self.settings, self.limits, self.metrics, self.clock)
         txn = BatchTransaction(view, sink, self.tally.copy())
-        core = EventCore(self.engine, view, sink, Fault.RAISE, self.tally, max_state_bytes=self.limits.changelog)
+        core = EventCore(self.engine, view, sink, Fault.RAISE, self.tally, max_state_bytes=self.limits.changelog,
+                         input_format=self.settings.input_format, fhir=self._fhir_mapper())
         return txn, core
 
     def _batch(self, polled: dict[TopicPartition, list[Any]]) -> None:
@@ -398,6 +412,8 @@ class Service(ConsumerRebalanceListener):
                 counter.inc(n)
         for (kind, outcome), n in (self.tally.by_type - txn.counted.by_type).items():
             self.metrics.events.labels(kind, outcome).inc(n)
+        for why, n in (self.tally.skipped_by - txn.counted.skipped_by).items():
+            self.metrics.skipped.labels(why).inc(n)
         for why, n in (self.tally.rejected_by - txn.counted.rejected_by).items():  # counted once, at commit
             self.metrics.dead_letters.labels(why).inc(n)
             self.metrics.events.labels(why, "rejected").inc(n)

@@ -33,7 +33,12 @@ class KafkaSettings:
     group_id: str = _setting("otrules", "Consumer group: run more instances with the same id to scale out.")
     instance_id: str = _setting(socket.gethostname, "Stable name of this instance (default: host name); a restart "
                                 "with the same id fences the old one.", show_default=False)
-    input_topic: str = _setting("ot.events", "Input events (key = patient_id).")
+    input_topic: str = _setting("ot.events", "Input events (key = patient_id): otrules JSON, FHIR R4 or both "
+                                "(--input-format); e.g. ot.fhir for a FHIR feed of its own.")
+    input_format: str = _setting("auto", "otrules JSON events, FHIR R4 resources or Bundles, or auto (FHIR when a "
+                                 "record is a JSON object with resourceType).", choices=("auto", "otrules", "fhir"))
+    fhir_codes: str | None = _setting(None, "FHIR code table (default: the bundled rules/fhir-codes.yaml).",
+                                      path="file")
     output_topic: str = _setting("ot.recommendations", "Recommendations (CloudEvents binary mode).")
     dlq_topic: str = _setting("ot.events.dlq", "Rejected input, with the reason in headers.")
     changelog_topic: str = _setting("otrules-state-changelog", "Compacted patient-state changelog, co-partitioned "

@@ -1,0 +1,759 @@
+"""FHIR R4 resources into otrules events (contracts.md §7): the one place that knows FHIR.
+
+The engine never sees FHIR. A line (a resource, or a Bundle of them) becomes
+steps the event core runs in order: an event to apply (an evaluation may be
+made of several Observations), a resource joined into the patient's FHIR
+state (a Goal waiting for its CarePlan), one skipped (a vitals Observation, a
+Patient), or one refused with its FHIR path and value. Steps are made one at
+a time, after the previous one was applied, because a resource's meaning can
+depend on the one before it (a CarePlan then its Observations, in one Bundle).
+
+What has to be joined across lines lives in the patient's state
+(`PatientState.fhir`), so it is in the Kafka changelog and survives a restart:
+the Goals seen (by id), each CarePlan's goal references and last snapshot,
+and Goal.outcomeReference links.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from otrules.consumers.fhir.resources import (
+    Entry,
+    PartialTime,
+    add_days,
+    codings,
+    date_of,
+    event_time,
+    identity,
+    last_updated,
+    reference,
+    version_id,
+)
+from otrules.engine import PatientState
+from otrules.engine.state import MAX_PLANS
+from otrules.schemas import Catalogue, Event, EventRejected
+from otrules.schemas._errors import show_value
+from otrules.schemas.events import ID_MAX, parse_event
+from otrules.schemas.events import Goal as NativeGoal
+from otrules.schemas.fhir_codes import CodeTable, InstrumentCode
+
+GOAL_BASELINE = "https://otrules.org/fhir/StructureDefinition/goal-baseline"
+GOAL_GAS_WEIGHT = "https://otrules.org/fhir/StructureDefinition/goal-gas-weight"
+UNRECORDED = "unrecorded"
+"""clinician_id of an evaluation whose Observations name no performer."""
+
+MAPPED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare")
+MAX_GOALS = 64  # Goals kept per patient for joining, and Goals one CarePlan may reference
+MAX_OUTCOMES = 256  # Goal.outcomeReference links kept per patient
+MAX_EPISODES = 16  # EpisodeOfCare -> plan links kept per patient (learnt from Encounters)
+# Why a resource was skipped: a fixed vocabulary (the service's metric label), never text from the feed
+SKIP_TYPE = "resource type otrules does not read"
+SKIP_CODE = "Observation code not in the code table"
+SKIP_STATUS = "status otrules does not read"
+SKIP_NO_VALUE = "Observation without a value (dataAbsentReason)"
+SKIP_NO_TARGET = "Goal without a target otrules can score"
+SKIP_NOT_OPEN = "nothing open to close"
+SKIP_EPISODE = "EpisodeOfCare no Encounter linked to a plan"
+
+
+# ---------------------------------------------------------------- steps
+
+
+@dataclass(slots=True)
+class Apply:
+    """An event to run through the engine, made of these resources (`where`, `event_ids`: the first
+    is the event's own id; the others are remembered, so resending one alone is a duplicate)."""
+
+    event: Event
+    where: list[str]
+    event_ids: list[str]
+
+
+@dataclass(slots=True)
+class Joined:
+    """A resource kept in the patient's FHIR state, no event yet (processed)."""
+
+    patient_id: str
+    where: str
+    event_id: str | None = None
+
+
+@dataclass(slots=True)
+class Skipped:
+    """A resource otrules does not read (counted, never dead-lettered); `why` for the tally."""
+
+    where: str
+    why: str
+
+
+@dataclass(slots=True)
+class Refused:
+    """A mapped resource that is malformed or out of range: dead-lettered with path and value."""
+
+    where: str
+    field: str
+    reason: str
+    kind: str = "invalid"  # invalid | key (a Kafka key that is not the resource's patient)
+
+
+@dataclass(slots=True)
+class Duplicate:
+    """A resource version seen before for this patient."""
+
+    patient_id: str
+    where: str
+
+
+Step = Apply | Joined | Skipped | Refused | Duplicate
+
+
+class _Refuse(Exception):
+    def __init__(self, field: str, reason: str, kind: str = "invalid") -> None:
+        self.field, self.reason, self.kind = field, reason, kind
+
+
+class _Skip(Exception):
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _validators() -> dict[str, Any]:
+    """fhir.resources' models of the resources otrules maps. Its R4B package: fhir.resources 8
+    ships R4B and R5, not R4, and R4B reads these six R4 resources unchanged (R4B's changes are
+    in other resources). Imported on first use: the native path never pays for them."""
+    from fhir.resources.R4B.appointment import Appointment
+    from fhir.resources.R4B.careplan import CarePlan
+    from fhir.resources.R4B.encounter import Encounter
+    from fhir.resources.R4B.episodeofcare import EpisodeOfCare
+    from fhir.resources.R4B.goal import Goal
+    from fhir.resources.R4B.observation import Observation
+
+    return {m.__name__: m for m in (Appointment, CarePlan, Encounter, EpisodeOfCare, Goal, Observation)}
+
+
+# ---------------------------------------------------------------- the mapper
+
+
+@dataclass
+class _Pending:
+    """Observations of one Bundle that make one evaluation (same patient, plan, time, kind, clinician;
+    never two versions of one Observation)."""
+
+    key: tuple[str, ...]
+    event: dict[str, Any]
+    where: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    rids: set[str] = field(default_factory=set)
+
+    @property
+    def rid(self) -> str:
+        return next(iter(self.rids))
+
+
+@dataclass
+class _Line:
+    """What every resource of one line is read against."""
+
+    bundle: dict[str, tuple[str, str]]  # fullUrl -> (type, id) of the line's entries
+    encounters: dict[str, Entry]  # the line's Encounters by id (an Observation's kind may be its type)
+    careplan_goals: set[str]
+    state_of: Callable[[str], PatientState]
+    key: str | None
+
+
+class FhirMapper:
+    """Steps of one line at a time; `state_of(patient_id)` is the patient's state as applied so far."""
+
+    def __init__(self, codes: CodeTable, catalogue: Catalogue, validate: bool = True) -> None:
+        self.codes = codes
+        self.catalogue = catalogue
+        self.validate = validate
+        self._models: dict[str, Any] | None = None
+
+    def steps(self, items: list[Entry], state_of: Callable[[str], PatientState],
+              key: str | None = None) -> Iterator[Step]:
+        """The steps of one line's resources. `key`: the Kafka key, which every resource's patient must
+        be (checked before the resource touches any state)."""
+        bundle: dict[str, tuple[str, str]] = {}
+        encounters: dict[str, Entry] = {}
+        careplan_goals: set[str] = set()  # Goals a CarePlan of this line names: no snapshot of their own
+        for e in items:
+            rid = identity(e)
+            if e.full_url and rid:
+                bundle[e.full_url] = (e.type, rid)
+            if e.type == "Encounter" and rid:
+                encounters[rid] = e
+        for e in items:
+            if e.type == "CarePlan":
+                for ref in _list(e.resource.get("goal")):
+                    found = reference(ref, bundle)
+                    if found and found[0] == "Goal":
+                        careplan_goals.add(found[1])
+        # Goals, then the plans they belong to, then the rest in order: a transaction's order has no
+        # meaning, and a CarePlan must be open before what happens on it (a completed one stays in place)
+        def rank(e: Entry) -> int:
+            if e.type == "Goal":
+                return 0
+            return 1 if e.type == "CarePlan" and e.resource.get("status") in ("active", "on-hold") else 2
+        ordered = sorted(items, key=rank)
+        context = _Line(bundle, encounters, careplan_goals, state_of, key)
+        pending: _Pending | None = None
+        for e in ordered:
+            if pending is not None and e.type != "Observation":  # applied before the next resource is read
+                yield from self._finish(pending)
+                pending = None
+            step: Step | _Pending
+            try:
+                step = self._one(e, context)
+            except _Skip as skip:
+                step = Skipped(e.where(), skip.why)
+            except _Refuse as refuse:
+                step = Refused(e.where(), refuse.field, f"{e.where()}: {refuse.field}: {refuse.reason}", refuse.kind)
+            except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+                # a shape no check above foresaw: this resource is malformed, the line goes on
+                step = Refused(e.where(), e.path(""), f"{e.where()}: malformed {e.type} ({type(exc).__name__})")
+            if isinstance(step, _Pending):
+                if pending is not None and pending.key == step.key and step.rid not in pending.rids:
+                    pending.event["measures"] += step.event["measures"]
+                    pending.where += step.where
+                    pending.event_ids += step.event_ids
+                    pending.rids |= step.rids
+                    continue
+                if pending is not None:
+                    yield from self._finish(pending)
+                pending = step
+                continue
+            yield step
+        if pending is not None:
+            yield from self._finish(pending)
+
+    def _finish(self, pending: _Pending) -> Iterator[Step]:
+        event = pending.event
+        try:
+            parsed = parse_event(_json(event), self.catalogue)
+        except EventRejected as exc:
+            for where in pending.where:
+                yield Refused(where, exc.field or "(event)", f"{where}: {exc.reason}", event["patient_id"])
+            return
+        yield Apply(parsed, pending.where, pending.event_ids)
+
+    def _validate(self, e: Entry) -> None:
+        if not self.validate:
+            return
+        if self._models is None:
+            self._models = _validators()
+        try:
+            self._models[e.type].model_validate(e.resource)
+        except RecursionError:
+            raise _Refuse(e.path(""), "not valid FHIR R4: nested too deeply") from None
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            path = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(resource)"
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {show_value(err.get('input'))})" if err["type"] != "missing" else ""
+            raise _Refuse(e.path(path), f"not valid FHIR R4: {msg}{got}") from None
+
+    # ------------------------------------------------------------ one resource
+
+    def _one(self, e: Entry, line: _Line) -> Step | _Pending:
+        kind = e.type
+        if kind not in MAPPED:
+            raise _Skip(SKIP_TYPE)
+        # what decides whether otrules reads the resource at all comes before validation, so a
+        # feed's vitals and labs cost nothing; what it reads must be valid FHIR
+        status_field = "lifecycleStatus" if kind == "Goal" else "status"
+        status = e.resource.get(status_field)
+        if kind == "Observation":
+            if status not in ("final", "amended", "corrected"):
+                raise _Skip(SKIP_STATUS)
+            if self._instrument(e) is None:
+                raise _Skip(SKIP_CODE)
+        self._validate(e)
+        if not isinstance(status, str):
+            raise _Refuse(e.path(status_field), "required element is missing")
+        rid = identity(e)
+        if rid is None:
+            raise _Refuse(e.path("id"), "required: a resource otrules reads needs an id (or a urn:uuid fullUrl)")
+        patient = self._patient(e, line.bundle)
+        if line.key is not None and patient != line.key:  # before anything of the patient is touched
+            raise _Refuse("key", f"the Kafka key {show_value(line.key)} is not the resource's patient "
+                                 f"{show_value(patient)}", "key")
+        state = line.state_of(patient)
+        event_id = _event_id(e, rid)
+        if state.has_seen(event_id):
+            return Duplicate(patient, e.where())
+        if kind == "Goal":
+            return self._goal(e, rid, event_id, patient, state, line.careplan_goals)
+        if kind == "CarePlan":
+            return self._careplan(e, rid, event_id, patient, state, line.bundle)
+        if kind == "Observation":
+            return self._observation(e, rid, event_id, patient, state, line)
+        if kind == "Encounter":
+            visit = {"finished": "attended", "cancelled": "cancelled"}.get(status)
+            if visit is None:
+                raise _Skip(SKIP_STATUS)
+            period = _dict(e.resource.get("period"))
+            at = self._time(e, "period.start", period.get("start"))
+            plan_id = self._open_plan(e, state)
+            for ref in _list(e.resource.get("episodeOfCare")):  # learnt: which plan an episode is about
+                found = reference(ref, line.bundle)
+                if found and found[0] == "EpisodeOfCare":
+                    episodes: dict[str, str] = _join(state).setdefault("episodes", {})
+                    episodes.pop(found[1], None)
+                    episodes[found[1]] = plan_id
+                    while len(episodes) > MAX_EPISODES:
+                        episodes.pop(next(iter(episodes)))
+            return self._event(e, event_id, {"type": "visit", "patient_id": patient, "occurred_at": at,
+                                             "plan_id": plan_id, "status": visit})
+        if kind == "Appointment":
+            visit = {"noshow": "missed", "cancelled": "cancelled"}.get(status)
+            if visit is None:
+                raise _Skip(SKIP_STATUS)
+            at = self._time(e, "start", e.resource.get("start"))
+            return self._event(e, event_id, {"type": "visit", "patient_id": patient, "occurred_at": at,
+                                             "plan_id": self._open_plan(e, state), "status": visit})
+        # EpisodeOfCare: it closes the plan its Encounters were on, and only that one (an episode of
+        # another service, cardiology say, names no OT plan)
+        if status not in ("finished", "cancelled"):
+            raise _Skip(SKIP_STATUS)
+        plan_id = _join(state).get("episodes", {}).get(rid)
+        if plan_id is None:
+            raise _Skip(SKIP_EPISODE)
+        plan = state.plans.get(plan_id)
+        if plan is None or plan.discharged:
+            raise _Skip(SKIP_NOT_OPEN)
+        period = _dict(e.resource.get("period"))
+        element, value = ("period.end", period.get("end")) if period.get("end") else \
+            ("meta.lastUpdated", last_updated(e.resource))
+        at = self._time(e, element, value)
+        return self._event(e, event_id, {"type": "discharge", "patient_id": patient, "occurred_at": at,
+                                         "plan_id": plan_id, "reason": f"EpisodeOfCare {status}"})
+
+    def _event(self, e: Entry, event_id: str, fields: dict[str, Any]) -> Apply:
+        event = {"event_id": event_id, **fields}
+        try:
+            parsed = parse_event(_json(event), self.catalogue)
+        except EventRejected as exc:
+            raise _Refuse(e.path(_FIELD_PATHS.get((e.type, exc.field or ""), exc.field or "(resource)")),
+                          exc.reason.split(": ", 1)[-1]) from None
+        return Apply(parsed, [e.where()], [event_id])
+
+    # ------------------------------------------------------------ Goal and CarePlan
+
+    def _goal(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState,
+              careplan_goals: set[str]) -> Step:
+        r = e.resource
+        status = r["lifecycleStatus"]
+        withdrawn = status in ("cancelled", "entered-in-error", "rejected")
+        goal = None if withdrawn else self._goal_fields(e, rid)  # refused here, not later on its CarePlan
+        if goal is None and not withdrawn:
+            raise _Skip(SKIP_NO_TARGET)
+        join = _join(state)
+        goals: dict[str, Any] = join.setdefault("goals", {})
+        goals.pop(rid, None)
+        if goal is not None:
+            goals[rid] = goal
+            while len(goals) > MAX_GOALS:
+                goals.pop(next(iter(goals)))
+        links: dict[str, str] = join.setdefault("outcomes", {})
+        for ref in _list(r.get("outcomeReference")):
+            found = reference(ref)
+            if found and found[0] == "Observation":
+                links.pop(found[1], None)
+                links[found[1]] = rid
+        while len(links) > MAX_OUTCOMES:
+            links.pop(next(iter(links)))
+        # a Goal that changes an open plan already made: that plan again, as a new snapshot (a
+        # discharged plan stays closed: goals are marked achieved at discharge as a matter of course)
+        plans = [pid for pid, plan in sorted(join.get("plans", {}).items())
+                 if rid in plan["goals"] and pid in state.plans and not state.plans[pid].discharged]
+        if rid in careplan_goals or not plans:
+            state.remember(event_id)
+            return Joined(patient, e.where(), event_id)
+        at = last_updated(r) or join["plans"][plans[0]]["at"]
+        at = self._time(e, "meta.lastUpdated", at)
+        return self._plan_event(e, event_id, patient, plans[0], join["plans"][plans[0]], at, state)
+
+    def _goal_fields(self, e: Entry, rid: str) -> dict[str, Any] | None:
+        """The goal as otrules' plan event holds it, checked now: a bad Goal is refused with its own
+        path, rather than failing the CarePlan that names it later. None: no target otrules scores."""
+        r = e.resource
+        description = _dict(r.get("description"))
+        text = description.get("text") or next(
+            (c.get("display") for c in _list(description.get("coding")) if isinstance(c, dict) and c.get("display")),
+            None)
+        for i, target in enumerate(_list(r.get("target"))):
+            target = _dict(target)
+            entry = None
+            for system, code in codings(target.get("measure")):
+                entry = self.codes.instrument_of(system, code)
+                if entry is not None:
+                    break
+            if entry is None or entry.answers is not None:
+                continue  # a target otrules cannot score against (a GAS level goal is scored by its own GAS)
+            paths = {"target": f"target[{i}].detail[x]", "target_date": f"target[{i}].dueDate",
+                     "description": "description.text", "goal_id": "id",
+                     "baseline": f"extension({GOAL_BASELINE})", "gas_weight": f"extension({GOAL_GAS_WEIGHT})"}
+            if "detailQuantity" in target:
+                paths["target"] = f"target[{i}].detailQuantity.value"
+                value = self._quantity(e, f"target[{i}].detailQuantity", _dict(target["detailQuantity"]), entry,
+                                       unit_needed=False)
+            elif "detailInteger" in target:
+                paths["target"] = f"target[{i}].detailInteger"
+                value = target["detailInteger"]
+            else:
+                raise _Refuse(e.path(f"target[{i}].detail[x]"), "a target on a scored measure needs "
+                                                               "detailQuantity or detailInteger")
+            goal: dict[str, Any] = {"goal_id": rid, "description": text or f"Goal {rid}",
+                                    "instrument": entry.instrument, "target": value}
+            if target.get("dueDate"):
+                goal["target_date"] = target["dueDate"]
+            for ext in _list(r.get("extension")):
+                ext = _dict(ext)
+                if ext.get("url") == GOAL_BASELINE and "valueDecimal" in ext:
+                    goal["baseline"] = ext["valueDecimal"]
+                elif ext.get("url") == GOAL_GAS_WEIGHT and "valueDecimal" in ext:
+                    goal["gas_weight"] = ext["valueDecimal"]
+            try:
+                NativeGoal.model_validate_json(orjson.dumps(goal))
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                name = str(err["loc"][0]) if err["loc"] else "goal_id"
+                got = show_value(err.get("input"))
+                raise _Refuse(e.path(paths.get(name, name)), f"{got}: {err['msg']}") from None
+            return goal
+        return None  # no measurable target: not a goal otrules can follow
+
+    def _careplan(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState,
+                  bundle: dict[str, tuple[str, str]]) -> Step:
+        r = e.resource
+        status = r["status"]
+        join = _join(state)
+        plans: dict[str, Any] = join.setdefault("plans", {})
+        known = plans.get(rid)
+        if status in ("completed", "revoked"):
+            if rid not in state.plans or state.plans[rid].discharged:
+                raise _Skip(SKIP_NOT_OPEN)
+            period = _dict(r.get("period"))
+            element, value = (("meta.lastUpdated", last_updated(r)) if last_updated(r) else
+                              ("period.end", period.get("end")))
+            at = self._time(e, element, value)
+            return self._event(e, event_id, {"type": "discharge", "patient_id": patient, "plan_id": rid,
+                                             "occurred_at": at, "reason": f"CarePlan {status}"})
+        if status not in ("active", "on-hold"):
+            raise _Skip(SKIP_STATUS)
+        # a CarePlan first seen opens the plan when it was made; a later version, when it changed
+        first = ("created", r.get("created")), ("meta.lastUpdated", last_updated(r))
+        element, value = next(((k, v) for k, v in (first if known is None else first[::-1]) if v),
+                              ("period.start", _dict(r.get("period")).get("start")))
+        at = self._time(e, element, value)
+        refs = _list(r.get("goal"))
+        if len(refs) > MAX_GOALS:
+            raise _Refuse(e.path("goal"), f"{len(refs)} Goals, over the {MAX_GOALS} otrules follows in one plan")
+        goal_ids: list[str] = []
+        for i, ref in enumerate(refs):
+            found = reference(ref, bundle)
+            if found is None or found[0] != "Goal":
+                raise _Refuse(e.path(f"goal[{i}]"), f"not a reference to a Goal (got {show_value(ref)})")
+            goal_ids.append(found[1])
+        snapshot = {"fields": self._plan_fields(e, known), "goals": goal_ids, "at": at}
+        step = self._plan_event(e, event_id, patient, rid, snapshot, at, state)
+        plans.pop(rid, None)  # kept only once the plan event is good; the newest last
+        plans[rid] = snapshot
+        while len(plans) > MAX_PLANS:
+            plans.pop(next(iter(plans)))
+        return step
+
+    def _plan_fields(self, e: Entry, known: dict[str, Any] | None) -> dict[str, Any]:
+        r = e.resource
+        setting = next((s for system, code in codings(r.get("category"))
+                        if (s := self.codes.setting_of(system, code)) is not None), None)
+        if setting is None:
+            raise _Refuse(e.path("category"), f"no care setting in the code table among "
+                                              f"{show_value([f'{s}|{c}' for s, c in codings(r.get('category'))])}")
+        period = _dict(r.get("period"))
+        if not isinstance(period.get("start"), str):
+            raise _Refuse(e.path("period.start"), "required: the start of the certification period")
+        try:
+            start = date_of(period["start"])
+            until = date_of(period["end"]) if isinstance(period.get("end"), str) else \
+                add_days(start, self.codes.certification_days - 1)
+        except (PartialTime, ValueError, OverflowError):
+            raise _Refuse(e.path("period"), f"{show_value(period)}: not full dates") from None
+        frequency = self._frequency(e)
+        if frequency is None:
+            if known is None:
+                raise _Refuse(e.path("activity.detail.scheduledTiming.repeat"),
+                              "required: how often visits are planned (frequency, period, periodUnit)")
+            frequency = known["fields"]["frequency_per_week"]
+        return {"setting": setting, "frequency_per_week": frequency, "certified_from": start,
+                "certified_until": until}
+
+    @staticmethod
+    def _frequency(e: Entry) -> int | None:
+        per_unit = {"d": 7.0, "wk": 1.0, "mo": 7 / 30.4375, "a": 7 / 365.25}
+        for i, activity in enumerate(_list(e.resource.get("activity"))):
+            timing = _dict(_dict(_dict(_dict(activity).get("detail")).get("scheduledTiming")).get("repeat"))
+            if not timing:
+                continue
+            where = f"activity[{i}].detail.scheduledTiming.repeat"
+            unit = timing.get("periodUnit", "wk")
+            if unit not in per_unit:
+                raise _Refuse(e.path(f"{where}.periodUnit"), f"{show_value(unit)}: otrules reads d, wk, mo or a")
+            frequency, period = timing.get("frequencyMax", timing.get("frequency", 1)), timing.get("period", 1)
+            if not _number(frequency) or frequency < 0:
+                raise _Refuse(e.path(f"{where}.frequency"), f"{show_value(frequency)}: not a count of visits")
+            if not _number(period) or period <= 0:
+                raise _Refuse(e.path(f"{where}.period"), f"{show_value(period)}: not a positive period")
+            times = frequency / period * per_unit[unit]
+            value = round(times) if math.isfinite(times) and times < 1e6 else 10**6
+            if not 0 <= value <= 21:
+                raise _Refuse(e.path(where), f"{times:g} visits a week is outside the range 0–21")
+            return value
+        return None
+
+    def _plan_event(self, e: Entry, event_id: str, patient: str, plan_id: str, snapshot: dict[str, Any],
+                    at: str, state: PatientState) -> Apply:
+        """The plan as a snapshot: the CarePlan's fields and the Goals of it seen so far (a Goal that
+        comes later makes a new snapshot)."""
+        goals = _join(state).get("goals", {})
+        return self._event(e, event_id, {
+            "type": "plan", "patient_id": patient, "plan_id": plan_id, "occurred_at": at, **snapshot["fields"],
+            "goals": [goals[g] for g in snapshot["goals"] if g in goals]})
+
+    # ------------------------------------------------------------ Observation
+
+    def _instrument(self, e: Entry) -> InstrumentCode | None:
+        for system, code in codings(e.resource.get("code")):
+            entry = self.codes.instrument_of(system, code)
+            if entry is not None:
+                return entry
+        return None
+
+    def _observation(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState,
+                     line: _Line) -> _Pending:
+        r = e.resource
+        bundle = line.bundle
+        entry = self._instrument(e)
+        assert entry is not None  # checked before validation
+        score, element = self._score(e, entry)
+        instrument = self.catalogue.get(entry.instrument)
+        if instrument is not None:
+            why = instrument.out_of_range(score)
+            if why:
+                raise _Refuse(e.path(element), f"{_num(score)} {why} of {entry.instrument}")
+        for element_name in ("effectiveDateTime", "effectiveInstant"):
+            if r.get(element_name):
+                at = self._time(e, element_name, r[element_name])
+                break
+        else:
+            if _dict(r.get("effectivePeriod")).get("start"):
+                at = self._time(e, "effectivePeriod.start", r["effectivePeriod"]["start"])
+            elif r.get("issued"):
+                at = self._time(e, "issued", r["issued"])
+            else:
+                raise _Refuse(e.path("effective[x]"), "required: when the score was taken "
+                                                      "(effectiveDateTime, effectivePeriod.start or issued)")
+        plan_id = None
+        for ref in _list(r.get("basedOn")):
+            found = reference(ref, bundle)
+            if found and found[0] == "CarePlan":
+                plan_id = found[1]
+                break
+        if plan_id is None:
+            plan_id = self._open_plan(e, state, "basedOn")
+        # the goal: one the plan has (a Goal otrules could not follow, such as a GAS-level goal of the
+        # Person-Centered Outcomes IG, is no goal of the plan)
+        plan = state.plans.get(plan_id)
+        of_plan = plan.goals if plan is not None else {}
+        goal_id = _join(state).get("outcomes", {}).get(rid)
+        if goal_id not in of_plan:
+            goal_id = next((found[1] for ref in _list(r.get("focus")) if (found := reference(ref, bundle))
+                            and found[0] == "Goal" and found[1] in of_plan), None)
+        if goal_id is None:
+            same = [g for g, goal in sorted(of_plan.items()) if goal.instrument == entry.instrument]
+            goal_id = same[0] if len(same) == 1 else None
+        kind = self._kind(e, line)
+        clinician = UNRECORDED
+        for ref in _list(r.get("performer")):
+            found = reference(ref, bundle)
+            if found and found[0] in ("Practitioner", "PractitionerRole"):
+                clinician = found[1]
+                break
+        measure: dict[str, Any] = {"instrument": entry.instrument, "score": score}
+        if goal_id is not None:
+            measure["goal_id"] = goal_id
+        event = {"type": "evaluation", "event_id": event_id, "patient_id": patient, "plan_id": plan_id,
+                 "occurred_at": at, "kind": kind, "clinician_id": clinician, "measures": [measure]}
+        key = (patient, plan_id, at, kind, clinician)
+        return _Pending(key, event, [e.where()], [event_id], {rid})
+
+    def _score(self, e: Entry, entry: InstrumentCode) -> tuple[float, str]:
+        r = e.resource
+        if "valueQuantity" in r:
+            return self._quantity(e, "valueQuantity", _dict(r["valueQuantity"]), entry), "valueQuantity.value"
+        if "valueInteger" in r:
+            value = r["valueInteger"]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise _Refuse(e.path("valueInteger"), f"{show_value(value)}: not a whole number")
+            return value, "valueInteger"
+        if "valueCodeableConcept" in r:
+            answers = entry.answers or {}
+            for _system, code in codings(r["valueCodeableConcept"]):
+                if code in answers:
+                    return answers[code], "valueCodeableConcept"
+            sent = show_value(codings(r["valueCodeableConcept"]))
+            raise _Refuse(e.path("valueCodeableConcept"), f"no answer of {entry.system}|{entry.code} in the code "
+                                                          f"table among {sent}")
+        if "dataAbsentReason" in r:
+            raise _Skip(SKIP_NO_VALUE)
+        if "valueString" in r:
+            raise _Refuse(e.path("valueString"), f"{show_value(r['valueString'])}: a score must be a number "
+                                                 "(valueQuantity or valueInteger)")
+        raise _Refuse(e.path("value[x]"), "required: the score (valueQuantity.value or valueInteger)")
+
+    def _quantity(self, e: Entry, element: str, quantity: dict[str, Any], entry: InstrumentCode,
+                  unit_needed: bool = True) -> float:
+        """The number of a Quantity in the instrument's unit. A score without a unit is refused
+        where the code table lists units (grip in kg or lb); a goal's target may leave it out."""
+        value = quantity.get("value")
+        number: float = value if isinstance(value, (int, float)) else math.nan
+        if not _number(value):
+            raise _Refuse(e.path(f"{element}.value"), f"required: a number (got {show_value(value)})")
+        if quantity.get("comparator"):
+            raise _Refuse(e.path(f"{element}.comparator"), f"{show_value(quantity['comparator'])}: a score "
+                                                           "must be exact")
+        unit = quantity.get("code") or quantity.get("unit")
+        if entry.units is not None and (unit_needed or unit is not None):
+            factor = entry.units.get(unit) if isinstance(unit, str) else None
+            if factor is None:
+                raise _Refuse(e.path(f"{element}.code"), f"{show_value(unit)} is not a unit otrules reads for "
+                                                         f"{entry.instrument} ({', '.join(entry.units)})")
+            if factor != 1:
+                return round(number * factor, 6)
+        return number
+
+    def _kind(self, e: Entry, line: _Line) -> str:
+        for system, code in codings(e.resource.get("category")):
+            kind = self.codes.kind_of(system, code)
+            if kind is not None:
+                return kind
+        encounter = reference(e.resource.get("encounter"), line.bundle)
+        if encounter is not None and encounter[0] == "Encounter" and encounter[1] in line.encounters:
+            for system, code in codings(line.encounters[encounter[1]].resource.get("type")):
+                kind = self.codes.kind_of(system, code)
+                if kind is not None:
+                    return kind
+        return "progress"
+
+    # ------------------------------------------------------------ shared
+
+    def _patient(self, e: Entry, bundle: dict[str, tuple[str, str]]) -> str:
+        pid = _patient_or_none(e, bundle)
+        if pid is None:
+            element = {"EpisodeOfCare": "patient", "Appointment": "participant.actor"}.get(e.type, "subject")
+            sent = e.resource.get(element.split(".")[0])
+            raise _Refuse(e.path(element), f"required: a reference to the Patient (got {show_value(sent)})")
+        return pid
+
+    def _open_plan(self, e: Entry, state: PatientState, element: str = "(plan)") -> str:
+        plans = _open_plans(state)
+        if not plans:
+            raise _Refuse(e.path(element), "the patient has no open plan of care (no active CarePlan seen)")
+        return plans[0]
+
+    @staticmethod
+    def _time(e: Entry, element: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise _Refuse(e.path(element), "required: when it happened")
+        try:
+            return event_time(value)
+        except PartialTime:
+            raise _Refuse(e.path(element), f"{show_value(value)} has no day: otrules needs a full date") from None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _event_id(e: Entry, rid: str) -> str:
+    """contracts.md §7: `<resourceType>/<id>/_history/<versionId>`, without the history part when
+    there is no versionId; the same version sent twice is a duplicate, a new version a new event."""
+    version = version_id(e.resource)
+    event_id = f"{e.type}/{rid}/_history/{version}" if version else f"{e.type}/{rid}"
+    if len(event_id) > ID_MAX:
+        raise _Refuse(e.path("meta.versionId"), f"the event id {e.type}/<id>/_history/<versionId> would be "
+                                                f"{len(event_id)} characters, over {ID_MAX}")
+    return event_id
+
+
+def _patient_or_none(e: Entry, bundle: dict[str, tuple[str, str]]) -> str | None:
+    r = e.resource
+    refs: list[Any]
+    if e.type == "EpisodeOfCare":
+        refs = [r.get("patient")]
+    elif e.type == "Appointment":
+        refs = [p.get("actor") for p in _list(r.get("participant")) if isinstance(p, dict)]
+    else:
+        refs = [r.get("subject")]
+    for ref in refs:
+        found = reference(ref, bundle)
+        if found is not None and found[0] == "Patient":
+            return found[1]
+    return None
+
+
+def _list(value: Any) -> list[Any]:
+    """A FHIR list element as a list (anything else, read before validation, as none)."""
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _join(state: PatientState) -> dict[str, Any]:
+    if state.fhir is None:
+        state.fhir = {}
+    return state.fhir
+
+
+def _open_plans(state: PatientState) -> list[str]:
+    """The patient's plans not discharged, the most recently opened first."""
+    plans = [p for p in state.plans.values() if not p.discharged]
+    plans.sort(key=lambda p: (-(p.opened_at or 0.0), p.plan_id))
+    return [p.plan_id for p in plans]
+
+
+def _json(event: dict[str, Any]) -> bytes:
+    """The event as JSON for `parse_event` (orjson: a third of the cost of json.dumps). A value JSON
+    cannot hold (NaN) is refused by the model; orjson would write it as null."""
+    try:
+        return orjson.dumps(event)
+    except TypeError:
+        return b"{}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# native field -> FHIR element, for a refusal the native model makes
+_FIELD_PATHS = {
+    ("Encounter", "occurred_at"): "period.start",
+    ("Appointment", "occurred_at"): "start",
+    ("EpisodeOfCare", "occurred_at"): "period.end",
+    ("CarePlan", "occurred_at"): "meta.lastUpdated",
+    ("Encounter", "patient_id"): "subject",
+    ("Appointment", "patient_id"): "participant.actor",
+}

@@ -1,0 +1,502 @@
+"""FHIR R4 input (contracts.md §7): the mapping, the join across lines, what is skipped and refused,
+and the same recommendations as the native stream."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import uuid
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from otrules import defaults, synthetic, synthetic_fhir
+from otrules.cli import main
+from otrules.consumers import EventCore, Fault, JsonlSource, PatientStates, Record, Rejection
+from otrules.consumers.fhir.mapping import SKIP_CODE, SKIP_STATUS, SKIP_TYPE
+from otrules.engine import Engine, PatientState
+
+P = "Patient/p-1"
+LOINC = "http://loinc.org"
+T0 = "2026-03-02T09:00:00Z"
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.recs: list = []
+        self.letters: list[tuple[Record, Rejection]] = []
+
+    def recommend(self, recs, record) -> None:
+        self.recs.extend(recs)
+
+    def dead_letter(self, record, rejection) -> None:
+        self.letters.append((record, rejection))
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(defaults.rulesets(), defaults.catalogue())
+
+
+def core_for(engine: Engine, states: PatientStates | None = None, fmt: str = "auto") -> tuple[EventCore, Collect]:
+    sink = Collect()
+    return EventCore(engine, states if states is not None else PatientStates(), sink, Fault.ISOLATE,
+                     input_format=fmt), sink
+
+
+def line(doc: dict[str, Any]) -> Record:
+    return Record(json.dumps(doc).encode(), "t", line=1)
+
+
+def feed(core: EventCore, *docs: dict[str, Any]) -> None:
+    for doc in docs:
+        core.handle(line(doc))
+
+
+def patient(states: Any, patient_id: str = "p-1") -> PatientState:
+    state = states.get(patient_id)
+    assert state is not None
+    return state
+
+
+# ---------------------------------------------------------------- resources as an EHR sends them
+
+
+def goal(gid: str, code: str = "72172-0", system: str = LOINC, target: dict | None = None, **extra) -> dict:
+    return {"resourceType": "Goal", "id": gid, "meta": {"versionId": "1"}, "lifecycleStatus": "active",
+            "description": {"text": f"Goal {gid}"}, "subject": {"reference": P},
+            "target": [{"measure": {"coding": [{"system": system, "code": code}]},
+                        **(target or {"detailInteger": 26}), "dueDate": "2026-05-01"}], **extra}
+
+
+def careplan(pid: str = "cp-1", goals: tuple[str, ...] = ("g-moca",), status: str = "active", version: str = "1",
+             **extra) -> dict:
+    return {"resourceType": "CarePlan", "id": pid, "meta": {"versionId": version, "lastUpdated": T0},
+            "status": status, "intent": "plan", "created": T0, "subject": {"reference": P},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}]}],
+            "period": {"start": "2026-03-02", "end": "2026-05-30"},
+            "goal": [{"reference": f"Goal/{g}"} for g in goals],
+            "activity": [{"detail": {"status": "scheduled", "scheduledTiming": {
+                "repeat": {"frequency": 2, "period": 1, "periodUnit": "wk"}}}}], **extra}
+
+
+def observation(oid: str, value: dict, when: str, code: str = "72172-0", system: str = LOINC,
+                status: str = "final", version: str = "1", **extra) -> dict:
+    return {"resourceType": "Observation", "id": oid, "meta": {"versionId": version}, "status": status,
+            "code": {"coding": [{"system": system, "code": code}]}, "subject": {"reference": P},
+            "effectiveDateTime": when, "performer": [{"reference": "Practitioner/ot-9"}], **value, **extra}
+
+
+def noshow(aid: str, when: str) -> dict:
+    return {"resourceType": "Appointment", "id": aid, "status": "noshow", "start": when, "end": when,
+            "participant": [{"actor": {"reference": P}, "status": "accepted"}]}
+
+
+def uuid_of(rid: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, rid)}"
+
+
+def bundle(kind: str, *resources: dict, urls: bool = False) -> dict:
+    """A Bundle as a server writes it: each entry's fullUrl is the resource's URL, or with `urls`
+    a urn:uuid (what a client sends when the server is to give the ids)."""
+    entries = []
+    for r in resources:
+        entry: dict[str, Any] = {"resource": r}
+        url = f"http://ehr.example/fhir/{r['resourceType']}/{r['id']}"
+        entry["fullUrl"] = uuid_of(r["id"]) if urls else url
+        if kind == "transaction":
+            entry["request"] = {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def test_a_transaction_bundle_with_careplan_and_goals_opens_the_plan_with_its_goals(engine):
+    core, sink = core_for(engine)
+    # the CarePlan comes first in the Bundle and names its Goals by urn:uuid fullUrl
+    plan = careplan(goals=())
+    plan["goal"] = [{"reference": uuid_of("g-moca")}, {"reference": uuid_of("g-grip")}]
+    feed(core, bundle("transaction", plan, goal("g-moca"),
+                      goal("g-grip", "grip-kg", "urn:otrules:instrument",
+                           {"detailQuantity": {"value": 20, "unit": "kg", "code": "kg"}}), urls=True))
+    state = patient(core.states)
+    plan_state = state.plans["cp-1"]
+    assert {g: (s.instrument, s.target) for g, s in plan_state.goals.items()} == {
+        "g-moca": ("MoCA", 26), "g-grip": ("grip-kg", 20)}
+    assert (plan_state.setting, plan_state.frequency_per_week) == ("outpatient", 2)
+    assert str(plan_state.certified_until) == "2026-05-30"
+    assert core.tally.read == 3 and core.tally.processed == 3 and core.tally.balanced
+    assert not sink.letters
+
+
+def test_a_goal_before_its_careplan_is_joined_and_a_later_goal_makes_a_new_snapshot(engine):
+    states = PatientStates()
+    core, _ = core_for(engine, states)
+    feed(core, goal("g-moca"))
+    assert "cp-1" not in patient(states).plans
+    # the join state survives a restart: it is part of the patient's bytes
+    restored = PatientStates()
+    restored.put(PatientState.from_bytes(patient(states).to_bytes()))
+    core2, _ = core_for(engine, restored)
+    feed(core2, careplan(goals=("g-moca", "g-later")))
+    assert set(patient(restored).plans["cp-1"].goals) == {"g-moca"}
+    later = goal("g-later", "96761-2", target={"detailInteger": 80})
+    later["meta"]["lastUpdated"] = "2026-03-03T09:00:00Z"
+    feed(core2, later)
+    plan = patient(restored).plans["cp-1"]
+    assert set(plan.goals) == {"g-moca", "g-later"} and plan.goals["g-later"].instrument == "Barthel-100"
+    assert core2.events[0].event_id == "Goal/g-later/_history/1"
+
+
+def test_observations_with_value_quantity_integer_and_coded_gas_answers(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    gas = observation("o-gas", {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34480-6"}]}},
+                      "2026-03-16T10:00:00Z", "107333-7", focus=[{"reference": "Goal/g-moca"}])
+    feed(core, bundle("collection",
+                      observation("o-1", {"valueQuantity": {"value": 22, "unit": "{score}"}}, "2026-03-16T10:00:00Z"),
+                      gas))
+    event: Any = core.events[0]
+    assert event.type == "evaluation" and event.event_id == "Observation/o-1/_history/1"
+    assert [(m.instrument, m.score, m.goal_id) for m in event.measures] == [("MoCA", 22, "g-moca"),
+                                                                             ("GAS", 1, "g-moca")]
+    assert event.clinician_id == "ot-9" and event.kind == "progress"
+    feed(core, observation("o-2", {"valueInteger": 26}, "2026-04-01T10:00:00Z",
+                           category=[{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97168"}]}]))
+    again: Any = core.events[0]
+    assert again.kind == "re-evaluation" and again.measures[0].score == 26
+    assert any(r.kind == "advance_goal" and r.goal_id == "g-moca" for r in sink.recs)
+    # resending one Observation of the grouped evaluation alone is a duplicate, not a second score
+    feed(core, gas)
+    assert core.tally.duplicates == 1 and core.tally.balanced
+
+
+def test_noshow_appointments_are_missed_visits(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    feed(core, *(noshow(f"a-{i}", f"2026-03-0{3 + i}T09:00:00Z") for i in range(3)))
+    assert patient(core.states).plans["cp-1"].visits_missed_in_a_row == 3
+    assert [r.kind for r in sink.recs] == ["adherence_review"]
+
+
+def test_vitals_and_other_types_are_skipped_and_counted_never_dead_lettered(engine):
+    core, sink = core_for(engine)
+    vitals = observation("hr", {"valueQuantity": {"value": 72, "unit": "/min"}}, T0, "8867-4")
+    prelim = observation("o-p", {"valueInteger": 20}, T0, status="preliminary")
+    feed(core, {"resourceType": "Patient", "id": "p-1"}, vitals, prelim)
+    assert (core.tally.read, core.tally.skipped, core.tally.rejected) == (3, 3, 0) and not sink.letters
+    assert core.tally.balanced
+    assert core.tally.skipped_by == {SKIP_TYPE: 1, SKIP_CODE: 1, SKIP_STATUS: 1}  # a fixed vocabulary: metric labels
+
+
+def test_an_out_of_range_score_is_dead_lettered_with_its_fhir_path_and_value(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    feed(core, observation("o-bad", {"valueQuantity": {"value": 45}}, T0))
+    [(_, rejection)] = sink.letters
+    assert rejection.field == "Observation.valueQuantity.value"
+    assert "Observation.valueQuantity.value: 45 is outside the range 0–30 of MoCA" in rejection.reason
+    assert core.tally.rejected == 1 and core.tally.balanced
+
+
+@pytest.mark.parametrize(("resource", "field", "says"), [
+    (observation("o", {"valueInteger": 20}, "2026-03"), "Observation.effectiveDateTime", "has no day"),
+    (observation("o", {"valueQuantity": {"value": "20"}}, T0), "Observation.valueQuantity.value",
+     'required: a number (got "20")'),
+    (observation("o", {"valueQuantity": {"value": 20, "units": "kg"}}, T0), "Observation.valueQuantity.units",
+     "not valid FHIR R4: Extra inputs are not permitted"),
+    (observation("o", {"valueString": "twenty"}, T0), "Observation.valueString", "must be a number"),
+    (careplan(category=[{"text": "OT"}], version="2"), "CarePlan.category", "no care setting"),
+    (observation("o", {"valueInteger": 20}, T0, subject={"reference": "Group/g"}), "Observation.subject",
+     "Patient"),
+])
+def test_a_malformed_mapped_resource_is_refused_naming_its_fhir_path(engine, resource, field, says):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    feed(core, resource)
+    [(_, rejection)] = sink.letters
+    assert rejection.field == field, rejection.reason
+    assert says in rejection.reason
+
+
+def test_an_amended_observation_is_a_new_event_and_the_same_version_again_a_duplicate(engine):
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    first = observation("o-1", {"valueInteger": 20}, "2026-03-16T10:00:00Z")
+    amended = observation("o-1", {"valueInteger": 21}, "2026-03-16T10:00:00Z", status="amended", version="2")
+    feed(core, first, first, amended)
+    assert (core.tally.processed, core.tally.duplicates) == (4, 1)
+    series = patient(core.states).plans["cp-1"].series
+    assert [p.score for s in series.values() for p in s.points] == [20, 21]
+
+
+def test_a_completed_careplan_discharges_and_a_subscription_notification_is_read(engine):
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    status = {"resourceType": "Parameters", "parameter": [{"name": "type", "valueCode": "event-notification"}]}
+    done = careplan(status="completed", version="2")
+    done["meta"]["lastUpdated"] = "2026-04-20T09:00:00Z"
+    feed(core, {"resourceType": "Bundle", "type": "history", "entry": [{"resource": status}, {"resource": done}]})
+    assert patient(core.states).plans["cp-1"].discharged
+    assert core.tally.skipped_by[SKIP_TYPE] == 1
+
+
+def test_a_kafka_key_that_is_not_the_resources_patient_is_refused(engine):
+    core, sink = core_for(engine)
+    core.handle(Record(json.dumps(goal("g-moca")).encode(), "topic", partition=0, offset=1, key=b"p-2",
+                       keyed=True))
+    [(_, rejection)] = sink.letters
+    assert rejection.kind == "key"
+
+
+def test_input_format_decides_how_a_line_is_read(engine):
+    fhir_core, fhir_sink = core_for(engine, fmt="fhir")
+    fhir_core.handle(Record(b'{"type":"visit","event_id":"e"}', "t", line=1))
+    assert fhir_sink.letters[0][1].field == "resourceType"
+    native_core, native_sink = core_for(engine, fmt="otrules")
+    native_core.handle(line(goal("g")))
+    assert native_sink.letters[0][1].field == "type"
+
+
+def test_one_pretty_printed_bundle_file_is_one_record(tmp_path):
+    doc = bundle("transaction", careplan(), goal("g-moca"))
+    raw = json.dumps(doc, indent=2).encode()
+    records = list(JsonlSource(io.BytesIO(raw), "b.json", documents=True))
+    assert len(records) == 1 and json.loads(records[0].raw) == doc
+    # an NDJSON file is still read line by line, and a broken document line by line too
+    assert len(list(JsonlSource(io.BytesIO(b'{"a":1}\n{"b":2}\n'), "x", documents=True))) == 2
+    assert len(list(JsonlSource(io.BytesIO(b'{\n"a": \n'), "x", documents=True))) == 2
+
+
+# ---------------------------------------------------------------- the same stream, both formats
+
+
+def _briefs(lines: list[str]) -> list[tuple]:
+    out = []
+    for text in lines:
+        r = json.loads(text)
+        out.append((r["patient_id"], r["kind"], r.get("goal_id") or "", r["rule"]["id"], r["occurred_at"],
+                    json.dumps(r["evidence"], sort_keys=True)))
+    return sorted(out)
+
+
+def _run(*args: str) -> tuple[list[str], str]:
+    result = CliRunner().invoke(main, ["run", *args])
+    assert result.exit_code == 0, result.output
+    return [x for x in result.stdout.splitlines() if x], result.stderr
+
+
+@pytest.mark.parametrize(("patients", "seed"), [(40, 7), (120, 3)])
+def test_the_same_stream_as_fhir_gives_the_same_recommendations(tmp_path, patients, seed):
+    events = list(synthetic.generate(patients=patients, seed=seed))
+    native, fhir = tmp_path / "native.jsonl", tmp_path / "fhir.ndjson"
+    with native.open("w") as out:
+        synthetic.write_jsonl(out, copy.deepcopy(events))
+    with fhir.open("w") as out:
+        synthetic_fhir.write_ndjson(out, synthetic_fhir.to_fhir(events))
+    native_recs, _ = _run("--input", str(native))
+    fhir_recs, summary = _run("--input", str(fhir), "--input-format", "fhir")
+    assert len(native_recs) > 50
+    assert _briefs(fhir_recs) == _briefs(native_recs)
+    assert "rejected 0" in summary and "skipped" in summary
+    # auto tells the formats apart line by line
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(fhir.read_bytes())
+    auto_recs, _ = _run("--input", str(mixed))
+    assert _briefs(auto_recs) == _briefs(native_recs)
+
+
+def test_explain_names_a_fhir_event_by_its_resource_version(tmp_path):
+    events = list(synthetic.generate(patients=12, seed=7))
+    fhir = tmp_path / "fhir.ndjson"
+    with fhir.open("w") as out:
+        synthetic_fhir.write_ndjson(out, synthetic_fhir.to_fhir(events))
+    recs, _ = _run("--input", str(fhir))
+    trigger = next(json.loads(r)["triggered_by"][0] for r in recs if json.loads(r)["kind"] == "advance_goal")
+    result = CliRunner().invoke(main, ["explain", "--input", str(fhir), "--event-id", trigger])
+    assert result.exit_code == 0, result.output
+    assert f"Event {trigger} (evaluation" in result.stdout and "MATCHED, recommended advance_goal" in result.stdout
+
+
+def test_backtest_reads_fhir(tmp_path):
+    events = list(synthetic.generate(patients=12, seed=7))
+    fhir = tmp_path / "fhir.ndjson"
+    with fhir.open("w") as out:
+        synthetic_fhir.write_ndjson(out, synthetic_fhir.to_fhir(events))
+    rules = str(defaults.DEFAULT_RULES)
+    result = CliRunner().invoke(main, ["backtest", "--rules", rules, "--baseline", rules, "--input", str(fhir),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rejected"] == 0 and report["by_kind"] and all(
+        c["added"] == 0 and c["removed"] == 0 for c in report["by_kind"].values())
+
+
+def test_the_hand_written_ehr_resources_are_valid_fhir_r4(fhir_validator):
+    """The resources these tests send as an EHR would are themselves valid R4 (HAPI FHIR's validator),
+    so what the mapping is tested on is what a real feed sends."""
+    gas = observation("o-gas", {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34480-6"}]}},
+                      T0, "107333-7", focus=[{"reference": "Goal/g-moca"}])
+    plan = careplan(goals=())
+    plan["goal"] = [{"reference": uuid_of("g-moca")}]
+    resources = [
+        bundle("transaction", careplan(), goal("g-moca")),
+        bundle("transaction", plan, goal("g-moca"), urls=True),
+        bundle("collection", observation("o-1", {"valueQuantity": {"value": 22, "unit": "{score}"}}, T0), gas),
+        observation("o-2", {"valueInteger": 26}, T0,
+                    category=[{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97168"}]}]),
+        observation("hr", {"valueQuantity": {"value": 72, "unit": "/min"}}, T0, "8867-4"),
+        observation("o-1", {"valueInteger": 21}, T0, status="amended", version="2"),
+        noshow("a-1", "2026-03-03T09:00:00Z"),
+        careplan(status="completed", version="2"),
+    ]
+    results = fhir_validator(resources)
+    assert [r["issues"] for r in results] == [[] for _ in resources]
+
+
+# ---------------------------------------------------------------- what a hostile or sloppy feed sends
+
+
+def _deep(depth: int) -> dict:
+    ext: dict = {"url": "http://x", "valueString": "leaf"}
+    for _ in range(depth):
+        ext = {"url": "http://x", "extension": [ext]}
+    return ext
+
+
+def _repeat(**timing) -> dict:
+    return careplan(version="9", activity=[{"detail": {"status": "scheduled", "scheduledTiming": {"repeat": timing}}}])
+
+
+@pytest.mark.parametrize("resource", [
+    careplan(goal=5, version="9"),
+    {**observation("o", {"valueInteger": 20}, T0), "code": {"coding": 5}},
+    {**noshow("a", T0), "participant": 5},
+    _repeat(frequency=2, period=0),
+    _repeat(frequency=2, period=-0.0),
+    _repeat(frequency=2, period=1e-320),
+    observation("o", {"valueInteger": "5"}, T0),
+    observation("o", {"valueInteger": True}, T0),
+    observation("o", {"valueInteger": 20}, T0, extension=[_deep(300)]),
+    {**goal("g-x"), "target": [{"measure": {"coding": [{"system": LOINC, "code": "72172-0"}]},
+                                "detailInteger": 20, "dueDate": "2026-03"}]},
+])
+def test_no_resource_stops_the_line_or_escapes_the_core(engine, resource):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    after = observation("o-after", {"valueInteger": 21}, "2026-04-01T09:00:00Z")
+    feed(core, bundle("collection", resource, after))
+    assert core.tally.balanced and core.tally.rejected + core.tally.skipped == 1  # refused, or not read at all
+    for _, rejection in sink.letters:
+        assert rejection.field.startswith(resource["resourceType"]), rejection
+    assert "Observation/o-after/_history/1" in [e.event_id for e in core.events]
+
+
+def test_an_engine_refusal_inside_a_bundle_does_not_stop_the_rest_of_it(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    stray = [observation(f"o-{i}", {"valueInteger": 20 + i}, f"2026-03-1{i}T09:00:00Z",
+                         basedOn=[{"reference": "CarePlan/nope"}]) for i in range(2)]
+    feed(core, bundle("collection", *stray, observation("o-ok", {"valueInteger": 25}, "2026-03-19T09:00:00Z")))
+    assert [r.field for _, r in sink.letters] == ["plan_id", "plan_id"] or len(sink.letters) == 2
+    assert core.events and core.events[-1].event_id == "Observation/o-ok/_history/1"
+    assert core.tally.balanced
+
+
+def test_a_goal_marked_achieved_at_discharge_does_not_reopen_the_plan(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    done = careplan(status="completed", version="2")
+    done["meta"]["lastUpdated"] = "2026-04-20T09:00:00Z"
+    achieved = goal("g-moca", lifecycleStatus="completed")
+    achieved["meta"] = {"versionId": "2", "lastUpdated": "2026-04-21T09:00:00Z"}
+    feed(core, done, achieved)
+    assert patient(core.states).plans["cp-1"].discharged
+    feed(core, noshow("a-1", "2026-04-22T09:00:00Z"))  # nothing open: refused, not a recommendation
+    assert not sink.recs
+
+
+def test_a_resource_under_the_wrong_key_touches_nothing_so_its_resend_counts(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    second = goal("g-2", "96761-2", target={"detailInteger": 80})
+    core.handle(Record(json.dumps(second).encode(), "topic", partition=0, offset=1, key=b"p-other", keyed=True))
+    assert sink.letters[-1][1].kind == "key" and "g-2" not in (patient(core.states).fhir or {})["goals"]
+    core.handle(Record(json.dumps(second).encode(), "topic", partition=0, offset=2, key=b"p-1", keyed=True))
+    assert core.tally.duplicates == 0 and "g-2" in (patient(core.states).fhir or {})["goals"]
+
+
+def test_an_episode_of_another_service_closes_nothing_and_an_ot_episode_closes_its_plan(engine):
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    cardiology = {"resourceType": "EpisodeOfCare", "id": "eoc-cardio", "status": "finished",
+                  "patient": {"reference": P}, "period": {"start": T0, "end": "2026-03-20T09:00:00Z"}}
+    feed(core, cardiology)
+    assert not patient(core.states).plans["cp-1"].discharged and core.tally.skipped == 1
+    visit = {"resourceType": "Encounter", "id": "enc-1", "status": "finished", "subject": {"reference": P},
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "period": {"start": "2026-03-04T09:00:00Z"}, "episodeOfCare": [{"reference": "EpisodeOfCare/eoc-ot"}]}
+    ot = {**cardiology, "id": "eoc-ot"}
+    feed(core, visit, ot)
+    assert patient(core.states).plans["cp-1"].discharged
+
+
+def test_the_join_state_is_bounded(engine):
+    core, sink = core_for(engine)
+    for i in range(40):
+        plan = careplan(f"cp-{i}", goals=())
+        plan["created"] = plan["meta"]["lastUpdated"] = f"2026-03-02T09:{i:02d}:00Z"
+        feed(core, plan)
+    assert len((patient(core.states).fhir or {})["plans"]) == 16
+    feed(core, careplan("cp-many", goals=tuple(f"g{i}" for i in range(65))))
+    assert sink.letters[-1][1].field == "CarePlan.goal"
+
+
+def test_a_repeated_json_key_is_refused_as_for_native_events(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    text = json.dumps(observation("o", {"valueInteger": 5}, T0)).replace('"valueInteger": 5', '"valueInteger": 5, '
+                                                                        '"valueInteger": 25')
+    core.handle(Record(text.encode(), "t", line=2))
+    assert sink.letters[-1][1].field == "(repeated key)"
+
+
+def test_a_gas_level_goal_is_skipped_and_an_observation_naming_it_counts_for_no_goal(engine):
+    core, _ = core_for(engine)
+    gas_goal = goal("g-gas", "107332-9", target={"detailCodeableConcept": {"text": "expected"}})
+    feed(core, bundle("transaction", careplan(goals=("g-moca", "g-gas")), goal("g-moca"), gas_goal))
+    assert core.tally.skipped == 1 and set(patient(core.states).plans["cp-1"].goals) == {"g-moca"}
+    gas = observation("o-gas", {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34481-4"}]}},
+                      T0, "107333-7", focus=[{"reference": "Goal/g-gas"}])
+    feed(core, gas)
+    event: Any = core.events[0]
+    assert event.measures[0].goal_id is None
+
+
+def test_two_versions_of_one_observation_in_a_history_bundle_are_two_events(engine):
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    v1 = observation("o-1", {"valueInteger": 20}, "2026-03-16T10:00:00Z")
+    v2 = observation("o-1", {"valueInteger": 21}, "2026-03-16T10:00:00Z", status="amended", version="2")
+    feed(core, {"resourceType": "Bundle", "type": "history", "entry": [{"resource": v1}, {"resource": v2}]})
+    assert [e.event_id for e in core.events] == ["Observation/o-1/_history/1", "Observation/o-1/_history/2"]
+
+
+def test_a_file_whose_first_line_is_junk_is_still_read_line_by_line():
+    raw = b'not json\n{"a":1}\n{"b":2}\n'
+    assert [r.line for r in JsonlSource(io.BytesIO(raw), "x", documents=True)] == [1, 2, 3]
+
+
+def test_validate_refuses_a_code_table_that_would_let_scores_go_unchecked(tmp_path):
+    bad = tmp_path / "codes.yaml"
+    bad.write_text('codes: t\nversion: "1"\ninstruments:\n'
+                   '  - {system: http://loinc.org, code: 72172-0, instrument: MOCA}\n'
+                   '  - {system: "urn:otrules:instrument", code: MoCA, instrument: FIM-motor}\n'
+                   '  - {system: http://x, code: "1", instrument: COPM-performance, answers: {high: 99}}\n')
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:4:5: instruments[0].instrument: 'MOCA' is not in the instrument catalogue" in result.stderr
+    assert "otrules' own code" in result.stderr and "99 is outside the range 1–10" in result.stderr
+    run = CliRunner().invoke(main, ["run", "--fhir-codes", str(bad)])
+    assert run.exit_code == 2

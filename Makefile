@@ -9,7 +9,7 @@ PYTHON ?= $(shell scripts/find_python.sh)
 # CFLAGS but not CPPFLAGS, so on 3.13 the same PyPI sdist is built with this one definition.
 DURABLE_CPPFLAGS := -DPyEval_CallObject(c,a)=PyObject_CallObject(c,a)
 
-.PHONY: run test lint venv sample clean
+.PHONY: run test lint venv sample clean serve
 
 $(BIN)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "No supported Python found: otrules needs CPython 3.11, 3.12 or 3.13, as" \
@@ -29,6 +29,9 @@ venv: $(BIN)/.installed
 
 run: venv  ## embedded pipeline over the bundled sample stream, as a table
 	$(BIN)/otrules run --format table
+
+serve: venv  ## the CDS Hooks service and dashboard over the bundled sample, on 127.0.0.1:8080 (printed)
+	$(BIN)/otrules serve
 
 test: venv  ## the whole test suite, rule test cases included
 	$(BIN)/python -m pytest -q

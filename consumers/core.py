@@ -30,12 +30,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import orjson
+
 from otrules.consumers.fhir.codes import load_code_table
 from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined, Refused, Skipped
 from otrules.consumers.fhir.resources import entries, is_fhir
 from otrules.consumers.states import PatientStates
 from otrules.engine import Engine, Outcome, PatientState, Released
-from otrules.schemas import Event, EventRejected, OtrulesError, Recommendation, parse_event
+from otrules.schemas import Event, EventRejected, FeedbackEvent, OtrulesError, Recommendation, parse_event
 
 INPUT_FORMATS = ("auto", "otrules", "fhir")
 
@@ -143,6 +145,10 @@ class Tally:
     rejected_by: Counter[str] = field(default_factory=Counter)  # rejection kind -> count
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (event type, processed|duplicate)
     skipped_by: Counter[str] = field(default_factory=Counter)  # why a FHIR resource was skipped -> count
+    closed: Counter[str] = field(default_factory=Counter)  # recommendations closed, by closed_reason (§8)
+    feedback: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ruleset/rule, accepted|overridden)
+    override_reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ruleset/rule, reason code)
+    feedback_ignored: int = 0  # feedback on an unknown or already closed recommendation: changed nothing
 
     @property
     def recommendations(self) -> int:
@@ -155,12 +161,31 @@ class Tally:
     def copy(self) -> Tally:
         return replace(self, by_kind=Counter(self.by_kind), by_rule=Counter(self.by_rule),
                        rejected_by=Counter(self.rejected_by), by_type=Counter(self.by_type),
-                       skipped_by=Counter(self.skipped_by))
+                       skipped_by=Counter(self.skipped_by), closed=Counter(self.closed),
+                       feedback=Counter(self.feedback), override_reasons=Counter(self.override_reasons))
 
     def count(self, recs: Iterable[Recommendation]) -> None:
+        """New recommendations by kind and rule; closures (status closed) by why they closed."""
         for rec in recs:
+            if rec.status == "closed":
+                self.closed[rec.closed_reason or ""] += 1
+                continue
             self.by_kind[rec.kind] += 1
             self.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
+
+    def count_feedback(self, event: FeedbackEvent, result: str | None, recs: Sequence[Recommendation]) -> None:
+        """What clinical leads tune rules with: accepted and overridden per rule, and why. `result`:
+        what the engine did with it (None: held in a reorder window, counted when released)."""
+        if result is None:
+            return
+        if result == "ignored" or not recs:
+            self.feedback_ignored += 1
+            return
+        rec = recs[0]
+        rule = f"{rec.rule.ruleset}/{rec.rule.id}"
+        self.feedback[rule, event.outcome] += 1
+        if event.override_reason is not None:
+            self.override_reasons[rule, event.override_reason.code] += 1
 
 
 class EventCore:
@@ -209,9 +234,13 @@ class EventCore:
                                 f"{_shown(patient)}", "key")
 
     def is_fhir(self, record: Record) -> bool:
-        """Whether the record is read as FHIR (input format `fhir`, or `auto` and a resourceType)."""
+        """Whether the record is read as FHIR (input format `fhir`, or `auto` and a resourceType). A
+        clinician's feedback (`"type":"feedback"`, which `otrules serve` sends to the same topic) is
+        otrules' own event whatever the feed's format."""
         fmt = self.input_format
-        return fmt == "fhir" or (fmt == "auto" and is_fhir(record.raw))
+        if fmt == "fhir":
+            return not (b'"feedback"' in record.raw and _is_feedback(record.raw))
+        return fmt == "auto" and is_fhir(record.raw)
 
     def handle(self, record: Record, fault: Fault | None = None, event: Event | None = None) -> Event | None:
         """Process one record (already parsed as `event`, if given); returns its event (a FHIR
@@ -301,10 +330,13 @@ class EventCore:
             tally.dropped += outcome.dropped
         if outcome.late:
             tally.late += 1
-        if tally.last_event_at is None or event.occurred_at > tally.last_event_at:
+        if not isinstance(event, FeedbackEvent) and (  # a clinician's answer is not the plans' clock
+                tally.last_event_at is None or event.occurred_at > tally.last_event_at):
             tally.last_event_at = event.occurred_at
         if outcome.recommendations:
             tally.count(outcome.recommendations)
+        if isinstance(event, FeedbackEvent):
+            tally.count_feedback(event, outcome.feedback, outcome.recommendations)
 
     def _handle_fhir(self, record: Record, fault: Fault | None) -> list[Event]:
         """A FHIR line: its resources one at a time through the mapping, each event made through
@@ -420,6 +452,8 @@ class EventCore:
                 self.reject(_held_record(item.event, record), Rejection(*failure))
             elif item.late:
                 tally.late += 1
+            if isinstance(item.event, FeedbackEvent):
+                tally.count_feedback(item.event, item.feedback, item.recommendations)
             tally.dropped += item.dropped
 
     def flush(self, states: States | None = None) -> None:
@@ -490,7 +524,7 @@ class EventCore:
                     self.tally.unpublished += len(recs)
                 else:
                     self.tally.count(recs)
-                    self.tally.swept += len(recs)
+                    self.tally.swept += sum(rec.status == "open" for rec in recs)
         except Exception as exc:
             if isinstance(exc, OSError) or _is_sink_error(exc):
                 raise  # the output is broken, not this patient
@@ -518,6 +552,14 @@ def _held_record(event: Event, arrived: Record | None) -> Record:
     key = event.patient_id.encode()
     return Record(raw, source, key=key, keyed=arrived.keyed if arrived is not None else False,
                   partition=arrived.partition if arrived is not None else None)
+
+
+def _is_feedback(raw: bytes) -> bool:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("type") == "feedback" and "resourceType" not in doc
 
 
 def _is_sink_error(exc: BaseException) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from otrules.engine import open_recs
 from otrules.engine.compiler import Compiled, compile_condition
 from otrules.engine.derive import EventFacts, apply_event, clock_facts, rfc3339
 from otrules.engine.limits import MAX_MESSAGE_KEYS, MAX_PENDING_ALPHAS, Level, combined, merge, pending_level
@@ -35,7 +36,7 @@ from otrules.engine.state import (
     ThrottleKey,
     held_size,
 )
-from otrules.schemas import Catalogue, Event, EventRejected, Measure, PlanEvent, Recommendation
+from otrules.schemas import Catalogue, Event, EventRejected, FeedbackEvent, Measure, PlanEvent, Recommendation
 from otrules.schemas._errors import show_value
 
 
@@ -45,20 +46,23 @@ class Released:
     one the engine could not apply (its plan never opened, or the engine failed on it)."""
 
     event: Event
-    recommendations: tuple[Recommendation, ...] = ()
+    recommendations: tuple[Recommendation, ...] = ()  # new ones (open), then the closures (closed)
     failure: tuple[str, str, str] | None = None
     late: bool = False
     dropped: int = 0
+    feedback: str | None = None  # a feedback event: accepted | overridden (it closed one), or ignored
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     duplicate: bool
-    recommendations: tuple[Recommendation, ...] = ()  # the event's own (none while it is held)
+    # the event's own (none while it is held): new ones (status open), then what it closed (status closed)
+    recommendations: tuple[Recommendation, ...] = ()
     dropped: int = 0  # remembered ids and plans let go by the state bound (engine/state.py)
     late: bool = False  # older than its plan's latest event: placed in history, recommended nothing
     held: bool = False  # waiting in the reorder window
     released: tuple[Released, ...] = ()  # held events this one's time released
+    feedback: str | None = None  # a feedback event: accepted | overridden (it closed one), or ignored
 
 
 class _RuleGroup:
@@ -138,6 +142,16 @@ class Engine:
         applied). After a discharge, events still enter the plan's history but recommend
         nothing, until a plan snapshot re-opens the plan (contracts.md §1). A late event enters
         the history in its place and recommends nothing."""
+        if isinstance(event, FeedbackEvent):
+            if not state.remember(event.event_id):
+                return _DUPLICATE
+            if not self._window_s:
+                closure = open_recs.feedback(state, event)
+                return Outcome(duplicate=False, recommendations=(closure,) if closure else (),
+                               feedback=event.outcome if closure else "ignored", dropped=self._trim(state))
+            # with a window, feedback waits its turn in event time too: the recommendation it answers
+            # may still be held, and a replay must close what the live run closed
+            return self._hold(state, event)
         # with a reorder window the plan event may come later, within the window: checked at release
         if not self._window_s and event.plan_id not in state.plans and not isinstance(event, PlanEvent) and not any(
                 isinstance(held, PlanEvent) and held.plan_id == event.plan_id for held in state.held):
@@ -153,6 +167,10 @@ class Engine:
             released = self.flush(state) if state.held else ()
             outcome = self._apply(state, event)
             return replace(outcome, released=released) if released else outcome
+        return self._hold(state, event)
+
+    def _hold(self, state: PatientState, event: Event) -> Outcome:
+        at = event.occurred_at.timestamp()
         bisect.insort_right(state.held, event, key=_event_time)  # equal times: arrival order
         state.held_bytes += held_size(event)
         state.watermark = at if state.watermark is None else max(state.watermark, at)
@@ -169,6 +187,11 @@ class Engine:
         while held and (_event_time(held[0]) <= upto or len(held) > MAX_HELD or state.held_bytes > MAX_HELD_BYTES):
             event = held.pop(0)
             state.held_bytes -= held_size(event)
+            if isinstance(event, FeedbackEvent):
+                closure = open_recs.feedback(state, event)
+                out.append(Released(event, (closure,) if closure else (),
+                                    feedback=event.outcome if closure else "ignored"))
+                continue
             if event.plan_id not in state.plans and not isinstance(event, PlanEvent):
                 state.forget(event.event_id)  # so it can be sent again once its plan is open
                 reason = f"plan_id: no plan event has opened {show_value(event.plan_id)} by this event's time"
@@ -190,10 +213,14 @@ class Engine:
     def _apply(self, state: PatientState, event: Event) -> Outcome:
         plan = state.plans.get(event.plan_id)
         opens = isinstance(event, PlanEvent)
+        certified = plan.certified_until if plan is not None else None
         facts = apply_event(state, event, self.catalogue, self._wanted)
+        closed = open_recs.answered(state, event, certified) if state.open else []
         if facts.late or (plan is not None and plan.discharged and not opens and event.type != "discharge"):
             dropped = self._trim(state)  # placed in history, recommends nothing
-            return Outcome(duplicate=False, dropped=dropped, late=facts.late) if dropped or facts.late else _NOTHING
+            if dropped or facts.late or closed:
+                return Outcome(duplicate=False, recommendations=tuple(closed), dropped=dropped, late=facts.late)
+            return _NOTHING
         out: list[Recommendation] = []
         for loaded in self._loaded:
             hits = [(rule, facts.base) for rule in loaded.per_event.matches(facts.base)]
@@ -201,9 +228,11 @@ class Engine:
                 hits += [(rule, fs) for _, fs in facts.per_measure for rule in loaded.per_measure.matches(fs)]
             if hits:
                 self._emit(state, loaded, hits, event, out)
+        if out:
+            closed += open_recs.opened(state, out)
         dropped = self._trim(state)
-        if out or dropped:
-            return Outcome(duplicate=False, recommendations=tuple(out), dropped=dropped)
+        if out or dropped or closed:
+            return Outcome(duplicate=False, recommendations=(*out, *closed), dropped=dropped)
         return _NOTHING
 
     @staticmethod
@@ -225,7 +254,7 @@ class Engine:
                 hits += [(rule, fs) for _, fs in plan_facts.per_goal
                          for rule in loaded.per_measure.matches(fs) if rule.per_goal]
                 self._emit(state, loaded, hits, tick, out)
-        return tuple(out)
+        return (*out, *open_recs.opened(state, out)) if out else ()
 
     @staticmethod
     def expire(state: PatientState, at: dt.datetime, retention: dt.timedelta) -> bool:
@@ -248,7 +277,8 @@ class Engine:
             if _throttled(state, loaded.ruleset, rule, rec, trigger.occurred_at):
                 continue
             seen_ids.add(rec.recommendation_id)
-            out.append(rec)
+            plan = state.plans.get(rec.plan_id)
+            out.append(rec.model_copy(update={"setting": plan.setting}) if plan is not None and plan.setting else rec)
 
     def explain_facts(self, state: PatientState, event: Event) -> EventFacts:
         """The facts an event presents to the rules (applies it to `state`)."""

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from otrules.schemas import Event, Goal, parse_event
+from otrules.schemas import Event, Goal, Recommendation, parse_event
 
 FORMAT = 3  # written as "v"; bump it when the layout below changes
 
@@ -235,6 +235,7 @@ class PatientState:
     watermark: float | None = None  # the latest occurred_at seen (held or applied)
     held_bytes: int = field(default=0, compare=False)  # JSON size of `held` (worked out again when read)
     fhir: dict[str, Any] | None = None  # FHIR input's join state (consumers/fhir/mapping.py), JSON values only
+    open: dict[str, Recommendation] = field(default_factory=dict)  # open recommendations by id (engine/open_recs.py)
 
     def plan(self, plan_id: str) -> PlanState:
         plan = self.plans.get(plan_id)
@@ -275,9 +276,10 @@ class PatientState:
         return dropped
 
     def forget_plan(self, plan_id: str) -> None:
-        """A plan and its throttles."""
+        """A plan, its throttles and its open recommendations."""
         del self.plans[plan_id]
         self.throttle = {k: v for k, v in self.throttle.items() if k.plan_id != plan_id}
+        self.open = {k: rec for k, rec in self.open.items() if rec.plan_id != plan_id}
 
     def _seen(self, digest: bytes) -> bool:
         seen = self.seen_events
@@ -297,6 +299,9 @@ class PatientState:
             "held": [event.model_dump(mode="json") for event in self.held],
             "mark": self.watermark,
             **({"fhir": self.fhir} if self.fhir else {}),
+            # each as its own JSON text: the keys sorted above would reorder a recommendation's evidence
+            **({"open": [rec.model_dump_json(exclude={"emitted_at"}) for rec in self.open.values()]}
+               if self.open else {}),
         }, option=orjson.OPT_SORT_KEYS)
         # orjson's bytes keep the ~8 KB buffer they were written into; stores hold these
         # for every patient, so keep an exact-size copy instead
@@ -319,6 +324,7 @@ class PatientState:
             held_bytes=sum(held_size(event) for event in held),
             watermark=d["mark"],
             fhir=d.get("fhir"),
+            open={rec.recommendation_id: rec for rec in map(Recommendation.model_validate_json, d.get("open", ()))},
         )
 
 

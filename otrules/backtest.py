@@ -60,6 +60,9 @@ class Report:
     patients_changed: int = 0
     patients_total: int = 0
     samples: dict[str, list[tuple[str, Brief]]] = field(default_factory=dict)  # patient -> [(+/-/~, brief)]
+    # clinicians' answers in the history, per rule of the baseline (the rules they answered): what
+    # clinical leads tune with (contracts.md §8); {"accepted": n, "overridden": n, "reasons": {code: n}}
+    feedback: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         def counts(d: dict[str, Counts]) -> dict[str, dict[str, int]]:
@@ -71,6 +74,7 @@ class Report:
             "by_rule": counts(self.by_rule), "by_kind": counts(self.by_kind),
             "patients_changed": self.patients_changed, "patients_total": self.patients_total,
             "samples": {p: [{"change": c, **asdict(b)} for c, b in items] for p, items in self.samples.items()},
+            "feedback": self.feedback,
         }
 
 
@@ -85,6 +89,8 @@ class _Side:
 
     def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
         for rec in recs:
+            if rec.status == "closed":
+                continue  # what was recommended is compared; closures follow from it
             self.found[(rec.rule.id, rec.patient_id, rec.triggered_by[0], rec.goal_id or "")] = Brief.of(rec)
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
@@ -121,6 +127,7 @@ def backtest(new: Engine, baseline: Engine, records: Iterable[Record], samples: 
         for side in (base, fresh):
             side.core.sweep(at)
     _compare(report, base.found, fresh.found, samples)
+    report.feedback = _feedback(base.core.tally)
     report.patients_total = len(fresh.states)
     return report
 
@@ -146,6 +153,15 @@ def _compare(report: Report, old: dict[Key, Brief], new: dict[Key, Brief], sampl
         report.samples[patient] = sorted(changed_patients[patient], key=lambda cb: (cb[1].occurred_at, cb[1].rule))
 
 
+def _feedback(tally: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for (rule, outcome), n in sorted(tally.feedback.items()):
+        out.setdefault(rule, {"accepted": 0, "overridden": 0, "reasons": {}})[outcome] = n
+    for (rule, code), n in sorted(tally.override_reasons.items()):
+        out.setdefault(rule, {"accepted": 0, "overridden": 0, "reasons": {}})["reasons"][code] = n
+    return out
+
+
 def _count(report: Report, brief: Brief, column: str) -> None:
     for table, key in ((report.by_rule, brief.rule), (report.by_kind, brief.kind)):
         counts = table.setdefault(key, Counts())
@@ -158,6 +174,7 @@ def _label(engine: Engine) -> str:
 
 def render(report: Report, out: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=out, width=120 if out is not None and not out.isatty() else None)
@@ -173,6 +190,14 @@ def render(report: Report, out: Any) -> None:
             style = "" if not (c.added or c.removed or c.changed) else "bold"
             table.add_row(key, str(c.baseline), str(c.new), _signed("+", c.added), _signed("-", c.removed),
                           _signed("~", c.changed), style=style)
+        console.print(table)
+    if report.feedback:
+        table = Table(title="clinician feedback in the history, by baseline rule", title_justify="left")
+        for col in ("", "accepted", "overridden", "override reasons"):
+            table.add_column(col, justify="left" if col in ("", "override reasons") else "right")
+        for rule, f in report.feedback.items():
+            reasons = ", ".join(f"{code} {n}" for code, n in f["reasons"].items())
+            table.add_row(rule, str(f["accepted"]), str(f["overridden"]), escape(reasons))
         console.print(table)
     console.print(f"{report.patients_changed} of {report.patients_total} patients would get different recommendations"
                   + (f"; the first {len(report.samples)}:" if report.samples else "."))

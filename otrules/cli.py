@@ -425,6 +425,58 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 
 
 @main.command()
+@rules_option
+@catalogue_option
+@click.option("--input", "input_path", default=None, envvar="OTRULES_INPUT", metavar="F",
+              help="Run the engine over this file and serve what stays open. Default: the bundled sample stream "
+                   "(without --bootstrap-servers).")
+@click.option("--follow", is_flag=True, envvar="OTRULES_FOLLOW",
+              help="With --input: read lines appended to the file as they come (as tail -f); the worklist updates "
+                   "live.")
+@input_format_option
+@fhir_codes_option
+@click.option("--bootstrap-servers", default=None, envvar="OTRULES_BOOTSTRAP_SERVERS", metavar="HOST:PORT",
+              help="Kafka: follow ot.recommendations.open (read_committed) and send feedback to the input topic.")
+@click.option("--input-topic", default="ot.events", show_default=True, envvar="OTRULES_INPUT_TOPIC",
+              help="Kafka: where feedback events go.")
+@click.option("--open-topic", default="ot.recommendations.open", show_default=True, envvar="OTRULES_OPEN_TOPIC",
+              help="Kafka: the open-recommendations table.")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="OTRULES_HOST",
+              help="Address to listen on. Anything but loopback needs --jwks, --issuer and --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="OTRULES_PORT",
+              help="Port (0: a free one, printed).")
+@click.option("--base-url", default=None, envvar="OTRULES_BASE_URL", metavar="URL",
+              help="The address clients use (behind a TLS proxy: its https URL): links in cards, and the audience "
+                   "CDS Hooks client JWTs must name. Default: http://HOST:PORT.")
+@click.option("--jwks", default=None, envvar="OTRULES_JWKS", metavar="FILE|URL",
+              help="The CDS Hooks clients' public keys (a JWKS file or https URL): client JWTs are then required.")
+@click.option("--issuer", "issuers", multiple=True, envvar="OTRULES_ISSUER", metavar="ISS",
+              help="A CDS Hooks client allowed to call (its JWT iss; repeatable).")
+@click.option("--token", default=None, envvar="OTRULES_SERVE_TOKEN", metavar="TOKEN",
+              help="Bearer token for the pages and the API (set it with the environment variable, not on the "
+                   "command line, where other users can see it).")
+def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, follow: bool, input_format: str,
+          fhir_codes: Path | None, bootstrap_servers: str | None, input_topic: str, open_topic: str, host: str,
+          port: int, base_url: str | None, jwks: str | None, issuers: tuple[str, ...], token: str | None) -> None:
+    """The CDS Hooks service and dashboard (contracts.md §9): open recommendations as cards, feedback back."""
+    from otrules.serve.runner import ServeOptions, run_server
+
+    options = ServeOptions(rules=rules, catalogue=catalogue, input_path=input_path, follow=follow,
+                           input_format=input_format,
+                           fhir_codes=fhir_codes, bootstrap_servers=bootstrap_servers, input_topic=input_topic,
+                           open_topic=open_topic, host=host, port=port, base_url=base_url, jwks=jwks,
+                           issuers=issuers, token=token)
+    _configure_logging()
+    try:
+        run_server(options, lambda: _engine(rules, catalogue), lambda engine: _fhir_mapper(engine, fhir_codes))
+    except click.UsageError:
+        raise
+    except ValueError as exc:  # a refused configuration: said once, exit 2
+        click.echo(f"otrules serve: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
 @click.option("--patients", type=click.IntRange(min=1), default=None, envvar="OTRULES_PATIENTS",
               help="Number of patients.")
 @click.option("--events", type=click.IntRange(min=1), default=None, envvar="OTRULES_EVENTS",
@@ -599,8 +651,27 @@ def _summary_text(s: Tally) -> str:
     swept = f", {s.swept} of them when time advanced" if s.swept else ""
     late = f"; late {s.late} (placed in history, recommended nothing)" if s.late else ""
     skipped = f" + skipped {s.skipped}" if s.skipped else ""  # FHIR resources otrules does not read
-    return (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}"
-            f"{skipped}; {s.recommendations} recommendations ({kinds}){swept}{late}")
+    closed = ""
+    if s.closed:
+        why = ", ".join(f"{k} {n}" for k, n in sorted(s.closed.items()))
+        closed = f"; {sum(s.closed.values())} closed ({why})"
+    text = (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}"
+            f"{skipped}; {s.recommendations} recommendations ({kinds}){swept}{closed}{late}")
+    return "\n".join([text, *_feedback_lines(s)])
+
+
+def _feedback_lines(s: Tally) -> list[str]:
+    """Per rule, what clinicians answered (contracts.md §8): what clinical leads tune rules with."""
+    if not s.feedback and not s.feedback_ignored:
+        return []
+    lines = []
+    for rule in sorted({rule for rule, _ in s.feedback}):
+        reasons = ", ".join(f"{code} {n}" for (r, code), n in sorted(s.override_reasons.items()) if r == rule)
+        lines.append(f"feedback {rule}: accepted {s.feedback[rule, 'accepted']}, overridden "
+                     f"{s.feedback[rule, 'overridden']}" + (f" ({reasons})" if reasons else ""))
+    if s.feedback_ignored:
+        lines.append(f"feedback on no open recommendation (unknown or already closed): {s.feedback_ignored}")
+    return lines
 
 
 def _fhir_mapper(engine: Engine, fhir_codes: Path | None) -> FhirMapper | None:
@@ -655,7 +726,11 @@ def _print_table(recs: list[Recommendation], out: IO[str] | None,
     from rich.table import Table
 
     goals = goals or {}
-    table = Table(title=f"{len(recs)} recommendations", show_lines=False, expand=True)
+    closed = {r.recommendation_id for r in recs if r.status == "closed"}
+    recs = [r for r in recs if r.status == "open"]
+    still = sum(r.recommendation_id not in closed for r in recs)
+    table = Table(title=f"{len(recs)} recommendations ({still} still open; the closures are in the JSONL output)",
+                  show_lines=False, expand=True)
     widths = {"when": 15, "patient": 12, "goal": 28, "kind": 20, "level": 11, "rule": 24}
     for col, style in (("when", "dim"), ("patient", ""), ("goal", ""), ("kind", "bold"), ("level", ""),
                        ("summary", ""), ("rule", "dim")):
@@ -670,6 +745,8 @@ def _print_table(recs: list[Recommendation], out: IO[str] | None,
             description = goals.get((r.patient_id, r.plan_id, r.goal_id))
             goal = f"{r.goal_id}: {description}" if description else r.goal_id
         level = f"[{colours[r.indicator]}]{'!! ' if r.indicator == 'critical' else ''}{r.indicator}[/]"
+        if r.recommendation_id not in closed:
+            level += "\n(open)"
         table.add_row(when, escape(r.patient_id), escape(goal), r.kind, level, escape(r.summary), r.rule.id,
                       style="bold" if r.indicator == "critical" else None)
     Console(file=out, width=160 if out is not None and not out.isatty() else None).print(table)

@@ -44,7 +44,7 @@ class _Collect:
         self.letters: list[tuple[Record, Rejection]] = []
 
     def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
-        self.recs.extend(recs)
+        self.recs.extend(r for r in recs if r.status == "open")  # what the event recommended
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
         self.letters.append((record, rejection))

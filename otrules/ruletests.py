@@ -386,7 +386,7 @@ class _CaseSink:
         self.failed: list[Rejection] = []
 
     def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
-        self.result.produced.extend(recs)
+        self.result.produced.extend(r for r in recs if r.status == "open")  # cases expect what is recommended
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
         self.failed.append(rejection)

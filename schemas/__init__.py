@@ -10,6 +10,7 @@ from otrules.schemas.events import (
     DischargeEvent,
     EvaluationEvent,
     Event,
+    FeedbackEvent,
     Goal,
     Measure,
     PlanEvent,
@@ -18,6 +19,7 @@ from otrules.schemas.events import (
 )
 from otrules.schemas.instruments import Catalogue, Instrument, InstrumentOverride
 from otrules.schemas.recommendations import (
+    CLOSED_REASONS,
     INDICATORS,
     RECOMMENDATION_KINDS,
     Recommendation,
@@ -33,6 +35,7 @@ from otrules.schemas.rulesets import (
 )
 
 __all__ = [
+    "CLOSED_REASONS",
     "INDICATORS",
     "RECOMMENDATION_KINDS",
     "Catalogue",
@@ -40,6 +43,7 @@ __all__ = [
     "EvaluationEvent",
     "Event",
     "EventRejected",
+    "FeedbackEvent",
     "Goal",
     "Instrument",
     "InstrumentOverride",

@@ -283,14 +283,42 @@ class DischargeEvent(_EventBase):
     reason: Text
 
 
+class OverrideReason(BaseModel):
+    """Why a clinician overrode a recommendation: a code (the card's overrideReasons offer some) and its text."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    code: Id
+    display: Text | None = None
+
+
+class FeedbackEvent(_EventBase):
+    """A clinician's answer to a recommendation (contracts.md §8): it closes the recommendation if
+    it is still open; on an unknown or closed one it is counted and changes nothing."""
+
+    type: Literal["feedback"]
+    recommendation_id: Id
+    outcome: Literal["accepted", "overridden"]
+    override_reason: OverrideReason | None = None
+    user_id: Id | None = None
+
+    @field_validator("override_reason")
+    @classmethod
+    def _only_when_overridden(cls, reason: OverrideReason | None, info: ValidationInfo) -> OverrideReason | None:
+        if reason is not None and info.data.get("outcome") == "accepted":
+            raise PydanticCustomError("override_reason", "Input should be absent when outcome is accepted")
+        return reason
+
+
 Event = Annotated[
-    PlanEvent | EvaluationEvent | VisitEvent | DischargeEvent,
+    PlanEvent | EvaluationEvent | VisitEvent | DischargeEvent | FeedbackEvent,
     Field(discriminator="type"),
 ]
-EVENT_TYPES = ("plan", "evaluation", "visit", "discharge")
+EVENT_TYPES = ("plan", "evaluation", "visit", "discharge", "feedback")
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 # The event field that holds objects (a list of them), for _keys: Goal and Measure hold none.
 _NESTED: dict[type[BaseModel], str] = {PlanEvent: "goals", EvaluationEvent: "measures"}
+_ONE_NESTED: dict[type[BaseModel], str] = {FeedbackEvent: "override_reason"}
 
 
 def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None = None) -> Event:
@@ -319,6 +347,9 @@ def parse_event(raw: bytes | str | dict[str, Any], catalogue: Catalogue | None =
     nested = _NESTED.get(type(event))
     if nested is not None and nested in fields:
         keys += sum(len(item.__pydantic_fields_set__) for item in getattr(event, nested))
+    one = _ONE_NESTED.get(type(event))
+    if one is not None and getattr(event, one) is not None:
+        keys += len(getattr(event, one).__pydantic_fields_set__)
     if ends != keys:
         check_repeated_keys(raw)
     if catalogue is not None and isinstance(event, EvaluationEvent):

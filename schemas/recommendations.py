@@ -19,6 +19,9 @@ Kind = Literal[
     "adherence_review",
 ]
 Indicator = Literal["info", "warning", "critical"]  # in rising order of urgency (CDS Hooks)
+Status = Literal["open", "closed"]
+ClosedReason = Literal["superseded", "resolved", "accepted", "overridden", "discharged"]
+CLOSED_REASONS: tuple[str, ...] = get_args(ClosedReason)
 RECOMMENDATION_KINDS: tuple[str, ...] = get_args(Kind)
 INDICATORS: tuple[str, ...] = get_args(Indicator)
 
@@ -57,6 +60,15 @@ class Recommendation(BaseModel):
     occurred_at: str
     emitted_at: str | None = None
     source: Source
+    # contracts.md §8: open until something closes it; a closure is this recommendation again, closed
+    status: Status = "open"
+    closed_at: str | None = None  # event time of what closed it
+    closed_by: str | None = None  # the event id that closed it (a feedback event, a newer trigger, clock@...)
+    closed_reason: ClosedReason | None = None
+    # added to the contract: the plan's care setting (dashboards filter by it), and a clinician's
+    # reason on a closure by feedback (what clinical leads tune rules with)
+    setting: str | None = None
+    override_reason: dict[str, str] | None = None
 
     def to_json(self) -> str:
         """Compact JSON in field order: byte-identical for identical content."""

@@ -65,6 +65,12 @@ class Story:
     def discharge(self, day: int, reason: str = "goals-met") -> Story:
         return self._add("discharge", day, 16, reason=reason)
 
+    def feedback(self, day: int, recommendation_id: str, outcome: str = "accepted", reason: str | None = None,
+                 hour: int = 17) -> Story:
+        extra: dict[str, Any] = {"override_reason": {"code": reason, "display": reason}} if reason else {}
+        return self._add("feedback", day, hour, recommendation_id=recommendation_id, outcome=outcome,
+                         user_id="ot-1", **extra)
+
 
 def goal(goal_id: str, instrument: str, baseline: float | None, target: float, target_day: int | None = None,
          start: str = "2026-01-05", weight: float = 1) -> dict[str, Any]:
@@ -78,14 +84,15 @@ def goal(goal_id: str, instrument: str, baseline: float | None, target: float, t
 
 
 def run_story(engine: Engine, story: Story | list[dict[str, Any]]) -> list[Recommendation]:
-    """Recommendations for a list of events, through the real engine."""
+    """Recommendations for a list of events, through the real engine (what it recommends: the
+    closures of open ones are left out, tests/test_open_recommendations.py has them)."""
     events = story.events if isinstance(story, Story) else story
     states: dict[str, PatientState] = {}
     out: list[Recommendation] = []
     for raw in events:
         event = parse_event(raw, engine.catalogue)
         state = states.setdefault(event.patient_id, PatientState(event.patient_id))
-        out.extend(engine.process(state, event).recommendations)
+        out.extend(r for r in engine.process(state, event).recommendations if r.status == "open")
     return out
 
 

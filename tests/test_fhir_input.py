@@ -500,3 +500,12 @@ def test_validate_refuses_a_code_table_that_would_let_scores_go_unchecked(tmp_pa
     assert "otrules' own code" in result.stderr and "99 is outside the range 1–10" in result.stderr
     run = CliRunner().invoke(main, ["run", "--fhir-codes", str(bad)])
     assert run.exit_code == 2
+
+
+def test_a_fhir_feed_still_reads_the_feedback_otrules_serve_sends_to_it(engine):
+    core, sink = core_for(engine, fmt="fhir")
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    fb = {"type": "feedback", "event_id": "fb-1", "patient_id": "p-1", "plan_id": "cp-1",
+          "occurred_at": "2026-03-03T09:00:00Z", "recommendation_id": "nothing-open", "outcome": "accepted"}
+    core.handle(Record(json.dumps(fb).encode(), "t", line=9))
+    assert not sink.letters and core.tally.feedback_ignored == 1

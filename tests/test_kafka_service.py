@@ -43,12 +43,36 @@ def stream(patients: int, seed: int) -> list[bytes]:
 
 
 def embedded(lines: list[bytes]) -> list[str]:
-    """What `otrules run` recommends for these lines, emitted_at removed, sorted."""
+    """What `otrules run` recommends for these lines (and the closures of open ones: contracts.md §8),
+    emitted_at removed, sorted."""
+    return embedded_run(lines)[0]
+
+
+def embedded_run(lines: list[bytes]) -> tuple[list[str], dict[str, list[str]]]:
+    """The embedded run's output, and each patient's open recommendations at its end (ids, in order)."""
     out: list[str] = []
     pipeline = Pipeline(Engine(defaults.rulesets(), defaults.catalogue()), lambda r: out.append(r.to_json()),
                         DeadLetterSink(None))
     pipeline.feed(JsonlSource(io.BytesIO(b"\n".join(lines) + b"\n")))
-    return sorted(_EMITTED.sub("", r) for r in out)
+    table = {}
+    for patient in pipeline.states.patient_ids():
+        state = pipeline.states.get(patient)
+        if state is not None and state.open:
+            table[patient] = list(state.open)
+    return sorted(_EMITTED.sub("", r) for r in out), table
+
+
+def open_table(bootstrap: str, topic: str) -> dict[str, list[str]]:
+    """The committed open-recommendations table, as a compacted topic's reader sees it: the last row per
+    patient, a tombstone removing it. Each row's recommendation ids, in order."""
+    rows: dict[str, list[str]] = {}
+    for record in read_all(bootstrap, topic, expected=10**9, timeout=3, settle=0):
+        key = record.key.decode()
+        if record.value is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = [rec["recommendation_id"] for rec in json.loads(record.value)]
+    return rows
 
 
 def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
@@ -66,13 +90,13 @@ def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
 class Topics:
     def __init__(self, bootstrap: str, partitions: int) -> None:
         prefix = unique_name("t")
-        self.input, self.output = f"{prefix}.events", f"{prefix}.recs"
+        self.input, self.output, self.open = f"{prefix}.events", f"{prefix}.recs", f"{prefix}.open"
         self.dlq, self.changelog, self.group = f"{prefix}.dlq", f"{prefix}.changelog", f"{prefix}-group"
         create_topic(bootstrap, self.input, partitions)
         create_topic(bootstrap, self.changelog, partitions, compacted=True)
 
     def args(self) -> list[str]:
-        return ["--input-topic", self.input, "--output-topic", self.output, "--dlq-topic", self.dlq,
+        return ["--input-topic", self.input, "--output-topic", self.output, "--dlq-topic", self.dlq, "--open-topic", self.open,
                 "--changelog-topic", self.changelog, "--group-id", self.group]
 
 
@@ -232,7 +256,7 @@ def test_end_to_end_equals_the_embedded_run(kafka_bootstrap, tmp_path):
 
 def test_sigkill_mid_stream_and_restart_loses_and_repeats_nothing(kafka_bootstrap, tmp_path):
     lines = stream(300, seed=12)  # ~11,000 events in batches of 20: several seconds of work to interrupt
-    expected = embedded(lines)
+    expected, table = embedded_run(lines)
     topics = Topics(kafka_bootstrap, partitions=2)
     produce(kafka_bootstrap, topics.input, lines)
     first = Consumer(kafka_bootstrap, topics, "crashy", tmp_path, "--batch-max-records", "20")
@@ -244,12 +268,14 @@ def test_sigkill_mid_stream_and_restart_loses_and_repeats_nothing(kafka_bootstra
                       "--decoded-states", "2")
     records = read_all(kafka_bootstrap, topics.output, len(expected))
     second.terminate()
-    assert recommendations(records) == expected
+    assert recommendations(records) == expected  # closures included: each once, as in the embedded run
+    assert any('"status":"closed"' in r for r in expected)
+    assert open_table(kafka_bootstrap, topics.open) == table and table
 
 
 def test_scale_out_survivor_takes_over_and_restores_state(kafka_bootstrap, tmp_path):
     lines = stream(200, seed=13)
-    expected = embedded(lines)
+    expected, table = embedded_run(lines)
     topics = Topics(kafka_bootstrap, partitions=4)
     a = Consumer(kafka_bootstrap, topics, "a", tmp_path, "--batch-max-records", "20")
     b = Consumer(kafka_bootstrap, topics, "b", tmp_path, "--batch-max-records", "20")
@@ -265,6 +291,7 @@ def test_scale_out_survivor_takes_over_and_restores_state(kafka_bootstrap, tmp_p
     log_a = a.terminate()
     assert 0 < b_committed < 100, "b must be killed mid-stream, after committing some batches"
     assert recommendations(records) == expected
+    assert open_table(kafka_bootstrap, topics.open) == table and table
     restores = [json.loads(line) for line in log_a.splitlines() if '"restored"' in line]
     assert len(restores) >= 2 and restores[-1]["records"] > 0, "the survivor never restored the dead instance's state"
     # events in committed batches (a batch aborted by a rebalance is read again, but committed once)
@@ -293,7 +320,7 @@ def test_poison_input_is_dead_lettered_and_the_stream_goes_on(kafka_bootstrap, t
     reasons = sorted(dict(m.headers)["otrules.reason"].decode() for m in letters)
     assert reasons == sorted([
         "not valid JSON: expected ident at line 1 column 2",
-        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge',
+        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge, feedback',
         "measures[0].score: 11 is outside the range 1–10 of COPM-performance",
     ])
     for m in letters:
@@ -463,9 +490,11 @@ def test_metrics_health_and_readiness_during_a_real_run(kafka_bootstrap, tmp_pat
     assert recommendations(records) == expected and status == 200
     assert _metric(text, "otrules_events_total", type="evaluation", outcome="processed") == evaluations
     assert _metric(text, "otrules_events_total", outcome="processed") == len(lines)
-    assert _metric(text, "otrules_recommendations_total") == len(expected)
+    made = [r for r in expected if '"status":"open"' in r]
+    assert _metric(text, "otrules_recommendations_total") == len(made)
+    assert _metric(text, "otrules_recommendations_closed_total") == len(expected) - len(made) > 0
     assert _metric(text, "otrules_recommendations_total", kind="advance_goal", rule="goal-met") == sum(
-        1 for r in expected if '"rule":{"id":"goal-met"' in r)
+        1 for r in made if '"rule":{"id":"goal-met"' in r)
     assert _metric(text, "otrules_consumer_lag") == 0
     assert _metric(text, "otrules_state_patients") == 60
     assert _metric(text, "otrules_state_bytes") > 60 * 200

@@ -17,7 +17,8 @@ from otrules.engine import FACTS
 SURFACE: dict[str, list[str] | None] = {
     "otrules": ["OtrulesError", "__version__"],
     "otrules.schemas": [
-        "Catalogue", "DischargeEvent", "EvaluationEvent", "Event", "EventRejected", "Goal", "INDICATORS",
+        "CLOSED_REASONS", "Catalogue", "DischargeEvent", "EvaluationEvent", "Event", "EventRejected",
+        "FeedbackEvent", "Goal", "INDICATORS",
         "Instrument", "InstrumentOverride", "Measure", "OtrulesError", "PlanEvent", "RECOMMENDATION_KINDS",
         "Recommend", "Recommendation", "RuleRef", "RuleSpec", "RulesetFile", "Source", "Throttle", "VisitEvent",
         "describe_validation_error", "parse_duration", "parse_event"],

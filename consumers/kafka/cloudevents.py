@@ -16,7 +16,8 @@ def headers(rec: Recommendation) -> list[tuple[str, bytes]]:
     return [
         ("ce_specversion", SPEC_VERSION),
         ("ce_id", rec.recommendation_id.encode()),
-        ("ce_type", (TYPE_PREFIX + rec.kind).encode()),
+        # a closure (contracts.md §8) is its own type: consumers that list open ones drop it by type
+        ("ce_type", (TYPE_PREFIX + ("closed" if rec.status == "closed" else rec.kind)).encode()),
         ("ce_source", f"otrules/{rec.rule.ruleset}/{rec.rule.id}".encode()),
         ("ce_time", (rec.emitted_at or rec.occurred_at).encode()),
         ("ce_subject", rec.plan_id.encode()),

@@ -22,6 +22,8 @@ class Metrics:
                                      "per-patient state bound", registry=r)
         self.late = Counter("otrules_late_events", "Events older than their plan's latest: placed in history, "
                             "recommended nothing", registry=r)
+        self.closed = Counter("otrules_recommendations_closed", "Recommendations closed (contracts.md §8), by why: "
+                              "superseded, resolved, accepted, overridden, discharged", ["reason"], registry=r)
         self.skipped = Counter("otrules_fhir_skipped_resources", "FHIR resources otrules does not read (another "
                                "type, a code not in the code table, a status it ignores), by why", ["why"],
                                registry=r)

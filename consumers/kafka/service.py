@@ -44,6 +44,7 @@ from otrules.consumers.kafka.connect import KafkaUnreachable
 from otrules.consumers.kafka.health import Health
 from otrules.consumers.kafka.metrics import Metrics
 from otrules.consumers.kafka.netclient import RetryingNetClient
+from otrules.consumers.kafka.open_table import fit_row, open_row
 from otrules.consumers.kafka.settings import CLIENT_BLOCK_MS, KafkaSettings
 from otrules.consumers.kafka.stores import MemoryStore, SqliteStore, StateStore
 from otrules.consumers.kafka.topics import ensure_topics, record_limits
@@ -390,7 +391,9 @@ class Service(ConsumerRebalanceListener):
                  ms=round((time.monotonic() - started) * 1000, 1))
 
     def _write_changelog(self, txn: BatchTransaction) -> None:
-        """The changed patients' states, each one record on its partition of the changelog."""
+        """The changed patients' states, each one record on its partition of the changelog; and
+        for each whose open recommendations changed, its row of the open table (contracts.md §8),
+        in the same transaction."""
         assert self.producer is not None
         for partition, patient, value in txn.changed_states():
             key = patient.encode()
@@ -398,6 +401,9 @@ class Service(ConsumerRebalanceListener):
                 raise StateTooLarge(f"partition {partition}: a state of {len(value)} bytes")
             self.producer.send(self.settings.changelog_topic, key=key, value=value, partition=partition)
             self.changelog.written(partition, patient, value)
+            row = open_row(value)
+            if row != open_row(txn.view.before.get((partition, patient))):
+                self.producer.send(self.settings.open_topic, key=key, value=fit_row(row, self.limits.output))
 
     def _committed(self, txn: BatchTransaction) -> None:
         self.batches += 1

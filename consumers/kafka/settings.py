@@ -41,6 +41,8 @@ class KafkaSettings:
                                       path="file")
     output_topic: str = _setting("ot.recommendations", "Recommendations (CloudEvents binary mode).")
     dlq_topic: str = _setting("ot.events.dlq", "Rejected input, with the reason in headers.")
+    open_topic: str = _setting("ot.recommendations.open", "Compacted: each patient's open recommendations "
+                               "(key = patient_id; a tombstone when none), written in the same transaction.")
     changelog_topic: str = _setting("otrules-state-changelog", "Compacted patient-state changelog, co-partitioned "
                                     "with the input.")
     partitions: int = _setting(6, "Partitions of topics otrules creates.", minimum=1)

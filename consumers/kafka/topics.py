@@ -30,6 +30,7 @@ def ensure_topics(settings: KafkaSettings) -> int:
             settings.output_topic: {},
             settings.dlq_topic: {},
             settings.changelog_topic: {"cleanup.policy": "compact"},
+            settings.open_topic: {"cleanup.policy": "compact"},
         }
         new = [NewTopic(name, partitions, settings.replication_factor, topic_configs=configs)
                for name, configs in wanted.items() if name not in existing]

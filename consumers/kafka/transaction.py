@@ -173,7 +173,10 @@ class KafkaSink:
         for rec, key, value, headers in out:
             future = self.producer.send(self.settings.output_topic, key=key, value=value, headers=headers)
             self.sent.append((future, record))
-            self.metrics.recommendations.labels(rec.kind, rec.rule.id).inc()
+            if rec.status == "closed":
+                self.metrics.closed.labels(rec.closed_reason or "").inc()
+            else:
+                self.metrics.recommendations.labels(rec.kind, rec.rule.id).inc()
             if record is not None and record.timestamp_ms is not None:
                 self.rec_timestamps.append(record.timestamp_ms)
 

@@ -1,0 +1,1 @@
+"""otrules serve: the CDS Hooks service and dashboard."""

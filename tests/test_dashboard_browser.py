@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,51 @@ def test_the_content_security_policy_lets_nothing_inline_run(browser, live):
                                   document.body.append(s); return window.inlined === 1; }""")
     assert ran is False
     tab.close()
+
+
+def test_time_driven_recommendations_appear_while_following(live):
+    server, stream = live
+    base = {"patient_id": "p-clock", "plan_id": "poc-clock"}
+    append(stream, {"type": "plan", "event_id": "clock-plan", "occurred_at": "2026-05-11T08:00:00Z",
+                    "setting": "outpatient", "frequency_per_week": 2, "certified_from": "2026-05-11",
+                    "certified_until": "2026-05-25", "goals": [], **base},
+           {"type": "visit", "event_id": "clock-v", "occurred_at": "2026-06-30T09:00:00Z", "status": "attended", **base})
+    deadline = time.monotonic() + 15
+    kinds: set[str] = set()
+    while time.monotonic() < deadline and "recertify_plan" not in kinds:
+        kinds = {r["kind"] for r in server.client.get("/api/open", params={"patient": "p-clock"}).json()}
+        time.sleep(0.3)
+    assert "recertify_plan" in kinds  # the certification ran out between the two: found when time advanced
+
+
+def test_a_patient_id_with_a_slash_or_dots_opens(browser, live):
+    server, stream = live
+    for patient in ("a/b", ".."):
+        append(stream, *arrival(patient))
+    tab = page(browser, server, "/")
+    tab.wait_for_selector("body[data-live='yes']")
+    for patient in ("a/b", ".."):
+        tab.wait_for_selector(f"#worklist tbody tr >> text='{patient}'", timeout=15_000)
+        tab.get_by_role("link", name=patient, exact=True).first.click()
+        tab.wait_for_selector("body[data-loaded='yes']")
+        assert tab.inner_text("#patient-id") == patient
+        tab.go_back()
+        tab.wait_for_selector("body[data-live='yes']")
+    tab.close()
+
+
+def test_signing_in_in_the_browser_returns_to_the_page_asked_for(browser, tmp_path):
+    server = Server(tmp_path, env={"OTRULES_SERVE_TOKEN": "browser-token-0123"})
+    try:
+        patient = server.client.get("/api/open", headers={"authorization": "Bearer browser-token-0123"}).json()[0][
+            "patient_id"]
+        tab = page(browser, server, f"/patients/{patient}")
+        tab.wait_for_selector("input[name=token]")
+        tab.fill("input[name=token]", "browser-token-0123")
+        tab.get_by_role("button", name="Sign in").click()
+        tab.wait_for_selector("body[data-loaded='yes']")
+        assert tab.inner_text("#patient-id") == patient and tab.url.endswith(f"/patients/{patient}")
+        assert not tab.errors, tab.errors
+        tab.close()
+    finally:
+        server.stop()

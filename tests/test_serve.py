@@ -179,7 +179,7 @@ def secured(tmp_path_factory, key) -> Iterator[Server]:
     jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "ehr-1", "alg": "RS384", "use": "sig"}
     (tmp / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     running = Server(tmp, "--jwks", str(tmp / "jwks.json"), "--issuer", ISSUER,
-                     env={"OTRULES_SERVE_TOKEN": "s3cret-token"})
+                     env={"OTRULES_SERVE_TOKEN": "s3cret-token-0123"})
     yield running
     running.stop()
 
@@ -218,17 +218,20 @@ def test_a_valid_client_jwt_is_accepted_and_each_bad_one_refused(secured, key):
 def test_the_pages_and_the_api_need_the_bearer_token(secured):
     assert secured.client.get("/api/open").status_code == 401
     assert secured.client.get("/api/open", headers={"authorization": "Bearer wrong"}).status_code == 401
-    assert secured.client.get("/api/open", headers={"authorization": "Bearer s3cret-token"}).status_code == 200
+    assert secured.client.get("/api/open", headers={"authorization": "Bearer s3cret-token-0123"}).status_code == 200
     page = secured.client.get("/patients/p-00011")  # a browser without the session goes to sign in
-    assert page.status_code == 303 and page.headers["location"] == "/login"
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fpatients%2Fp-00011"
     signin = secured.client.post("/login", content=b"token=wrong",
                                  headers={"content-type": "application/x-www-form-urlencoded"})
     assert signin.status_code == 401
-    signin = secured.client.post("/login", content=b"token=s3cret-token",
+    signin = secured.client.post("/login", content=b"token=s3cret-token-0123&next=%2Fpatients%2Fp-00011",
                                  headers={"content-type": "application/x-www-form-urlencoded"})
-    assert signin.status_code == 303
+    assert signin.status_code == 303 and signin.headers["location"] == "/patients/p-00011"  # back where it was
     cookie = signin.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    elsewhere = secured.client.post("/login", content=b"token=s3cret-token-0123&next=%2F%2Fevil.example",
+                                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert elsewhere.headers["location"] == "/"  # never an open redirect
     assert secured.client.get("/patients/p-00011").status_code == 200  # the session cookie, from now on
     secured.client.cookies.clear()
 
@@ -293,3 +296,32 @@ def test_a_repeated_key_in_a_hook_request_is_a_400(server):
 
 def test_a_refused_call_says_how_to_authenticate(secured):
     assert secured.client.get("/api/open").headers["www-authenticate"].startswith("Bearer")
+
+
+def test_with_a_token_and_no_jwks_the_cds_calls_need_the_token_too(tmp_path):
+    server = Server(tmp_path, env={"OTRULES_SERVE_TOKEN": "a-long-enough-token"})
+    try:
+        assert server.client.post(SERVICE, json=hook("p-00011")).status_code == 401
+        auth = {"authorization": "Bearer a-long-enough-token"}
+        assert server.client.post(SERVICE, json=hook("p-00011"), headers=auth).status_code == 200
+        # a cookie or form beyond ASCII is compared as bytes: a 401, never a 500
+        wrong = server.client.get("/api/open", headers=[(b"cookie", "otrules_session=é".encode())])
+        assert wrong.status_code == 401
+        signin = server.client.post("/login", content=b"token=%C3%A9",
+                                    headers={"content-type": "application/x-www-form-urlencoded"})
+        assert signin.status_code == 401
+    finally:
+        server.stop()
+
+
+def test_a_short_or_non_ascii_token_is_refused_at_start():
+    for token in ("short", "a-long-enough-tokén"):
+        result = CliRunner().invoke(main, ["serve", "--port", "0"], env={"OTRULES_SERVE_TOKEN": token})
+        assert result.exit_code == 2 and "16 printable ASCII" in result.stderr
+
+
+def test_a_stream_id_from_another_process_means_reload(server):
+    with server.client.stream("GET", "/api/stream", headers={"last-event-id": "deadbeef0000-99999"}) as response:
+        lines = response.iter_lines()
+        first = [next(lines) for _ in range(4)]
+    assert "event: reload" in first

@@ -20,11 +20,13 @@ import asyncio
 import datetime as dt
 import hmac
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 import structlog
@@ -52,6 +54,7 @@ log = structlog.get_logger("otrules.serve")
 MAX_BODY = 1_000_000  # bytes of a request body
 SESSION = "otrules_session"  # the browser's cookie after /login (HttpOnly, SameSite=Strict)
 STATIC = Path(__file__).with_name("static")
+EPOCH = uuid.uuid4().hex[:12]  # this process's: a Last-Event-ID from before a restart means "reload"
 CLOCK_SKEW = dt.timedelta(days=1)  # how far ahead of ours an EHR's feedback time may be
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -73,9 +76,11 @@ class ServeConfig:
     counts: Counter[str] = field(default_factory=Counter)  # feedback accepted / overridden / ignored
 
     @property
-    def origin(self) -> str:
+    def origins(self) -> frozenset[str]:
+        """Origins a page of ours may have: the base URL's, and one per accepted Host (a clinician may
+        have opened http://localhost:8080 rather than http://127.0.0.1:8080)."""
         parts = urlsplit(self.base_url)
-        return f"{parts.scheme}://{parts.netloc}"
+        return frozenset({f"{parts.scheme}://{parts.netloc}", *(f"{parts.scheme}://{h}" for h in self.hosts)})
 
 
 class _TooLarge(Exception):
@@ -96,7 +101,7 @@ class _Headers(BaseHTTPMiddleware):
         response: Response
         if config.hosts and request.headers.get("host", "").lower() not in config.hosts:
             response = _error(421, "this service does not answer for that Host")
-        elif origin is not None and origin != config.origin and not protected:
+        elif origin is not None and origin not in config.origins and not protected:
             response = _error(403, "a request from another origin is refused")
         elif request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip().lower() \
                 != ("application/x-www-form-urlencoded" if request.url.path == "/login" else "application/json"):
@@ -116,7 +121,7 @@ class _Headers(BaseHTTPMiddleware):
         response.headers["Cache-Control"] = "no-store"
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make Chromium send Origin: null
         response.headers["X-Frame-Options"] = "DENY"
         route = request.scope.get("route")
         log.info("request", method=request.method, route=getattr(route, "path", "(none)"),
@@ -134,8 +139,11 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
     app.state.source, app.state.config = source, config
 
     def cds_auth(request: Request) -> JSONResponse | None:
-        """None when the call may go on; else the 401 (the reason names no token content)."""
+        """None when the call may go on; else the 401 (the reason names no token content). Without a
+        JWKS but with a token, CDS Hooks calls need the token as any other call does."""
         if config.verifier is None:
+            if config.token is not None and not check_bearer(request.headers.get("authorization"), config.token):
+                return _error(401, "a bearer token is required (Authorization: Bearer ...)")
             return None
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
@@ -153,10 +161,10 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
             return None
         if check_bearer(request.headers.get("authorization"), config.token):
             return None
-        if hmac.compare_digest(request.cookies.get(SESSION, ""), config.token):
+        if _same(request.cookies.get(SESSION, ""), config.token):
             return None
         if request.method == "GET" and not request.url.path.startswith("/api/"):
-            return RedirectResponse("/login", status_code=303)
+            return RedirectResponse("/login?" + urlencode({"next": request.url.path}), status_code=303)
         return _error(401, "a bearer token is required (Authorization: Bearer ...)")
 
     async def body(request: Request) -> bytes:
@@ -267,10 +275,11 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
         seq = source.changes.last  # before the read: a change after it reaches the stream from here
         recs = source.open_for(patient) if patient else source.all_open()
         payload = b"[" + b",".join(r.to_json().encode() for r in cards.most_urgent_first(recs)) + b"]"
-        return Response(payload, media_type="application/json", headers={"X-Otrules-Seq": str(seq)})
+        return Response(payload, media_type="application/json", headers={"X-Otrules-Seq": f"{EPOCH}-{seq}"})
 
-    @app.get("/patients/{patient_id}")
+    @app.get("/patients/{patient_id:path}")
     async def patient_page(request: Request, patient_id: str) -> Response:
+        patient_id = patient_id or request.query_params.get("id", "")  # /patients/?id=.. (cards.patient_path)
         return bearer(request) or HTMLResponse(pages.patient_page(patient_id))
 
     @app.get("/")
@@ -282,20 +291,27 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
         return bearer(request) or HTMLResponse(pages.rules_page())
 
     @app.get("/login")
-    async def login_form() -> Response:
-        return HTMLResponse(pages.login_page())
+    async def login_form(next: str = "/") -> Response:
+        return HTMLResponse(pages.login_page(next_path=_local(next)))
 
     @app.post("/login")
     async def login(request: Request) -> Response:
-        given = parse_qs((await body(request)).decode("utf-8", "replace")).get("token", [""])[0]
-        if config.token is None or not hmac.compare_digest(given, config.token):
-            return HTMLResponse(pages.login_page(failed=True), status_code=401)
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION, given, httponly=True, samesite="strict",
+        form = parse_qs((await body(request)).decode("utf-8", "replace"))
+        given, back = form.get("token", [""])[0], _local(form.get("next", ["/"])[0])
+        if config.token is None or not _same(given, config.token):
+            return HTMLResponse(pages.login_page(failed=True, next_path=back), status_code=401)
+        response = RedirectResponse(back, status_code=303)
+        # Lax, not Strict: the EHR's "Open in otrules" link is a navigation from another site, and the
+        # pages it reaches only read (every change is a JSON POST, which Origin and Content-Type guard)
+        response.set_cookie(SESSION, given, httponly=True, samesite="lax",
                             secure=config.base_url.startswith("https:"), path="/")
         return response
 
-    @app.get("/api/patients/{patient_id}")
+    @app.get("/api/patient")
+    async def api_patient_query(request: Request, id: str) -> Response:
+        return await api_patient(request, id)
+
+    @app.get("/api/patients/{patient_id:path}")
     async def api_patient(request: Request, patient_id: str) -> Response:
         refused = bearer(request)
         if refused:
@@ -319,31 +335,32 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
                         media_type="application/json")
 
     @app.get("/api/stream")
-    async def stream(request: Request, since: int | None = None) -> Response:
+    async def stream(request: Request, since: str | None = None) -> Response:
         """Server-Sent Events: `open` and `closed` recommendations as they happen. A reconnecting
         browser sends Last-Event-ID and gets what it missed, or `reload` past what is kept."""
         refused = bearer(request)
         if refused:
             return refused
-        last = request.headers.get("last-event-id")
-        seq = int(last) if last and last.isdigit() else since if since is not None else source.changes.last
+        seq = _resume(request.headers.get("last-event-id"), since, source.changes)
 
         async def events() -> AsyncIterator[bytes]:
-            nonlocal seq
             yield b"retry: 2000\n\n"
+            if seq is None:  # the client's position is not one of ours: it reloads, then comes back
+                yield b"event: reload\ndata: {}\n\n"
+                return
+            position = seq
             while not await request.is_disconnected():
-                missed = source.changes.since(seq)
-                if missed is None:
+                missed = source.changes.since(position)
+                if missed is None:  # fell behind what is kept
                     yield b"event: reload\ndata: {}\n\n"
-                    seq = source.changes.last
-                    continue
+                    return
                 for n, rec in missed:
                     kind = b"opened" if rec.status == "open" else b"closed"
-                    yield b"id: %d\nevent: %s\ndata: %s\n\n" % (n, kind, rec.to_json().encode())
-                    seq = n
+                    yield b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (EPOCH.encode(), n, kind, rec.to_json().encode())
+                    position = n
                 if not missed:
-                    await asyncio.to_thread(source.changes.wait, seq, 10.0)
-                    if source.changes.last <= seq:
+                    await asyncio.to_thread(source.changes.wait, position, 10.0)
+                    if source.changes.last <= position:
                         yield b": keep-alive\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -363,6 +380,28 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     return app
+
+
+def _same(given: str, token: str) -> bool:
+    """Constant-time, as bytes: compare_digest refuses str with characters beyond ASCII."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape"))
+
+
+def _local(path: str) -> str:
+    """Where to go after signing in: a path of ours only (never //host or a scheme: no open redirect)."""
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+
+
+def _resume(last_event_id: str | None, since: str | None, changes: Any) -> int | None:
+    """Where a stream starts: after the client's last event if it is one of this process's (ids are
+    `<epoch>-<n>`); None (the client must reload) for an id of another process, or one ahead of ours."""
+    mark = last_event_id or since
+    if mark is None:
+        return int(changes.last)
+    epoch, _, n = mark.rpartition("-")
+    if epoch != EPOCH or not n.isdigit() or int(n) > changes.last:
+        return None
+    return int(n)
 
 
 def _time(text: str) -> dt.datetime:

@@ -42,7 +42,7 @@ def most_urgent_first(recs: Iterable[Recommendation]) -> list[Recommendation]:
 
 
 def card(rec: Recommendation, base_url: str) -> Card:
-    link = f"{base_url.rstrip('/')}/patients/{quote(rec.patient_id, safe='')}"
+    link = f"{base_url.rstrip('/')}/patients/{patient_path(rec.patient_id)}"
     return Card(
         uuid=rec.recommendation_id,
         summary=rec.summary,
@@ -56,6 +56,12 @@ def card(rec: Recommendation, base_url: str) -> Card:
                          for code, display in OVERRIDE_REASONS],
         links=[Link(label="Open in otrules", url=link, type="absolute")],
     )
+
+
+def patient_path(patient_id: str) -> str:
+    """A patient id after /patients/: every reserved character encoded; an id of dots alone as a query
+    (a `..` segment, even written %2E%2E, is climbed out of by every URL parser)."""
+    return "?id=" + quote(patient_id, safe="") if set(patient_id) <= {"."} else quote(patient_id, safe="")
 
 
 def override_display(code: str) -> str | None:

@@ -73,12 +73,12 @@ def rules_page() -> str:
 <th scope="col">Overridden</th><th scope="col">Override reasons</th></tr></thead><tbody></tbody></table>""")
 
 
-def login_page(failed: bool = False) -> str:
+def login_page(failed: bool = False, next_path: str = "/") -> str:
     note = '<p role="alert">That token is not right.</p>' if failed else ""
     return shell("Sign in", "common.js", f"""
 <h1>Sign in</h1>{note}
-<form method="post" action="/login" class="login"><label>Access token
-<input type="password" name="token" autocomplete="current-password" required></label>
+<form method="post" action="/login" class="login"><input type="hidden" name="next" value="{html.escape(next_path)}">
+<label>Access token <input type="password" name="token" autocomplete="current-password" required></label>
 <button type="submit">Sign in</button></form>""")
 
 

@@ -61,6 +61,10 @@ def check(options: ServeOptions) -> None:
         raise ValueError("--input and --bootstrap-servers: give one source")
     if options.follow and not options.input_path:
         raise ValueError("--follow needs --input: the file whose new lines to read")
+    if options.token is not None and not (options.token.isascii() and options.token.isprintable()
+                                          and len(options.token) >= 16):
+        raise ValueError("the token (OTRULES_SERVE_TOKEN) must be at least 16 printable ASCII characters: it "
+                         "travels in HTTP headers and cookies")
     if bool(options.jwks) != bool(options.issuers):
         raise ValueError("--jwks and --issuer go together: the keys, and the clients allowed to use them")
     if not is_loopback(options.host) and not (options.jwks and options.issuers and options.token):
@@ -93,7 +97,9 @@ def run_server(options: ServeOptions, engine_of: Callable[[], Engine], mapper_of
     hosts = allowed_hosts(base_url, options.host, port)
     app = create_app(source, ServeConfig(base_url, verifier, options.token, hosts))
     print(f"otrules serve: {base_url}  (CDS Hooks discovery: {base_url}/cds-services)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_config=None, access_log=False, server_header=False, proxy_headers=False)
+    # an open dashboard holds a stream for ever: on SIGTERM, give connections 3 s, then close them
+    config = uvicorn.Config(app, log_config=None, access_log=False, server_header=False, proxy_headers=False,
+                            timeout_graceful_shutdown=3)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

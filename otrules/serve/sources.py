@@ -107,7 +107,7 @@ class Embedded:
         self.input_format = input_format
         self.catalogue: Catalogue | None = engine.catalogue
         self.pipeline = Pipeline(engine, self._emitted, DeadLetterSink(None), input_format=input_format, fhir=fhir,
-                                 on_reject=lambda letter: None)
+                                 on_reject=self._rejected)
         self.pipeline.feed(JsonlSource(io.BytesIO(data), name, documents=input_format != "otrules"))
         self.pipeline.core.flush()
         tally = self.pipeline.summary
@@ -125,20 +125,32 @@ class Embedded:
     def from_path(cls, engine: Engine, path: Path, follow: bool = False, **kwargs: Any) -> Embedded:
         return cls(engine, path.read_bytes(), str(path), follow=path if follow else None, **kwargs)
 
+    @staticmethod
+    def _rejected(letter: Any) -> None:
+        log.warning("input rejected", where=f"line {letter.line}", field=letter.field)  # the field, not the value
+
     def _emitted(self, rec: Recommendation) -> None:
         self._history.append(rec)
         self.changes.add(rec)
 
     def _follow(self, path: Path, offset: int) -> None:
-        """New complete lines of the file, every half second; a partial last line waits for its end."""
+        """New complete lines of the file, every half second (a partial last line waits for its end),
+        then time advances to the latest event for every open plan, as `otrules run` ends. A file
+        that shrank was truncated or replaced (log rotation): it is read again from its start."""
         pending = b""
         number = 0
         while not self._stop.wait(0.5):
             try:
+                size = path.stat().st_size
+                if size < offset:
+                    log.warning("the followed file shrank: reading it again from its start")
+                    offset, pending = 0, b""
                 with path.open("rb") as f:
                     f.seek(offset)
                     chunk = f.read()
             except OSError:
+                continue
+            if not chunk:
                 continue
             offset += len(chunk)
             pending += chunk
@@ -148,6 +160,9 @@ class Embedded:
                     number += 1
                     if line.strip():
                         self.pipeline.core.handle(Record(line.rstrip(b"\r"), f"{path} (followed)", line=number))
+                at = self.pipeline.summary.last_event_at
+                if at is not None and lines:
+                    self.pipeline.sweep(at)
 
     @property
     def ready(self) -> bool:

@@ -20,4 +20,20 @@ window.otrules = {
   },
   status(text) { const s = document.getElementById("status"); if (s) s.textContent = text; },
   day(iso) { return iso ? iso.slice(0, 10) : ""; },
+  // The engine escapes event text in summaries for Markdown and HTML renderers (so a card cannot
+  // carry markup); drawn as text here, the escapes come off for people to read.
+  plain(text) {
+    return String(text || "").replace(/\\(.)/g, "$1").replace(/&lt;/g, "<").replace(/&gt;/g, ">")
+      .replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&amp;/g, "&");
+  },
+  // an id of dots alone would be a "." or ".." path segment, which every URL parser climbs out of
+  patientUrl(id) { return /^\.+$/.test(id) ? "/patients/?id=" + encodeURIComponent(id) : "/patients/" + encodeURIComponent(id); },
+  // Live: calls back with each recommendation opened or closed (and on a "reload", with null).
+  follow(since, onChange) {
+    const source = new EventSource("/api/stream?since=" + encodeURIComponent(since));
+    source.addEventListener("opened", (event) => onChange(JSON.parse(event.data)));
+    source.addEventListener("closed", (event) => onChange(JSON.parse(event.data)));
+    source.addEventListener("reload", () => { source.close(); onChange(null); });
+    return source;
+  },
 };

@@ -4,7 +4,7 @@
 // recommendations with Accept / Override, and the closed ones with why. All text via textContent.
 "use strict";
 (function () {
-  const { el, badge, json, status, day } = window.otrules;
+  const { el, badge, json, status, day, plain } = window.otrules;
   const patient = document.body.dataset.patient;
   const reasons = (document.body.dataset.reasons || "").split("|").filter(Boolean).map((pair) => pair.split("="));
   const DAY = 86400000;
@@ -21,7 +21,7 @@
     const points = goal.points.map((p) => ({ x: toDay(p.at), y: p.score }));
     const xs = points.map((p) => p.x).concat([toDay(plan.certified_from), toDay(plan.certified_until)]);
     if (goal.target_date) xs.push(toDay(goal.target_date));
-    for (const f of goal.fired) xs.push(toDay(f.at));
+    for (const f of goal.fired.concat(plan.plan_fired)) xs.push(toDay(f.at));
     const lo = Math.min(...xs), hi = Math.max(...xs);
     const ys = points.map((p) => p.y).concat([goal.target], goal.baseline != null ? [goal.baseline] : []);
     const ymin = Math.min(...ys), ymax = Math.max(...ys);
@@ -45,6 +45,10 @@
     const fired = goal.fired.map((f) => ({ x: toDay(f.at), y: scoreAt(goal.points, toDay(f.at)), rec: f }));
     datasets.push({ label: "rules fired", data: fired, showLine: false, pointStyle: "triangle", pointRadius: 9,
       pointHoverRadius: 11, borderColor: "#b00020", backgroundColor: "#b00020" });
+    // rules about the plan (a report due, visits missed) at the same time on every goal of the plan
+    const onPlan = plan.plan_fired.map((f) => ({ x: toDay(f.at), y: scoreAt(goal.points, toDay(f.at)), rec: f }));
+    datasets.push({ label: "plan rules fired", data: onPlan, showLine: false, pointStyle: "rectRot", pointRadius: 8,
+      pointHoverRadius: 10, borderColor: "#8a5a00", backgroundColor: "rgba(138,90,0,0.35)" });
     const canvas = el("canvas", { role: "img", "aria-label": goal.instrument + " scores of goal " + goal.goal_id +
       " over time, target " + goal.target + (goal.target_date ? " by " + goal.target_date : "") + "; the table below lists them" });
     const box = el("div", { class: "chart" }, canvas);
@@ -61,7 +65,7 @@
             label: (ctx) => {
               const raw = ctx.raw;
               if (raw && raw.rec) {
-                return [raw.rec.indicator + ": " + raw.rec.summary].concat(
+                return [raw.rec.indicator + ": " + plain(raw.rec.summary)].concat(
                   Object.entries(raw.rec.evidence).map(([k, v]) => "  " + k + " = " + JSON.stringify(v)));
               }
               return ctx.dataset.label + ": " + ctx.parsed.y;
@@ -101,12 +105,12 @@
   }
   function item(rec, open) {
     const li = el("li", { class: rec.indicator, "data-id": rec.recommendation_id },
-      badge(rec.indicator), " ", el("strong", { text: rec.summary }),
+      badge(rec.indicator), " ", el("strong", { text: plain(rec.summary) }),
       el("div", { class: "muted", text: rec.kind.replaceAll("_", " ") + " · rule " + rec.rule.id + " · " + day(rec.occurred_at) +
         (rec.goal_id ? " · goal " + rec.goal_id : "") + (open ? "" : " · closed " + day(rec.closed_at) + ": " + rec.closed_reason +
         (rec.override_reason ? " (" + (rec.override_reason.display || rec.override_reason.code) + ")" : "")) }),
       evidence(rec),
-      el("details", {}, el("summary", { text: "Rationale and references" }), el("pre", { class: "detail", text: rec.detail || "" })));
+      el("details", {}, el("summary", { text: "Rationale and references" }), el("pre", { class: "detail", text: plain(rec.detail) })));
     if (open) {
       const select = el("select", { "aria-label": "Why override" }, ...reasons.map(([code, text]) => el("option", { value: code, text })));
       const accept = el("button", { type: "button", class: "accept", text: "Accept" });
@@ -122,17 +126,28 @@
     if (code) payload.override_reason = { code };
     try {
       await json("/api/feedback", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
-      status("Sent: " + outcome);
       await load();
-    } catch (error) { status("Could not send: " + error.message); }
+      status("Sent: " + outcome);
+    } catch (error) { status("Could not send: " + error.message); await load(); }
+    const live = document.getElementById("status");
+    live.setAttribute("tabindex", "-1");
+    live.focus();  // the list was rebuilt: keyboard focus goes to what happened, not to the page's top
   }
   async function load() {
-    const { body: doc } = await json("/api/patients/" + encodeURIComponent(patient));
+    const { body: doc } = await json("/api/patient?id=" + encodeURIComponent(patient));  // a query: ".." is an id too
     plans(doc);
     document.getElementById("open").replaceChildren(...(doc.open.length ? doc.open.map((r) => item(r, true)) : [el("li", { text: "Nothing open." })]));
     document.getElementById("closed").replaceChildren(...doc.closed.map((r) => item(r, false)));
     status(doc.open.length + " open, " + doc.closed.length + " closed");
     document.body.dataset.loaded = "yes";
   }
-  load().catch((error) => status("Could not load: " + error.message));
+  async function start() {
+    const { response } = await json("/api/open?patient=" + encodeURIComponent(patient));
+    await load();
+    // live too: a recommendation of this patient opened or closed elsewhere (the EHR, another tab)
+    otrules.follow(response.headers.get("X-Otrules-Seq") || "", (rec) => {
+      if (rec === null) start(); else if (rec.patient_id === patient) load();
+    });
+  }
+  start().catch((error) => status("Could not load: " + error.message));
 })();

@@ -2,7 +2,7 @@
 // Server-Sent Events (a new one appears, a closed one leaves; a reconnect resumes with Last-Event-ID).
 "use strict";
 (function () {
-  const { el, badge, json, status } = window.otrules;
+  const { el, badge, json, status, plain, patientUrl } = window.otrules;
   const order = { critical: 0, warning: 1, info: 2 };
   const recs = new Map();
   const body = document.querySelector("#worklist tbody");
@@ -27,9 +27,9 @@
     }
   }
   function row(rec, fresh) {
-    const link = el("a", { href: "/patients/" + encodeURIComponent(rec.patient_id), text: rec.patient_id });
+    const link = el("a", { href: patientUrl(rec.patient_id), text: rec.patient_id });
     const tr = el("tr", { "data-id": rec.recommendation_id, class: fresh ? "new" : "" },
-      el("td", {}, badge(rec.indicator)), el("td", {}, link), el("td", { text: rec.summary }),
+      el("td", {}, badge(rec.indicator)), el("td", {}, link), el("td", { text: plain(rec.summary) }),
       el("td", { text: rec.kind.replaceAll("_", " ") }), el("td", { text: rec.setting || "unknown" }),
       el("td", { text: rec.rule.id }), el("td", { text: otrules.day(rec.occurred_at) }));
     tr.addEventListener("click", (event) => { if (event.target.tagName !== "A") link.click(); });
@@ -48,23 +48,15 @@
     for (const rec of list) recs.set(rec.recommendation_id, rec);
     fillFilters();
     render();
-    return response.headers.get("X-Otrules-Seq") || "0";
+    return response.headers.get("X-Otrules-Seq") || "";
   }
   function follow(seq) {
-    const source = new EventSource("/api/stream?since=" + encodeURIComponent(seq));
-    source.addEventListener("opened", (event) => {
-      const rec = JSON.parse(event.data);
-      recs.set(rec.recommendation_id, rec);
+    otrules.follow(seq, (rec) => {
+      if (rec === null) { load().then(follow); return; }  // the server restarted, or we fell too far behind
+      if (rec.status === "open") recs.set(rec.recommendation_id, rec); else recs.delete(rec.recommendation_id);
       fillFilters();
-      render(rec.recommendation_id);
+      render(rec.status === "open" ? rec.recommendation_id : undefined);
     });
-    source.addEventListener("closed", (event) => {
-      const rec = JSON.parse(event.data);
-      recs.delete(rec.recommendation_id);
-      fillFilters();
-      render();
-    });
-    source.addEventListener("reload", () => { source.close(); load().then(follow); });
     document.body.dataset.live = "yes";
   }
   form.addEventListener("change", () => render());

@@ -267,8 +267,10 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
         config.counts[event.outcome] += 1
         return JSONResponse({"status": "sent", "event_id": event.event_id})
 
+    # The reads below are plain functions: FastAPI runs them in its thread pool, so a large worklist
+    # (tens of thousands open) does not hold up the event loop, the streams and the other requests
     @app.get("/api/open")
-    async def api_open(request: Request, patient: str | None = None) -> Response:
+    def api_open(request: Request, patient: str | None = None) -> Response:
         refused = bearer(request)
         if refused:
             return refused
@@ -308,11 +310,11 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
         return response
 
     @app.get("/api/patient")
-    async def api_patient_query(request: Request, id: str) -> Response:
-        return await api_patient(request, id)
+    def api_patient_query(request: Request, id: str) -> Response:
+        return api_patient(request, id)
 
     @app.get("/api/patients/{patient_id:path}")
-    async def api_patient(request: Request, patient_id: str) -> Response:
+    def api_patient(request: Request, patient_id: str) -> Response:
         refused = bearer(request)
         if refused:
             return refused
@@ -321,8 +323,8 @@ def create_app(source: OpenSource, config: ServeConfig) -> FastAPI:
         return Response(orjson.dumps(doc), media_type="application/json")
 
     @app.get("/api/rules")
-    async def api_rules(request: Request, since: str | None = Query(None, alias="from"),
-                        until: str | None = Query(None, alias="to")) -> Response:
+    def api_rules(request: Request, since: str | None = Query(None, alias="from"),
+                  until: str | None = Query(None, alias="to")) -> Response:
         refused = bearer(request)
         if refused:
             return refused

@@ -42,16 +42,17 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # scripts/ (last: it holds a kafka/ folder)
+import maven_jars
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -76,21 +77,14 @@ class ValidatorError(RuntimeError):
 
 def hapi_version() -> str:
     """The HAPI FHIR version to use: $OTRULES_HAPI_FHIR_VERSION, else the pom's pin."""
-    override = os.environ.get("OTRULES_HAPI_FHIR_VERSION")
-    if override:
-        return override
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.parse(POM).getroot().find("m:properties/m:hapi.version", ns)
-    version = (node.text or "").strip() if node is not None else ""
+    version = os.environ.get("OTRULES_HAPI_FHIR_VERSION") or maven_jars.pom_property(POM, "hapi.version")
     if not version:
         raise ValidatorError(f"{POM}: no <hapi.version> property")
     return version
 
 
 def cache_root() -> Path:
-    """Outside the repository, so clones and `git clean` don't refetch 145 MB."""
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "otrules"
+    return maven_jars.cache_root()
 
 
 def _home(version: str) -> Path:
@@ -98,42 +92,11 @@ def _home(version: str) -> Path:
 
 
 def fetch_jars(version: str | None = None, *, timeout: float = 900) -> Path:
-    """Return a directory holding HAPI FHIR's validator jars, fetching them with Maven if needed.
-
-    The directory appears by an atomic rename only once Maven succeeded, so its
-    existence means "complete"; a file lock keeps two concurrent test sessions
-    from fetching at the same time.
-    """
+    """Return a directory holding HAPI FHIR's validator jars, fetching them with Maven if needed."""
     version = version or hapi_version()
-    home = _home(version)
-    lib = home / "lib"
-    if lib.is_dir():
-        return lib
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if lib.is_dir():  # another process fetched while we waited
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise ValidatorError("Maven (mvn) is not on PATH: it is needed once to fetch the HAPI FHIR jars")
-        partial = home / f"lib.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"fetching HAPI FHIR {version} from Maven Central into {lib} (once)", file=sys.stderr)
-        cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-               f"-Dhapi.version={version}", "-DincludeScope=runtime", f"-DoutputDirectory={partial}"]
-        try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise ValidatorError(f"Maven did not fetch HAPI FHIR {version} within {timeout:.0f}s") from exc
-        if done.returncode != 0 or not (partial / f"hapi-fhir-validation-{version}.jar").is_file():
-            shutil.rmtree(partial, ignore_errors=True)
-            raise ValidatorError(f"Maven failed to fetch HAPI FHIR {version} (exit {done.returncode}):\n"
-                                 f"$ {' '.join(cmd)}\n{_ANSI.sub('', _tail(done.stdout + done.stderr, 40))}")
-        partial.rename(lib)
-    return lib
+    return maven_jars.fetch(POM, _home(version), label=f"HAPI FHIR {version}", properties={"hapi.version": version},
+                            complete=lambda lib: (lib / f"hapi-fhir-validation-{version}.jar").is_file(),
+                            error=ValidatorError, timeout=timeout)
 
 
 # --------------------------------------------------------------------------
@@ -261,11 +224,7 @@ def errors(result: dict[str, Any]) -> list[dict[str, Any]]:
 # Small helpers
 # --------------------------------------------------------------------------
 
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_tail = maven_jars.tail
 
 
 def _die_with_parent() -> Callable[[], object] | None:

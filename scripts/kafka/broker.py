@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -46,8 +45,10 @@ import sys
 import tempfile
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # scripts/ (last: it holds a kafka/ folder)
+import maven_jars
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -69,72 +70,28 @@ class BrokerError(RuntimeError):
 
 def kafka_version() -> str:
     """The Kafka version to run: $OTRULES_KAFKA_VERSION, else the pom's pin."""
-    override = os.environ.get("OTRULES_KAFKA_VERSION")
-    if override:
-        return override
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
-    version = (node.text or "").strip() if node is not None else ""
+    version = os.environ.get("OTRULES_KAFKA_VERSION") or maven_jars.pom_property(POM, "kafka.version")
     if not version:
         raise BrokerError(f"{POM}: no <kafka.version> property")
     return version
 
 
 def cache_root() -> Path:
-    """Outside the repository, so clones and `git clean` don't refetch 45 MB."""
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "otrules"
+    return maven_jars.cache_root()
 
 
 def fetch_jars(version: str | None = None, *, tools: bool = False, timeout: float = 900) -> Path:
-    """Return a directory holding Kafka's jars, fetching them with Maven if needed.
+    """Return a directory holding Kafka's jars, fetching them with Maven if needed (maven_jars.fetch).
 
-    The directory appears by an atomic rename only once Maven succeeded, so its
-    existence means "complete"; a file lock keeps two concurrent test sessions
-    from fetching at the same time. tools=True also wants Kafka's command-line
-    tools, which a lib/ fetched before pom.xml listed them lacks: they are then
-    added to it (the broker alone never needs them, so it never waits for that).
-    """
+    tools=True also wants Kafka's command-line tools, which a lib/ fetched before pom.xml listed
+    them lacks: they are then added to it (the broker alone never needs them, so it never waits
+    for that)."""
     version = version or kafka_version()
-    home = cache_root() / f"kafka-{version}"
-    lib = home / "lib"
-
-    def ready() -> bool:
-        return _complete(lib, version) if tools else lib.is_dir()
-
-    if ready():
-        return lib
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ready():  # another process fetched while we waited
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BrokerError("Maven (mvn) is not on PATH: it is needed once to fetch the Kafka jars")
-        partial = home / f"lib.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        what = "adding Kafka's command-line tools" if lib.is_dir() else "fetching Kafka"
-        print(f"{what} {version} from Maven Central into {lib} (once)", file=sys.stderr)
-        cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-               f"-Dkafka.version={version}", "-DincludeScope=runtime",
-               f"-DoutputDirectory={partial}"]
-        try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise BrokerError(f"Maven did not fetch Kafka {version} within {timeout:.0f}s") from exc
-        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")) or not _complete(partial, version):
-            shutil.rmtree(partial, ignore_errors=True)
-            raise BrokerError(f"Maven failed to fetch Kafka {version} (exit {done.returncode}):\n"
-                              f"$ {' '.join(cmd)}\n{_ANSI.sub('', _tail(done.stdout + done.stderr, 40))}")
-        if lib.is_dir():
-            _add_missing_jars(partial, lib, version)
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.rename(lib)
-    return lib
+    return maven_jars.fetch(
+        POM, cache_root() / f"kafka-{version}", label=f"Kafka {version}", properties={"kafka.version": version},
+        ready=(lambda lib: _complete(lib, version)) if tools else Path.is_dir,
+        complete=lambda lib: any(lib.glob("kafka_2.13-*.jar")) and _complete(lib, version),
+        merge=lambda fetched, lib: _add_missing_jars(fetched, lib, version), error=BrokerError, timeout=timeout)
 
 
 def _complete(lib: Path, version: str) -> bool:
@@ -165,11 +122,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_tail = maven_jars.tail
 _ERROR_LINE = re.compile(r" ERROR |^Caused by: |^[\w.$]+(Exception|Error)\b")
 
 

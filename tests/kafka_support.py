@@ -10,6 +10,11 @@ Where the broker comes from, first match wins:
 The broker starts lazily, once per session, only if a test asks for
 ``kafka_bootstrap`` or ``kafka_broker``; such tests are marked ``kafka``
 automatically, so ``-m "not kafka"`` runs the suite without a broker.
+
+``kafka_secure`` is a second local broker (whatever the first one is), with a
+TLS listener that requires client certificates and a SASL_SSL listener with
+SCRAM-SHA-512 logins, beside PLAINTEXT; its certificates are made with
+openssl and keytool in a temporary folder (tests/tls_certs.py).
 Set ``OTRULES_SKIP_KAFKA=1`` to skip them instead of failing when no broker
 can be had (the default is to fail: CI must not silently skip them).
 """
@@ -18,9 +23,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER_SCRIPT = ROOT / "scripts" / "kafka" / "broker.py"
-KAFKA_FIXTURES = {"kafka_bootstrap", "kafka_broker"}
+KAFKA_FIXTURES = {"kafka_bootstrap", "kafka_broker", "kafka_secure"}
 
 
 def _broker_module():
@@ -135,6 +142,55 @@ def kafka_bootstrap(_kafka_cluster: tuple[str, Any]) -> str:
 def kafka_broker(_kafka_cluster: tuple[str, Any]):
     """The local Broker (restart(), stop(kill=True) ...), or None for an external/container one."""
     return _kafka_cluster[1]
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """A broker with TLS and SASL listeners, and what a client needs to use them."""
+
+    plaintext: str  # bootstrap servers of each listener
+    ssl: str  # mutual TLS: --ssl-cafile ca, --ssl-certfile client_cert, --ssl-keyfile client_key
+    sasl_ssl: str  # TLS (--ssl-cafile ca) and a SCRAM-SHA-512 login
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    rogue_ca: Path  # signed nothing the broker holds
+    username: str
+    password: str = field(repr=False)
+    mechanism: str = "SCRAM-SHA-512"
+
+
+@pytest.fixture(scope="session")
+def kafka_secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A second local broker (the PLAINTEXT one is left alone) with SSL and SASL_SSL listeners."""
+    import tls_certs
+
+    broker_mod = _broker_module()
+    folder = tmp_path_factory.mktemp("kafka-secure")
+    password = secrets.token_hex(16)
+    error: Exception | None = None
+    broker = None
+    try:
+        files = tls_certs.make(folder / "tls")
+        security = broker_mod.BrokerSecurity(keystore=files.keystore, keystore_password=files.store_password,
+                                             truststore=files.truststore, truststore_password=files.store_password,
+                                             scram_users={"otrules": password})
+        broker = broker_mod.Broker(folder / "broker", security=security)
+        broker.start()
+    except (broker_mod.BrokerError, tls_certs.ToolMissing, RuntimeError) as exc:
+        error = exc
+    if error is not None:  # reported outside the except block: one message, not a chain
+        if broker is not None:
+            broker.close()
+        if os.environ.get("OTRULES_SKIP_KAFKA") == "1":
+            pytest.skip(f"no TLS/SASL Kafka broker: {error}")
+        pytest.fail(f"could not start a local Kafka broker with TLS and SASL: {error}", pytrace=False)
+    assert broker is not None
+    try:
+        yield SecureKafka(broker.bootstrap_servers, broker.ssl_bootstrap_servers, broker.sasl_ssl_bootstrap_servers,
+                          files.ca, files.client_cert, files.client_key, files.rogue_ca, "otrules", password)
+    finally:
+        broker.close()
 
 
 # --------------------------------------------------------------------------

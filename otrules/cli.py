@@ -327,12 +327,17 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     ctx.default_map = {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _settings_options(fn: Any) -> Any:
-    """The consume options, generated from KafkaSettings (one place for names, defaults and help)."""
+def _settings_options(fn: Any, only: tuple[str, ...] | None = None) -> Any:
+    """The consume options (or those named in `only`), generated from KafkaSettings (one place for
+    names, defaults and help)."""
     from otrules.consumers.kafka.settings import option_specs
 
-    for spec in reversed(option_specs()):
+    for spec in reversed([s for s in option_specs() if only is None or s.name in only]):
         kind: Any
+        if spec.kind is bool:  # --name/--no-name
+            fn = click.option(f"{spec.flag}/--no-{spec.flag[2:]}", spec.name, default=spec.default,
+                              envvar=spec.envvar, show_default=spec.show_default, help=spec.help)(fn)
+            continue
         if spec.choices:
             kind = click.Choice(spec.choices)
         elif spec.path == "dir":
@@ -352,6 +357,52 @@ def _settings_options(fn: Any) -> Any:
     return fn
 
 
+def _kafka_client_options(fn: Any) -> Any:
+    """What `produce` and `serve` share with `consume` to reach Kafka: TLS, SASL and --connect-timeout."""
+    from otrules.consumers.kafka.security import SECURITY_OPTIONS
+
+    return _settings_options(fn, only=(*SECURITY_OPTIONS, "connect_timeout"))
+
+
+def _kafka_settings(**options: Any) -> Any:
+    """KafkaSettings from the options; a usage error (exit 2) for TLS/SASL settings that disagree."""
+    from otrules.consumers.kafka.security import problems
+    from otrules.consumers.kafka.settings import KafkaSettings
+
+    settings = KafkaSettings(**options)
+    found = problems(settings)
+    if found:
+        raise click.UsageError("; ".join(found))
+    return settings
+
+
+def _reach_kafka(command: str, settings: Any, log: Any, stop: Any = None, stopped_status: int = 0) -> None:
+    """Wait for the cluster (connect.wait_for_cluster). Exit 3 with one line when it cannot be reached
+    within --connect-timeout or refuses this client (a failed login, an untrusted certificate); exit
+    `stopped_status` when SIGTERM/SIGINT came first (`stop`: the caller's event, else one set here)."""
+    import signal
+    import threading
+
+    from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, wait_for_cluster
+
+    previous = {}
+    if stop is None:
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        reached = wait_for_cluster(settings.bootstrap_servers, settings.client, stop, settings.connect_timeout, log)
+    except (KafkaUnreachable, KafkaRefused) as exc:
+        # could not reach Kafka at <servers> within <N> s (<error>) | Kafka at <servers> refused the connection: <why>
+        click.echo(f"otrules {command}: {exc}", err=True)
+        sys.exit(3)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not reached:
+        click.echo(f"otrules {command}: stopped before Kafka was reached", err=True)
+        sys.exit(stopped_status)
+
+
 @main.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False,
               callback=_load_config, envvar="OTRULES_CONFIG",
@@ -363,7 +414,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     """The Kafka service: ot.events in, recommendations out, exactly once.
 
     Exit status: 0 stopped (SIGTERM/SIGINT), 1 the rules failed validation,
-    2 usage error, 3 Kafka could not be reached within --connect-timeout."""
+    2 usage error, 3 Kafka could not be reached within --connect-timeout, or refused
+    the login or the certificates."""
     import signal
     import threading
 
@@ -371,16 +423,15 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     from kafka.errors import KafkaError
 
     from otrules.consumers.kafka import redact
-    from otrules.consumers.kafka.connect import KafkaUnreachable, wait_for_cluster
+    from otrules.consumers.kafka.connect import KafkaUnreachable
     from otrules.consumers.kafka.health import Health, serve
     from otrules.consumers.kafka.metrics import Metrics
     from otrules.consumers.kafka.reload import RulesWatcher
     from otrules.consumers.kafka.service import Service
-    from otrules.consumers.kafka.settings import KafkaSettings
 
+    settings = _kafka_settings(**options)
     _configure_logging()
     log = structlog.get_logger("otrules.consume")
-    settings = KafkaSettings(**options)
     redact.set_key(settings.log_hash_key)
     log.info("configuration", rules=[str(r) for r in rules], catalogue=str(catalogue) if catalogue else None,
              **settings.redacted())
@@ -390,13 +441,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     stopping = threading.Event()  # set by SIGTERM/SIGINT, before and after the service exists
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    try:
-        if not wait_for_cluster(settings.bootstrap_servers, settings.client, stopping, settings.connect_timeout, log):
-            click.echo("otrules consume: stopped before Kafka was reached", err=True)
-            return
-    except KafkaUnreachable as exc:
-        click.echo(f"otrules consume: {exc}", err=True)  # could not reach Kafka at <servers> within <N> s (<error>)
-        sys.exit(3)
+    _reach_kafka("consume", settings, log, stopping)
     metrics, health = Metrics(), Health()
     service = Service(settings, engine, metrics=metrics, health=health, stop=stopping)
     if settings.http_port >= 0:
@@ -455,19 +500,33 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 @click.option("--token", default=None, envvar="OTRULES_SERVE_TOKEN", metavar="TOKEN",
               help="Bearer token for the pages and the API (set it with the environment variable, not on the "
                    "command line, where other users can see it).")
+@_kafka_client_options
 def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, follow: bool, input_format: str,
           fhir_codes: Path | None, bootstrap_servers: str | None, input_topic: str, open_topic: str, host: str,
-          port: int, base_url: str | None, jwks: str | None, issuers: tuple[str, ...], token: str | None) -> None:
-    """The CDS Hooks service and dashboard (contracts.md §9): open recommendations as cards, feedback back."""
-    from otrules.serve.runner import ServeOptions, run_server
+          port: int, base_url: str | None, jwks: str | None, issuers: tuple[str, ...], token: str | None,
+          **kafka_options: Any) -> None:
+    """The CDS Hooks service and dashboard (contracts.md §9): open recommendations as cards, feedback back.
 
+    With --bootstrap-servers, exit 3 when Kafka cannot be reached within --connect-timeout, or refuses
+    the login or the certificates (TLS and SASL: the same options as `consume`)."""
+    import structlog
+
+    from otrules.serve.runner import ServeOptions, check, run_server
+
+    kafka = None
+    if bootstrap_servers:
+        kafka = _kafka_settings(bootstrap_servers=bootstrap_servers, input_topic=input_topic, open_topic=open_topic,
+                                **kafka_options)
     options = ServeOptions(rules=rules, catalogue=catalogue, input_path=input_path, follow=follow,
                            input_format=input_format,
                            fhir_codes=fhir_codes, bootstrap_servers=bootstrap_servers, input_topic=input_topic,
                            open_topic=open_topic, host=host, port=port, base_url=base_url, jwks=jwks,
-                           issuers=issuers, token=token)
+                           issuers=issuers, token=token, kafka=kafka)
     _configure_logging()
     try:
+        if kafka is not None:
+            check(options)  # what must not start says so before the wait for Kafka
+            _reach_kafka("serve", kafka, structlog.get_logger("otrules.serve"))
         run_server(options, lambda: _engine(rules, catalogue), lambda engine: _fhir_mapper(engine, fhir_codes))
     except click.UsageError:
         raise
@@ -538,24 +597,30 @@ def schema(out_dir: Path | None) -> None:
 @click.option("--bootstrap-servers", default="127.0.0.1:9092", envvar="OTRULES_BOOTSTRAP_SERVERS", show_default=True)
 @click.option("--topic", default="ot.events", envvar="OTRULES_INPUT_TOPIC", show_default=True,
               help="Where the events go (the topic `consume` reads, hence its variable).")
-def produce_command(input_path: str | None, bootstrap_servers: str, topic: str) -> None:
+@_kafka_client_options
+def produce_command(input_path: str | None, bootstrap_servers: str, topic: str, **kafka: Any) -> None:
     """Load a JSONL file into Kafka, keyed by patient_id: something for `consume` to read.
 
     Each line is sent as it is (acks=all). A line without a readable
     patient_id is not sent and is reported by line number; the exit status is
-    then 1."""
+    then 1. Exit 3 when Kafka cannot be reached within --connect-timeout, or
+    refuses the login or the certificates (nothing is sent)."""
+    import structlog
     from kafka.errors import KafkaError
 
     from otrules import produce as producing
 
+    settings = _kafka_settings(bootstrap_servers=bootstrap_servers, input_topic=topic, **kafka)
     source_name = input_path or str(defaults.SAMPLE_STREAM)
 
     def report(s: producing.Skipped) -> None:  # the line and the reason, not its content
         click.echo(f"{_short(source_name)}:{s.line}: skipped: {s.reason}", err=True)
 
     with _open_in(input_path) as events:
+        _configure_logging("WARNING")  # the wait's `kafka not reachable` lines (if any), on stderr
+        _reach_kafka("produce", settings, structlog.get_logger("otrules.produce"), stopped_status=1)
         try:
-            result = producing.produce(events, bootstrap_servers, topic, on_skip=report)
+            result = producing.produce(events, bootstrap_servers, topic, on_skip=report, client=settings.client)
         except KafkaError as exc:
             text = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
             click.echo(f"error: cannot send to {topic} at {bootstrap_servers}: {text}", err=True)
@@ -570,7 +635,7 @@ def produce_command(input_path: str | None, bootstrap_servers: str, topic: str) 
 # ---------------------------------------------------------------- helpers
 
 
-def _configure_logging() -> None:
+def _configure_logging(level: str = "INFO") -> None:
     """Structured lines on stderr: JSON when not a terminal, readable when it is."""
     import logging
 
@@ -586,7 +651,7 @@ def _configure_logging() -> None:
         renderers = [redact_exceptions, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), *renderers],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
 

@@ -9,17 +9,25 @@ second even when name resolution blocks.
 
 Between attempts the wait backs off exponentially (0.5 s doubling to 10 s).
 Each failed attempt logs one line with the exception's class name only.
+
+A cluster that answers and refuses this client is not waited for: a failed SASL
+login, a broker certificate that does not chain to the trusted CAs (or does not
+name the host), a client certificate the broker refuses, TLS files that cannot
+be loaded. Retrying cannot change those, so `KafkaRefused` is raised at once,
+saying which setting to look at (and never the password).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError, UnsupportedSaslMechanismError
 from kafka.net.compat import KafkaNetClient
 
 from otrules.schemas import OtrulesError
@@ -36,11 +44,54 @@ class KafkaUnreachable(OtrulesError):
         self.error, self.attempts = error, attempts
 
 
+class KafkaRefused(OtrulesError):
+    """The cluster answered and refused this client (credentials, certificates): retrying cannot help."""
+
+    def __init__(self, bootstrap_servers: str, reason: str) -> None:
+        super().__init__(f"Kafka at {bootstrap_servers} refused the connection: {reason}")
+        self.bootstrap_servers, self.reason = bootstrap_servers, reason
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    reason: str
+
+
+# What the broker's TLS alert says when it refuses the client's certificate (or its absence).
+_CLIENT_CERT_ALERTS = ("ALERT_BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA",
+                       "ALERT_CERTIFICATE_UNKNOWN", "ALERT_UNSUPPORTED_CERTIFICATE")
+
+
+def refusal(error: BaseException, client_config: dict[str, Any]) -> str | None:
+    """Why the cluster refused this client, when retrying cannot help; None for errors that may pass
+    (a refused or dropped connection, a timeout). Names settings, never their secret values."""
+    for exc in (error, error.__cause__, error.__context__):
+        if isinstance(exc, SaslAuthenticationFailedError):
+            return (f"the SASL {client_config.get('sasl_mechanism')} login of user "
+                    f"{client_config.get('sasl_plain_username')!r} failed: check --sasl-username and the password "
+                    "(OTRULES_SASL_PASSWORD or --sasl-password-file)")
+        if isinstance(exc, UnsupportedSaslMechanismError):
+            return f"the broker does not offer SASL {client_config.get('sasl_mechanism')}: check --sasl-mechanism"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = exc.verify_message or exc.reason or "verification failed"
+            hint = ("--ssl-check-hostname" if "hostname" in why.lower() or "ip address mismatch" in why.lower()
+                    else "--ssl-cafile")
+            return f"its TLS certificate cannot be trusted ({why}): check {hint}"
+    if isinstance(error, ssl.SSLError):  # raised bare only while loading the TLS files, before any connection
+        return f"the TLS files cannot be used ({error.reason or type(error).__name__}): check --ssl-cafile, " \
+               "--ssl-certfile and --ssl-keyfile"
+    text = str(error)
+    if any(alert in text for alert in _CLIENT_CERT_ALERTS):
+        return ("the broker refused this client's TLS certificate, or wants one: check --ssl-certfile and "
+                "--ssl-keyfile")
+    return None
+
+
 def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop: threading.Event, timeout_s: float,
                      log: Any, *, attempt_s: float = 1.0, first_backoff_s: float = 0.5,
                      max_backoff_s: float = 10.0) -> bool:
     """True once the cluster answers; False if `stop` was set first; KafkaUnreachable after `timeout_s`
-    (0: wait for ever).
+    (0: wait for ever); KafkaRefused as soon as the cluster refuses this client.
 
     `stop` is only read (`is_set()`), never waited on, so a signal handler may set it at any moment
     without deadlocking on the event's lock."""
@@ -58,6 +109,10 @@ def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop
             log.info("kafka reachable", bootstrap_servers=bootstrap_servers, attempt=attempt,
                      seconds=round(time.monotonic() - started, 3))
             return True
+        if isinstance(outcome, _Refusal):
+            log.error("kafka refused the connection", bootstrap_servers=bootstrap_servers, attempt=attempt,
+                      reason=outcome.reason)
+            raise KafkaRefused(bootstrap_servers, outcome.reason)
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             log.error("kafka not reachable; giving up", bootstrap_servers=bootstrap_servers, attempt=attempt,
@@ -88,11 +143,12 @@ def _sleep(seconds: float, stop: threading.Event) -> bool:
 
 def _attempt(bootstrap_servers: str, client_config: dict[str, Any], budget_s: float,
              stop: threading.Event) -> Any:
-    """None when the cluster answered, the error's class name when not, _STOPPED if `stop` came first.
+    """None when the cluster answered, a _Refusal when it refused this client, the error's class name
+    when it did not answer, _STOPPED if `stop` came first.
 
     The bootstrap runs in a daemon thread: a blocking DNS lookup can outlast its budget, and
     `stop` must not wait for it. An abandoned attempt ends on its own and closes its client."""
-    result: dict[str, str | None] = {}
+    result: dict[str, str | _Refusal | None] = {}
 
     def run() -> None:
         try:
@@ -111,9 +167,9 @@ def _attempt(bootstrap_servers: str, client_config: dict[str, Any], budget_s: fl
     return result.get("error", "RuntimeError")
 
 
-def _bootstrap(bootstrap_servers: str, client_config: dict[str, Any], budget_s: float) -> str | None:
+def _bootstrap(bootstrap_servers: str, client_config: dict[str, Any], budget_s: float) -> str | _Refusal | None:
     ms = max(100, int(budget_s * 1000))
-    cause = _LastConnectionError()
+    cause = _LastConnectionError(client_config)
     manager_log = logging.getLogger("kafka.net.manager")
     manager_log.addFilter(cause)
     client = None
@@ -127,7 +183,12 @@ def _bootstrap(bootstrap_servers: str, client_config: dict[str, Any], budget_s: 
         return None
     except Exception as exc:
         # The bootstrap retries a refused connection, a failed name lookup or a refused login
-        # until its deadline and then reports only a timeout: name the last real cause if seen.
+        # until its deadline and then reports only a timeout: a refusal seen on the way wins
+        # (the broker may drop a failed login's connection before its answer arrives, so a
+        # later attempt can end otherwise), else the last real cause, else the exception.
+        reason = cause.refusal or refusal(exc, client_config)
+        if reason is not None:
+            return _Refusal(reason)
         return type(cause.error if cause.error is not None else exc).__name__
     finally:
         manager_log.removeFilter(cause)
@@ -138,17 +199,20 @@ def _bootstrap(bootstrap_servers: str, client_config: dict[str, Any], budget_s: 
 
 class _LastConnectionError(logging.Filter):
     """Keeps the last exception kafka-python's connection manager logged on this thread
-    (it logs, then retries, e.g. `Connection failed: %s`), other than the final timeout.
-    Lets every record through."""
+    (it logs, then retries, e.g. `Connection failed: %s`), other than the final timeout,
+    and the first refusal among them. Lets every record through."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_config: dict[str, Any]) -> None:
         super().__init__()
         self.thread = threading.get_ident()
+        self.client_config = client_config
         self.error: BaseException | None = None
+        self.refusal: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.thread == self.thread and isinstance(record.args, tuple):
             for arg in record.args:
                 if isinstance(arg, BaseException) and not isinstance(arg, KafkaTimeoutError):  # the outcome
                     self.error = arg
+                    self.refusal = self.refusal or refusal(arg, self.client_config)
         return True

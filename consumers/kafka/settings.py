@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from otrules.consumers.kafka.security import client_config
+
 
 def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
              maximum: float | None = None, secret: bool = False, path: str | None = None,
@@ -21,7 +23,7 @@ def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
             "show_default": show_default}
     if callable(default):
         return field(default_factory=default, metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)  # a secret stays out of repr() and tracebacks
 
 
 CLIENT_BLOCK_MS = 5000  # longest a Kafka client call may block (bootstrap, metadata, transactional init)
@@ -77,14 +79,26 @@ class KafkaSettings:
                               maximum=65535)
     reload_poll_seconds: float = _setting(5.0, "How often to look for changed rules files (0: only on SIGHUP).",
                                           minimum=0)
-    security_protocol: str = _setting("PLAINTEXT", "How to talk to the brokers.",
+    # TLS and SASL (docs/operations.md, "TLS and SASL"): the same options on consume, produce and serve,
+    # checked by security.problems and turned into kafka-python settings by security.client_config.
+    security_protocol: str = _setting("PLAINTEXT", "How to talk to the brokers: SSL is TLS, SASL_SSL is TLS and a "
+                                      "SASL login, SASL_PLAINTEXT a login without TLS.",
                                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    sasl_mechanism: str | None = _setting(None, "SASL mechanism.", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_mechanism: str | None = _setting(None, "SASL mechanism (with SASL_SSL or SASL_PLAINTEXT).",
+                                          choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
     sasl_username: str | None = _setting(None, "SASL user name.")
-    sasl_password: str | None = _setting(None, "SASL password.", secret=True)
-    ssl_cafile: str | None = _setting(None, "CA certificate file.", path="file")
-    ssl_certfile: str | None = _setting(None, "Client certificate file.", path="file")
-    ssl_keyfile: str | None = _setting(None, "Client key file.", path="file")
+    sasl_password: str | None = _setting(None, "SASL password: set it with the environment variable or "
+                                         "--sasl-password-file, not on the command line, where other users can see "
+                                         "it. Never logged.", secret=True)
+    sasl_password_file: str | None = _setting(None, "File holding the SASL password (e.g. a mounted secret); one "
+                                              "trailing newline is ignored.", path="file")
+    ssl_cafile: str | None = _setting(None, "CA certificates (PEM) the brokers' certificates must chain to "
+                                      "(default: the system's trusted CAs).", path="file")
+    ssl_certfile: str | None = _setting(None, "Client certificate (PEM), for brokers that require mutual TLS.",
+                                        path="file")
+    ssl_keyfile: str | None = _setting(None, "The client certificate's private key (PEM, unencrypted).", path="file")
+    ssl_check_hostname: bool = _setting(True, "Check that the broker's certificate names the host connected to "
+                                        "(--no-ssl-check-hostname keeps the CA check but skips the name check).")
     log_hash_key: str | None = _setting(None, "Key for hashing identifiers in logs (default: a random key per "
                                         "process).", secret=True)
 
@@ -94,12 +108,9 @@ class KafkaSettings:
 
     @property
     def client(self) -> dict[str, Any]:
-        """Security settings passed to every kafka-python client."""
-        given = {"security_protocol": self.security_protocol, "sasl_mechanism": self.sasl_mechanism,
-                 "sasl_plain_username": self.sasl_username, "sasl_plain_password": self.sasl_password,
-                 "ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile}
-        return {k: v for k, v in given.items()
-                if v is not None and not (k == "security_protocol" and v == "PLAINTEXT")}
+        """Security settings passed to every kafka-python client (consumer, producer, admin, the
+        connect probe, serve's table and `otrules produce`): security.client_config."""
+        return client_config(self)
 
     @property
     def service_client(self) -> dict[str, Any]:
@@ -139,7 +150,7 @@ def option_specs() -> list[OptionSpec]:
     for f in fields(KafkaSettings):
         meta = f.metadata
         default = f.default_factory() if callable(f.default_factory) else f.default
-        kind = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "bool": bool, "Path": Path}.get(str(f.type), str)
         specs.append(OptionSpec(f.name, "--" + f.name.replace("_", "-"), "OTRULES_" + f.name.upper(), default,
                                 meta["help"], kind, meta["choices"], meta["min"], meta["max"], meta["path"],
                                 meta["show_default"]))

@@ -44,6 +44,7 @@ class ServeOptions:
     jwks: str | None = None
     issuers: tuple[str, ...] = ()
     token: str | None = None
+    kafka: Any = None  # KafkaSettings (TLS, SASL) for --bootstrap-servers; None: built from the fields above
 
 
 def is_loopback(host: str) -> bool:
@@ -110,8 +111,8 @@ def _source(options: ServeOptions, engine_of: Callable[[], Engine], mapper_of: C
     if options.bootstrap_servers:
         from otrules.consumers.kafka.settings import KafkaSettings
 
-        settings = KafkaSettings(bootstrap_servers=options.bootstrap_servers, input_topic=options.input_topic,
-                                 open_topic=options.open_topic)
+        settings = options.kafka or KafkaSettings(bootstrap_servers=options.bootstrap_servers,
+                                                  input_topic=options.input_topic, open_topic=options.open_topic)
         table = KafkaTable(settings)
         if not table.wait_caught_up(60):  # serve anyway: /healthz says 503 until it has caught up
             log.warning("the open table is not caught up yet")

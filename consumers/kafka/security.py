@@ -1,0 +1,97 @@
+"""TLS and SASL for every Kafka client otrules opens: what the settings must agree on, and the
+kafka-python configuration they make.
+
+`client_config` is the one place where settings become kafka-python's `security_protocol`,
+`ssl_*` and `sasl_*` options; `consume`, `produce` and `serve` (its open table and its feedback
+producer) and the start-up probe all take it from there. `problems` names settings that
+contradict each other or would be silently ignored (a CA file with PLAINTEXT, a SASL user
+without SASL), so the command stops with a usage error before it connects. The password comes
+from `--sasl-password` / `OTRULES_SASL_PASSWORD` or from `--sasl-password-file`, and is never
+part of a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from otrules.consumers.kafka.settings import KafkaSettings
+
+# The options `produce` and `serve` share with `consume` (names of KafkaSettings fields).
+SECURITY_OPTIONS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file",
+                    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+
+_TLS = ("SSL", "SASL_SSL")
+_SASL = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def uses_tls(settings: KafkaSettings) -> bool:
+    return settings.security_protocol in _TLS
+
+
+def uses_sasl(settings: KafkaSettings) -> bool:
+    return settings.security_protocol in _SASL
+
+
+def problems(settings: KafkaSettings) -> list[str]:
+    """What stops the command before it connects (a usage error): one sentence each."""
+    out: list[str] = []
+    protocol = f"--security-protocol {settings.security_protocol}"
+    if uses_sasl(settings):
+        if not settings.sasl_mechanism:
+            out.append(f"{protocol} needs --sasl-mechanism (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN)")
+        if not settings.sasl_username:
+            out.append(f"{protocol} needs --sasl-username")
+        if settings.sasl_password is None and not settings.sasl_password_file:
+            out.append(f"{protocol} needs a password: OTRULES_SASL_PASSWORD or --sasl-password-file")
+    else:
+        given = [flag for flag, value in (("--sasl-mechanism", settings.sasl_mechanism),
+                                          ("--sasl-username", settings.sasl_username),
+                                          ("--sasl-password", settings.sasl_password),
+                                          ("--sasl-password-file", settings.sasl_password_file)) if value]
+        if given:
+            out.append(f"{', '.join(given)} would be ignored with {protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+    if settings.sasl_password is not None and settings.sasl_password_file:
+        out.append("give the SASL password once: OTRULES_SASL_PASSWORD (or --sasl-password) or --sasl-password-file")
+    if not uses_tls(settings):
+        given = [flag for flag, value in (("--ssl-cafile", settings.ssl_cafile),
+                                          ("--ssl-certfile", settings.ssl_certfile),
+                                          ("--ssl-keyfile", settings.ssl_keyfile)) if value]
+        if given:
+            out.append(f"{', '.join(given)} would be ignored with {protocol}: use SSL or SASL_SSL")
+    if settings.ssl_keyfile and not settings.ssl_certfile:
+        out.append("--ssl-keyfile needs --ssl-certfile: the certificate the key belongs to")
+    if settings.sasl_password_file:
+        try:
+            password = read_password_file(settings.sasl_password_file)
+        except OSError as exc:
+            out.append(f"cannot read --sasl-password-file {settings.sasl_password_file}: {exc.strerror}")
+        else:
+            if not password:
+                out.append(f"--sasl-password-file {settings.sasl_password_file} is empty")
+    return out
+
+
+def read_password_file(path: str) -> str:
+    """The file's text without one trailing newline (what `echo` or a secret mount leaves)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """kafka-python's security options for these settings (empty for PLAINTEXT, kafka-python's default)."""
+    config: dict[str, Any] = {}
+    if settings.security_protocol != "PLAINTEXT":
+        config["security_protocol"] = settings.security_protocol
+    if uses_tls(settings):
+        config["ssl_check_hostname"] = settings.ssl_check_hostname
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(settings, key):
+                config[key] = str(getattr(settings, key))
+    if uses_sasl(settings):
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = (read_password_file(settings.sasl_password_file)
+                                         if settings.sasl_password_file else settings.sasl_password)
+    return config

@@ -1,0 +1,139 @@
+"""TLS and SASL settings without a broker: the kafka-python configuration every client gets, the
+settings refused before connecting (exit 2), the password kept out of repr and logs, and which
+client errors count as a refusal (exit 3 at once) rather than an outage (retried).
+tests/test_kafka_tls.py proves the same on a real broker."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
+
+from otrules.cli import main
+from otrules.consumers.kafka.connect import refusal
+from otrules.consumers.kafka.security import SECURITY_OPTIONS, client_config, problems
+from otrules.consumers.kafka.settings import KafkaSettings, option_specs
+
+SASL: dict[str, Any] = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "otrules"}
+
+
+def test_plaintext_adds_nothing_to_the_clients():
+    assert client_config(KafkaSettings()) == {}
+    assert problems(KafkaSettings()) == []
+
+
+def test_mutual_tls_settings_reach_the_client(tmp_path: Path):
+    settings = KafkaSettings(security_protocol="SSL", ssl_cafile="ca.pem", ssl_certfile="client.pem",
+                             ssl_keyfile="client.key", ssl_check_hostname=False)
+    assert problems(settings) == []
+    assert settings.client == {"security_protocol": "SSL", "ssl_check_hostname": False, "ssl_cafile": "ca.pem",
+                               "ssl_certfile": "client.pem", "ssl_keyfile": "client.key"}
+    assert settings.service_client == {**settings.client, "bootstrap_timeout_ms": 5000}
+
+
+def test_the_password_comes_from_the_variable_or_a_file_without_its_newline(tmp_path: Path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    from_file = KafkaSettings(**SASL, sasl_password_file=str(secret))
+    assert problems(from_file) == []
+    assert from_file.client == {"security_protocol": "SASL_SSL", "ssl_check_hostname": True,
+                                "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "otrules",
+                                "sasl_plain_password": "s3cret"}
+    assert KafkaSettings(**SASL, sasl_password="s3cret").client == from_file.client
+
+
+def test_the_password_is_in_no_repr_and_masked_in_the_configuration_line():
+    settings = KafkaSettings(**SASL, sasl_password="s3cret-value")
+    assert "s3cret-value" not in repr(settings)
+    assert settings.redacted()["sasl_password"] == "***"
+    assert "s3cret-value" not in str(settings.redacted())
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ({"security_protocol": "SASL_SSL"}, ["needs --sasl-mechanism", "needs --sasl-username", "needs a password"]),
+    ({**SASL}, ["needs a password: OTRULES_SASL_PASSWORD or --sasl-password-file"]),
+    ({"sasl_username": "otrules", "sasl_password": "x"},
+     ["--sasl-username, --sasl-password would be ignored with --security-protocol PLAINTEXT"]),
+    ({"ssl_cafile": "ca.pem"}, ["--ssl-cafile would be ignored with --security-protocol PLAINTEXT"]),
+    ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p",
+      "ssl_cafile": "ca.pem"}, ["--ssl-cafile would be ignored with --security-protocol SASL_PLAINTEXT"]),
+    ({"security_protocol": "SSL", "ssl_keyfile": "client.key"}, ["--ssl-keyfile needs --ssl-certfile"]),
+    ({**SASL, "sasl_password": "a", "sasl_password_file": __file__}, ["give the SASL password once"]),
+    ({**SASL, "sasl_password_file": "/nonexistent/password"}, ["cannot read --sasl-password-file"]),
+])
+def test_settings_that_disagree_or_would_be_ignored_are_named(given: dict, said: list[str]):
+    found = problems(KafkaSettings(**given))
+    assert len(found) == len(said), found
+    assert all(part in sentence for part, sentence in zip(said, found, strict=True)), found
+
+
+def test_produce_and_serve_take_the_same_options_as_consume():
+    names = {spec.name for spec in option_specs()}
+    assert set(SECURITY_OPTIONS) <= names
+    for command in ("consume", "produce", "serve"):
+        params = {p.name for p in main.commands[command].params}
+        assert set(SECURITY_OPTIONS) | {"connect_timeout"} <= params, command
+
+
+@pytest.mark.parametrize("command", [["consume"], ["produce"], ["serve", "--bootstrap-servers", "127.0.0.1:1"]])
+def test_contradicting_settings_are_a_usage_error_before_any_connection(command: list[str], tmp_path: Path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read")
+    result = CliRunner().invoke(main, [*command, "--ssl-cafile", str(ca)], env={"OTRULES_SASL_USERNAME": "u"})
+    assert result.exit_code == 2, result.output
+    assert ("--sasl-username would be ignored with --security-protocol PLAINTEXT: use SASL_SSL (or SASL_PLAINTEXT); "
+            "--ssl-cafile would be ignored with --security-protocol PLAINTEXT: use SSL or SASL_SSL") \
+        in " ".join(result.output.split())
+
+
+CONFIG = {"sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "otrules", "sasl_plain_password": "s3cret"}
+
+
+def _wrapped(cause: BaseException) -> KafkaConnectionError:
+    """What kafka-python raises for a failed TLS handshake: its own error, the ssl one as context."""
+    try:
+        raise cause
+    except BaseException as exc:
+        try:
+            raise KafkaConnectionError(f"Handshake failed: {exc}")  # as kafka-python does: the ssl error becomes the context
+        except KafkaConnectionError as wrapped:
+            return wrapped
+    raise AssertionError("not reached")
+
+
+def test_a_failed_login_is_a_refusal_naming_the_user_never_the_password():
+    reason = refusal(SaslAuthenticationFailedError("invalid credentials"), CONFIG)
+    assert reason == ("the SASL SCRAM-SHA-512 login of user 'otrules' failed: check --sasl-username and the "
+                      "password (OTRULES_SASL_PASSWORD or --sasl-password-file)")
+    assert "s3cret" not in reason
+
+
+def test_an_untrusted_or_misnamed_certificate_is_a_refusal():
+    untrusted = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    untrusted.verify_message = "unable to get local issuer certificate"
+    assert refusal(_wrapped(untrusted), {}) == ("its TLS certificate cannot be trusted (unable to get local issuer "
+                                                "certificate): check --ssl-cafile")
+    misnamed = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    misnamed.verify_message = "Hostname mismatch, certificate is not valid for 'kafka-1'."
+    assert refusal(_wrapped(misnamed), {}).endswith("check --ssl-check-hostname")  # type: ignore[union-attr]
+
+
+def test_a_refused_client_certificate_and_unusable_tls_files_are_refusals():
+    alert = KafkaConnectionError("[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate (_ssl.c:2580)")
+    assert refusal(alert, {}) == ("the broker refused this client's TLS certificate, or wants one: check "
+                                  "--ssl-certfile and --ssl-keyfile")
+    files = ssl.SSLError(136, "[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found")
+    files.reason = "NO_CERTIFICATE_OR_CRL_FOUND"
+    assert refusal(files, {}) == ("the TLS files cannot be used (NO_CERTIFICATE_OR_CRL_FOUND): check --ssl-cafile, "
+                                  "--ssl-certfile and --ssl-keyfile")
+
+
+@pytest.mark.parametrize("error", [ConnectionRefusedError(111, "Connection refused"),
+                                   KafkaConnectionError("socket disconnected"),
+                                   _wrapped(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))])
+def test_an_outage_is_not_a_refusal(error: BaseException):
+    assert refusal(error, CONFIG) is None

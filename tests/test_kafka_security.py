@@ -137,3 +137,11 @@ def test_a_refused_client_certificate_and_unusable_tls_files_are_refusals():
                                    _wrapped(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))])
 def test_an_outage_is_not_a_refusal(error: BaseException):
     assert refusal(error, CONFIG) is None
+
+
+def test_operations_md_lists_every_tls_and_sasl_option_with_its_variable():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    section = text.split("### TLS and SASL", 1)[1].split("\n### ", 1)[0]
+    for spec in option_specs():
+        if spec.name in SECURITY_OPTIONS:
+            assert f"`{spec.flag}" in section and f"`{spec.envvar}`" in section, spec.flag

@@ -3,7 +3,10 @@
 kafka-python 3.0's clients bootstrap in their constructors and block for
 `bootstrap_timeout_ms` (30 s), deaf to signals. Here each attempt is a
 short-lived `KafkaNetClient` bootstrap (connection, ApiVersions, Metadata),
-bounded by `attempt_s`, run in a daemon thread. The caller only watches the
+bounded by `attempt_s` at first and twice as long at each failed attempt (up
+to the longest backoff, 10 s: a TLS handshake and a SCRAM login to a distant
+or busy cluster can take longer than a plain connection), run in a daemon
+thread. The caller only watches the
 clock and `stop`, so SIGINT/SIGTERM are honoured within a fraction of a
 second even when name resolution blocks.
 
@@ -101,7 +104,8 @@ def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop
     attempt = 0
     while not stop.is_set():
         attempt += 1
-        budget = attempt_s if deadline is None else min(attempt_s, max(deadline - time.monotonic(), 0.25))
+        grown = min(attempt_s * 2 ** (attempt - 1), max(attempt_s, max_backoff_s))
+        budget = grown if deadline is None else min(grown, max(deadline - time.monotonic(), 0.25))
         outcome = _attempt(bootstrap_servers, client_config, budget, stop)
         if outcome is _STOPPED:
             return False

@@ -22,9 +22,9 @@ from typing import ClassVar
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from kafka_group_support import embedded_outcome
 from kafka_support import create_topic, unique_name
 from otrules import defaults, synthetic
-from otrules.consumers import DeadLetterSink, JsonlSource, Pipeline
 from otrules.engine import Engine
 
 pytestmark = pytest.mark.kafka
@@ -50,16 +50,8 @@ def embedded(lines: list[bytes]) -> list[str]:
 
 def embedded_run(lines: list[bytes]) -> tuple[list[str], dict[str, list[str]]]:
     """The embedded run's output, and each patient's open recommendations at its end (ids, in order)."""
-    out: list[str] = []
-    pipeline = Pipeline(Engine(defaults.rulesets(), defaults.catalogue()), lambda r: out.append(r.to_json()),
-                        DeadLetterSink(None))
-    pipeline.feed(JsonlSource(io.BytesIO(b"\n".join(lines) + b"\n")))
-    table = {}
-    for patient in pipeline.states.patient_ids():
-        state = pipeline.states.get(patient)
-        if state is not None and state.open:
-            table[patient] = list(state.open)
-    return sorted(_EMITTED.sub("", r) for r in out), table
+    outcome = embedded_outcome(lines)
+    return outcome.recommendations, outcome.open_table
 
 
 def open_table(bootstrap: str, topic: str) -> dict[str, list[str]]:

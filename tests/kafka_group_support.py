@@ -10,9 +10,11 @@ partitions the instance has restored and still owns (removed on revocation).
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import io
 import json
 import re
+import statistics
 import subprocess
 import threading
 import time
@@ -30,6 +32,7 @@ from otrules.consumers import DeadLetterSink, JsonlSource, Pipeline
 from otrules.engine import Engine
 
 _EMITTED = re.compile(r'"emitted_at":(?:null|"[^"]*")')
+_ID_AND_STATUS = re.compile(r'"recommendation_id":"([^"]*)".*"status":"([^"]*)"')
 _OWNED = re.compile(r'^otrules_state_patients\{partition="(\d+)"\}', re.MULTILINE)
 
 
@@ -93,8 +96,9 @@ def lost_and_duplicated(got: Sequence[str], expected: Sequence[str]) -> str:
     if have == want:
         return ""
 
-    def ids(counter: collections.Counter) -> list[str]:
-        return [json.loads(r)["recommendation_id"] for r in list(counter)[:5]]
+    def ids(counter: collections.Counter) -> list[str]:  # the texts lack emitted_at, so are not JSON
+        found = (_ID_AND_STATUS.search(r) for r in list(counter)[:5])
+        return [" ".join(m.groups()) if m else "?" for m in found]
 
     lost, extra = want - have, have - want
     repeated = collections.Counter({r: n for r, n in extra.items() if r in want})
@@ -289,3 +293,53 @@ def count_uncommitted(bootstrap: str, topic: str, timeout: float = 60) -> int:
         return count
     finally:
         consumer.close()
+
+
+@dataclass
+class Kill:
+    """When a SIGKILL was sent, and where each survivor's log stood then."""
+
+    wall: float  # time.time(), to compare with log timestamps
+    monotonic: float
+    marks: dict[str, int]  # survivor -> byte offset of its log
+
+
+def kill_mid_batch(name: str, victim: Instance, survivors: Mapping[str, Instance], producer: SteadyProducer,
+                   burst: int, batch: int, timeout: float = 60) -> Kill:
+    """SIGKILL `victim` halfway through a batch: send `burst` events at once, wait until it has
+    committed three full batches of them (so it works through a backlog, a batch straight after
+    another), then wait half a batch's time, so the next batch's first outputs are on their way."""
+    mark = victim.log.stat().st_size
+    producer.burst(burst)
+    deadline = time.monotonic() + timeout
+    while len(full := [line["ms"] for line in committed_lines(victim, mark) if line["events"] == batch]) < 3:
+        assert time.monotonic() < deadline, f"{name} committed no three full batches within {timeout:.0f} s of a burst"
+        time.sleep(0.02)
+    time.sleep(statistics.median(full) / 2000)
+    kill = Kill(time.time(), time.monotonic(), {n: s.log.stat().st_size for n, s in survivors.items()})
+    victim.proc.kill()
+    victim.proc.wait(timeout=30)
+    return kill
+
+
+def _timestamp(line: dict) -> float:
+    return dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def first_commits(survivors: Mapping[str, Instance], kill: Kill, partitions: set[int],
+                  timeout: float = 60) -> dict[int, float]:
+    """Seconds from the kill to the first transaction a survivor committed on each of `partitions`
+    (the killed instance's), from the survivors' own log timestamps: recommendations flow again there."""
+    deadline = time.monotonic() + timeout
+    first: dict[int, float] = {}
+    while True:
+        for name, instance in survivors.items():
+            for line in committed_lines(instance, kill.marks[name]):
+                for p in set(line["partitions"]) & partitions:
+                    first[p] = min(first.get(p, float("inf")), _timestamp(line) - kill.wall)
+        if set(first) == partitions:
+            return first
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no survivor of {sorted(survivors)} committed on partitions "
+                                 f"{sorted(partitions - set(first))} within {timeout:.0f} s of the kill")
+        time.sleep(0.2)

@@ -26,21 +26,19 @@ Timing settings, chosen for a loaded 2-core machine:
 
 from __future__ import annotations
 
-import datetime as dt
-import statistics
 import time
-from collections.abc import Mapping
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from kafka_group_support import (
-    Instance,
     SteadyProducer,
     committed_lines,
     count_uncommitted,
     differences,
     embedded_outcome,
+    first_commits,
+    kill_mid_batch,
     last_values,
     lost_and_duplicated,
     wait_until_serving,
@@ -62,29 +60,6 @@ ARGS = ("--batch-max-records", "50", "--session-timeout-ms", "6000")
 RATE = 150.0  # events/s offered while the instances roll
 REBALANCE_S = 90.0  # bound on one rebalance, restore included, on a loaded 2-core machine
 BURST = 6000  # events sent at once before the kill: a backlog of seconds, so the victim is inside a batch
-
-
-def _timestamp(line: dict) -> float:
-    return dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def _first_commits(survivors: Mapping[str, Instance], marks: dict[str, int], partitions: set[int], killed_at: float,
-                   timeout: float = 60) -> dict[int, float]:
-    """Seconds from the kill to the first transaction a survivor committed on each of `partitions`
-    (from the survivors' own log timestamps)."""
-    deadline = time.monotonic() + timeout
-    first: dict[int, float] = {}
-    while True:
-        for name, instance in survivors.items():
-            for line in committed_lines(instance, marks[name]):
-                for p in set(line["partitions"]) & partitions:
-                    first[p] = min(first.get(p, float("inf")), _timestamp(line) - killed_at)
-        if set(first) == partitions:
-            return first
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no survivor committed on partitions {sorted(partitions - set(first))} "
-                                 f"within {timeout:.0f} s of the kill")
-        time.sleep(0.2)
 
 
 def _visible_again(bootstrap: str, topic: str, timeout: float = 60) -> float:
@@ -143,23 +118,14 @@ def test_four_instances_roll_lose_one_to_sigkill_gain_a_fifth_and_lose_and_repea
         victim_name = "r1"
         victim = live[victim_name]
         owned = set(next(s.owned for s in seen if s.name == victim_name))
-        mark = victim.log.stat().st_size
-        producer.burst(BURST)
-        deadline = time.monotonic() + 60
-        while len(full := [line["ms"] for line in committed_lines(victim, mark) if line["events"] == 50]) < 3:
-            assert time.monotonic() < deadline, f"{victim_name} committed no 3 full batches within 60 s of the burst"
-            time.sleep(0.02)
-        time.sleep(statistics.median(full) / 2000)  # halfway through the next one: its first outputs are sent
         survivors = {n: c for n, c in live.items() if n != victim_name}
-        marks = {n: c.log.stat().st_size for n, c in survivors.items()}
-        killed_at, killed_mono = time.time(), time.monotonic()
-        victim.kill()
+        kill = kill_mid_batch(victim_name, victim, survivors, producer, BURST, batch=50)
         kill_to_serving, _ = wait_until_serving(survivors, PARTITIONS, REBALANCE_S,
                                                 f"after SIGKILL of {victim_name} (it owned {sorted(owned)})")
         step(f"{victim_name} killed; three serve", kill_to_serving)
-        first_commit = _first_commits(survivors, marks, owned, killed_at)
+        first_commit = first_commits(survivors, kill, owned)
         _visible_again(kafka_bootstrap, topics.output)
-        visible = time.monotonic() - killed_mono
+        visible = time.monotonic() - kill.monotonic
         del live[victim_name]
 
         # One more instance joins.
@@ -172,7 +138,7 @@ def test_four_instances_roll_lose_one_to_sigkill_gain_a_fifth_and_lose_and_repea
         producer.close()
         raise
 
-    records = read_all(kafka_bootstrap, topics.output, len(expected.recommendations), timeout=180)
+    records = read_all(kafka_bootstrap, topics.output, len(expected.recommendations), timeout=120)
     table = open_table(kafka_bootstrap, topics.open)
     aborted = count_uncommitted(kafka_bootstrap, topics.output) - len(records)
     changelog = last_values(read_all(kafka_bootstrap, topics.changelog, len(expected.states), timeout=60, settle=1))

@@ -8,9 +8,9 @@ survivors serve every partition again is measured and printed.
 
 Timing settings, chosen for a loaded 2-core machine:
 - `--session-timeout-ms 6000`: the broker's smallest allowed (group.min.session.timeout.ms), so a
-  SIGKILLed member is noticed 3-6 s after the kill (kafka-python heartbeats every 3 s, its default;
-  the service has no setting for it, and a shorter one would not shorten kill-to-serving much: the
-  session would expire later after the kill by what the survivors then learn earlier).
+  SIGKILLed member is noticed 3-6 s after the kill: the session runs from its last heartbeat, sent
+  every 3 s (kafka-python's default; the service has no setting for it). A SIGTERMed member leaves
+  the group at once, so the rolling restart does not wait for it.
 - `--transaction-timeout-ms 5000` (the Consumer helper's): how long the killed instance's open
   transaction holds back read_committed readers of its output, plus the broker's abort sweep
   (transaction.abort.timed.out.transaction.cleanup.interval.ms, 10 s by default).

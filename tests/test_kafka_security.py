@@ -145,3 +145,37 @@ def test_operations_md_lists_every_tls_and_sasl_option_with_its_variable():
     for spec in option_specs():
         if spec.name in SECURITY_OPTIONS:
             assert f"`{spec.flag}" in section and f"`{spec.envvar}`" in section, spec.flag
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def _line(self, level: str) -> Any:
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+    def __getattr__(self, level: str) -> Any:
+        return self._line(level)
+
+
+def test_waiting_for_ever_survives_thousands_of_attempts_with_capped_budgets(monkeypatch: pytest.MonkeyPatch):
+    """--connect-timeout 0 (wait for ever): attempt 1025 once raised OverflowError (2 ** 1024 as a float)."""
+    import threading
+
+    from otrules.consumers.kafka import connect
+
+    stop = threading.Event()
+    budgets: list[float] = []
+
+    def attempt(servers: str, config: dict, budget_s: float, stop_: threading.Event) -> str:
+        budgets.append(budget_s)
+        if len(budgets) == 2000:
+            stop.set()
+        return "KafkaConnectionError"
+
+    monkeypatch.setattr(connect, "_attempt", attempt)
+    monkeypatch.setattr(connect, "_sleep", lambda seconds, stop_: stop_.is_set())
+    assert connect.wait_for_cluster("127.0.0.1:1", {}, stop, 0, _Log()) is False
+    assert len(budgets) == 2000
+    assert budgets[:6] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert set(budgets[4:]) == {10.0}

@@ -101,10 +101,11 @@ def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop
     started = time.monotonic()
     deadline = started + timeout_s if timeout_s > 0 else None
     backoff = first_backoff_s
+    longest_attempt_s = max(attempt_s, max_backoff_s)
+    grown = attempt_s  # each attempt's budget: doubled after each failure, capped (never 2 ** attempt)
     attempt = 0
     while not stop.is_set():
         attempt += 1
-        grown = min(attempt_s * 2 ** (attempt - 1), max(attempt_s, max_backoff_s))
         budget = grown if deadline is None else min(grown, max(deadline - time.monotonic(), 0.25))
         outcome = _attempt(bootstrap_servers, client_config, budget, stop)
         if outcome is _STOPPED:
@@ -128,6 +129,7 @@ def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop
         if _sleep(wait, stop):
             return False
         backoff = min(backoff * 2, max_backoff_s)
+        grown = min(grown * 2, longest_attempt_s)
     return False
 
 

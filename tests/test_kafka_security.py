@@ -179,3 +179,48 @@ def test_waiting_for_ever_survives_thousands_of_attempts_with_capped_budgets(mon
     assert len(budgets) == 2000
     assert budgets[:6] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert set(budgets[4:]) == {10.0}
+
+
+def test_the_password_file_is_read_once_when_the_settings_are_made(tmp_path: Path):
+    """A FIFO, /dev/stdin or <(vault read ...) gives its text once, and a mounted secret may be gone by
+    the time a later client connects: every client gets what the file held at start-up."""
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-once\n")
+    settings = KafkaSettings(**SASL, sasl_password_file=str(secret))
+    secret.unlink()
+    assert problems(settings) == []
+    assert settings.client["sasl_plain_password"] == "s3cret-once"
+    assert settings.service_client["sasl_plain_password"] == "s3cret-once"
+    assert "s3cret-once" not in repr(settings) and "s3cret-once" not in str(settings.redacted())
+
+
+def test_a_password_fifo_serves_every_client(tmp_path: Path):
+    import os
+    import threading
+
+    fifo = tmp_path / "password"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "w") as f:
+            f.write("s3cret-fifo\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    settings = KafkaSettings(**SASL, sasl_password_file=str(fifo))
+    writer.join(5)
+    assert problems(settings) == []
+    # a second read of the FIFO would block for ever (no writer left): the clients take the text read once
+    assert [settings.client["sasl_plain_password"] for _ in range(3)] == ["s3cret-fifo"] * 3
+
+
+@pytest.mark.parametrize("command", [["consume"], ["produce"], ["serve", "--bootstrap-servers", "127.0.0.1:1"]])
+def test_a_password_file_that_is_not_text_is_a_usage_error_naming_the_option(command: list[str], tmp_path: Path):
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xff\xfe s3cret \x80\n")
+    result = CliRunner().invoke(main, [*command, "--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN",
+                                       "--sasl-username", "u", "--sasl-password-file", str(secret)])
+    assert result.exit_code == 2, result.output
+    assert f"--sasl-password-file {secret} is not UTF-8 text" in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "s3cret" not in result.output

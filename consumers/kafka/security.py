@@ -63,13 +63,10 @@ def problems(settings: KafkaSettings) -> list[str]:
     if settings.ssl_keyfile and not settings.ssl_certfile:
         out.append("--ssl-keyfile needs --ssl-certfile: the certificate the key belongs to")
     if settings.sasl_password_file:
-        try:
-            password = read_password_file(settings.sasl_password_file)
-        except OSError as exc:
-            out.append(f"cannot read --sasl-password-file {settings.sasl_password_file}: {exc.strerror}")
-        else:
-            if not password:
-                out.append(f"--sasl-password-file {settings.sasl_password_file} is empty")
+        if settings.sasl_password_file_error:
+            out.append(settings.sasl_password_file_error)
+        elif not settings.sasl_password_from_file:
+            out.append(f"--sasl-password-file {settings.sasl_password_file} is empty")
     return out
 
 
@@ -77,6 +74,18 @@ def read_password_file(path: str) -> str:
     """The file's text without one trailing newline (what `echo` or a secret mount leaves)."""
     text = Path(path).read_text(encoding="utf-8")
     return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+def load_password_file(path: str) -> tuple[str | None, str | None]:
+    """(the password, None), or (None, why it cannot be read: a sentence naming the option, never
+    the file's content). Read once, when the settings are made: a FIFO or /dev/stdin gives its
+    text only once, and a secret file may be gone by the time a later client connects."""
+    try:
+        return read_password_file(path), None
+    except UnicodeDecodeError:
+        return None, f"--sasl-password-file {path} is not UTF-8 text"
+    except OSError as exc:
+        return None, f"cannot read --sasl-password-file {path}: {exc.strerror or type(exc).__name__}"
 
 
 def client_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -92,6 +101,6 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
     if uses_sasl(settings):
         config["sasl_mechanism"] = settings.sasl_mechanism
         config["sasl_plain_username"] = settings.sasl_username
-        config["sasl_plain_password"] = (read_password_file(settings.sasl_password_file)
-                                         if settings.sasl_password_file else settings.sasl_password)
+        config["sasl_plain_password"] = (settings.sasl_password_from_file if settings.sasl_password_file
+                                         else settings.sasl_password)
     return config

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from otrules.consumers.kafka.security import client_config
+from otrules.consumers.kafka.security import client_config, load_password_file
 
 
 def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
@@ -101,6 +101,17 @@ class KafkaSettings:
                                         "(--no-ssl-check-hostname keeps the CA check but skips the name check).")
     log_hash_key: str | None = _setting(None, "Key for hashing identifiers in logs (default: a random key per "
                                         "process).", secret=True)
+    # Not options: what --sasl-password-file held when the settings were made (read once, so a FIFO,
+    # /dev/stdin or a secret file removed later gives every client the same password), or why it
+    # could not be read (security.problems reports it: exit 2).
+    sasl_password_from_file: str | None = field(default=None, init=False, repr=False, compare=False)
+    sasl_password_file_error: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sasl_password_file:
+            password, error = load_password_file(self.sasl_password_file)
+            object.__setattr__(self, "sasl_password_from_file", password)
+            object.__setattr__(self, "sasl_password_file_error", error)
 
     @property
     def transactional_id(self) -> str:
@@ -122,6 +133,8 @@ class KafkaSettings:
         """The settings for the start-up log line, secrets masked."""
         out: dict[str, Any] = {}
         for f in fields(self):
+            if not f.init:  # the password read from the file, or why it could not be
+                continue
             value = getattr(self, f.name)
             out[f.name] = "***" if f.metadata.get("secret") and value else (
                 str(value) if isinstance(value, Path) else value)
@@ -148,6 +161,8 @@ class OptionSpec:
 def option_specs() -> list[OptionSpec]:
     specs = []
     for f in fields(KafkaSettings):
+        if not f.init:  # not an option
+            continue
         meta = f.metadata
         default = f.default_factory() if callable(f.default_factory) else f.default
         kind = {"int": int, "float": float, "bool": bool, "Path": Path}.get(str(f.type), str)

@@ -26,12 +26,46 @@ def test_plaintext_adds_nothing_to_the_clients():
     assert problems(KafkaSettings()) == []
 
 
+def _tls_files(folder: Path) -> dict[str, Path]:
+    """A self-signed certificate (also the CA file) and its key, another key, the key encrypted, and junk."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "otrules-client")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+
+    def pem(k: Any, encryption: Any = None) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               encryption or serialization.NoEncryption())
+
+    files = {"cert": cert.public_bytes(serialization.Encoding.PEM), "key": pem(key), "other_key": pem(other),
+             "encrypted_key": pem(key, serialization.BestAvailableEncryption(b"pass-phrase")),
+             "junk": b"not a PEM file\n"}
+    files["cert_and_key"] = files["cert"] + files["key"]
+    out = {}
+    for label, data in files.items():
+        (folder / f"{label}.pem").write_bytes(data)
+        out[label] = folder / f"{label}.pem"
+    return out
+
+
 def test_mutual_tls_settings_reach_the_client(tmp_path: Path):
-    settings = KafkaSettings(security_protocol="SSL", ssl_cafile="ca.pem", ssl_certfile="client.pem",
-                             ssl_keyfile="client.key", ssl_check_hostname=False)
+    f = _tls_files(tmp_path)
+    settings = KafkaSettings(security_protocol="SSL", ssl_cafile=str(f["cert"]), ssl_certfile=str(f["cert"]),
+                             ssl_keyfile=str(f["key"]), ssl_check_hostname=False)
     assert problems(settings) == []
-    assert settings.client == {"security_protocol": "SSL", "ssl_check_hostname": False, "ssl_cafile": "ca.pem",
-                               "ssl_certfile": "client.pem", "ssl_keyfile": "client.key"}
+    assert settings.client == {"security_protocol": "SSL", "ssl_check_hostname": False, "ssl_cafile": str(f["cert"]),
+                               "ssl_certfile": str(f["cert"]), "ssl_keyfile": str(f["key"])}
     assert settings.service_client == {**settings.client, "bootstrap_timeout_ms": 5000}
 
 
@@ -224,3 +258,38 @@ def test_a_password_file_that_is_not_text_is_a_usage_error_naming_the_option(com
     assert f"--sasl-password-file {secret} is not UTF-8 text" in " ".join(result.output.split())
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "s3cret" not in result.output
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ({"ssl_certfile": "cert_and_key"}, None),  # the key may be in the certificate's file
+    ({"ssl_cafile": "junk"}, "--ssl-cafile {junk} holds no CA certificate (PEM)"),
+    ({"ssl_cafile": "key"}, "--ssl-cafile {key} holds no CA certificate (PEM)"),
+    ({"ssl_certfile": "junk", "ssl_keyfile": "key"}, "--ssl-certfile {junk} holds no certificate (PEM)"),
+    ({"ssl_certfile": "cert", "ssl_keyfile": "other_key"},
+     "--ssl-keyfile {other_key} is not the key of --ssl-certfile {cert}"),
+    ({"ssl_certfile": "cert", "ssl_keyfile": "encrypted_key"},
+     "the private key in --ssl-keyfile {encrypted_key} is encrypted: otrules takes an unencrypted key"),
+    ({"ssl_certfile": "cert", "ssl_keyfile": "junk"}, "--ssl-keyfile {junk} holds no private key (PEM)"),
+    ({"ssl_certfile": "cert"}, "--ssl-certfile {cert} holds no private key: give it with --ssl-keyfile"),
+    ({"ssl_cafile": "missing"}, "cannot read --ssl-cafile {missing}: No such file or directory"),
+])
+def test_unusable_tls_files_are_named_before_connecting(tmp_path: Path, given: dict[str, str], said: str | None):
+    f = {label: str(path) for label, path in _tls_files(tmp_path).items()}
+    f["missing"] = str(tmp_path / "missing.pem")
+    chosen: dict[str, Any] = {k: f[v] for k, v in given.items()}
+    settings = KafkaSettings(security_protocol="SSL", **chosen)
+    found = problems(settings)
+    if said is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(said.format(**f)), found
+
+
+def test_an_encrypted_key_is_a_usage_error_not_a_pass_phrase_prompt(tmp_path: Path):
+    """OpenSSL would ask "Enter PEM pass phrase:" on the terminal (and wait) without the refusing callback."""
+    f = _tls_files(tmp_path)
+    result = CliRunner().invoke(main, ["produce", "--bootstrap-servers", "127.0.0.1:1", "--security-protocol", "SSL",
+                                       "--ssl-certfile", str(f["cert"]), "--ssl-keyfile", str(f["encrypted_key"])],
+                                input="")
+    assert result.exit_code == 2, result.output
+    assert "is encrypted" in result.output and "--ssl-keyfile" in result.output

@@ -12,6 +12,7 @@ part of a log line or an error message.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +63,71 @@ def problems(settings: KafkaSettings) -> list[str]:
             out.append(f"{', '.join(given)} would be ignored with {protocol}: use SSL or SASL_SSL")
     if settings.ssl_keyfile and not settings.ssl_certfile:
         out.append("--ssl-keyfile needs --ssl-certfile: the certificate the key belongs to")
+    elif uses_tls(settings):
+        out.extend(tls_file_problems(settings))
     if settings.sasl_password_file:
         if settings.sasl_password_file_error:
             out.append(settings.sasl_password_file_error)
         elif not settings.sasl_password_from_file:
             out.append(f"--sasl-password-file {settings.sasl_password_file} is empty")
+    return out
+
+
+class _EncryptedKey(Exception):
+    """The private key wants a pass phrase: raised by the password callback instead of a prompt."""
+
+
+def _refuse_pass_phrase() -> str:
+    raise _EncryptedKey
+
+
+def tls_file_problems(settings: KafkaSettings) -> list[str]:
+    """Load the TLS files into an SSL context as kafka-python will, before any connection, so an
+    unusable file is a usage error naming its option, not an outage retried (or, for an encrypted
+    key, OpenSSL's "Enter PEM pass phrase:" prompt on the terminal)."""
+    named = [(flag, path) for flag, path in (("--ssl-cafile", settings.ssl_cafile),
+                                             ("--ssl-certfile", settings.ssl_certfile),
+                                             ("--ssl-keyfile", settings.ssl_keyfile)) if path]
+    out: list[str] = []
+    for flag, path in named:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            out.append(f"cannot read {flag} {path}: {exc.strerror or type(exc).__name__}")
+    if out:
+        return out
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if settings.ssl_cafile:
+        try:
+            context.load_verify_locations(cafile=settings.ssl_cafile)
+        except (ssl.SSLError, ValueError):
+            out.append(f"--ssl-cafile {settings.ssl_cafile} holds no CA certificate (PEM)")
+        except OSError as exc:
+            out.append(f"cannot read --ssl-cafile {settings.ssl_cafile}: {exc.strerror or type(exc).__name__}")
+    certfile, keyfile = settings.ssl_certfile, settings.ssl_keyfile
+    if certfile:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=certfile)
+        except (ssl.SSLError, ValueError, OSError):
+            out.append(f"--ssl-certfile {certfile} holds no certificate (PEM)")
+            return out
+        key = f"--ssl-keyfile {keyfile}" if keyfile else f"--ssl-certfile {certfile}"
+        try:
+            context.load_cert_chain(certfile, keyfile, password=_refuse_pass_phrase)
+        except _EncryptedKey:
+            out.append(f"the private key in {key} is encrypted: otrules takes an unencrypted key (e.g. "
+                       "`openssl pkey -in KEY -out KEY.plain`, readable only by otrules)")
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                out.append(f"--ssl-keyfile {keyfile} is not the key of --ssl-certfile {certfile}"
+                           if keyfile else f"the private key in --ssl-certfile {certfile} is not its certificate's")
+            elif keyfile:
+                out.append(f"--ssl-keyfile {keyfile} holds no private key (PEM)")
+            else:
+                out.append(f"--ssl-certfile {certfile} holds no private key: give it with --ssl-keyfile")
+        except OSError as exc:
+            out.append(f"cannot read {key}: {exc.strerror or type(exc).__name__}")
     return out
 
 

@@ -423,7 +423,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     from kafka.errors import KafkaError
 
     from otrules.consumers.kafka import redact
-    from otrules.consumers.kafka.connect import KafkaUnreachable
+    from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable
     from otrules.consumers.kafka.health import Health, serve
     from otrules.consumers.kafka.metrics import Metrics
     from otrules.consumers.kafka.reload import RulesWatcher
@@ -453,7 +453,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     signal.signal(signal.SIGHUP, lambda *_: watcher.request())
     try:
         tally = service.run()
-    except KafkaUnreachable as exc:  # it went away again while the service was starting, for --connect-timeout
+    except (KafkaUnreachable, KafkaRefused) as exc:  # it went away again while the service was starting, for
+        # --connect-timeout; or it refused what otrules asked of it (an ACL, a login)
         click.echo(f"otrules consume: {exc}", err=True)
         sys.exit(3)
     except KafkaError as exc:  # anything else the client gave up on

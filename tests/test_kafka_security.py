@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
+)
 
 from otrules.cli import main
 from otrules.consumers.kafka.connect import refusal
@@ -293,3 +300,47 @@ def test_an_encrypted_key_is_a_usage_error_not_a_pass_phrase_prompt(tmp_path: Pa
                                 input="")
     assert result.exit_code == 2, result.output
     assert "is encrypted" in result.output and "--ssl-keyfile" in result.output
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (TopicAuthorizationFailedError, "user 'otrules' may not use otrules' topics (TopicAuthorizationFailed): allow "
+                                    "READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS and (to create them) CREATE on them"),
+    (ClusterAuthorizationFailedError, "user 'otrules' may not act on the cluster (ClusterAuthorizationFailed): allow "
+                                      "IDEMPOTENT_WRITE on the cluster"),
+    (TransactionalIdAuthorizationFailedError, "user 'otrules' may not use transactional id 'otrules-otrules-i1' "
+                                              "(TransactionalIdAuthorizationFailed): allow WRITE and DESCRIBE on it"),
+    (SaslAuthenticationFailedError, "the SASL SCRAM-SHA-512 login of user 'otrules' failed"),
+])
+def test_an_authorization_failure_at_start_is_a_refusal_not_an_outage(monkeypatch: pytest.MonkeyPatch, engine: Any,
+                                                                      error: type, said: str):
+    """Seen after the probe (the probe only logs in): retried as if the cluster were away, it ended as
+    'could not reach Kafka' after --connect-timeout."""
+    from otrules.consumers.kafka import service as service_module
+    from otrules.consumers.kafka.connect import KafkaRefused
+
+    calls: list[int] = []
+
+    def ensure_topics(settings: KafkaSettings) -> int:
+        calls.append(1)
+        raise error("denied")
+
+    monkeypatch.setattr(service_module, "ensure_topics", ensure_topics)
+    settings = KafkaSettings(**SASL, sasl_password="s3cret-acl", instance_id="i1", connect_timeout=30)
+    with pytest.raises(KafkaRefused) as refused:
+        service_module.Service(settings, engine).run()
+    assert calls == [1]  # not retried
+    assert said in str(refused.value) and "s3cret-acl" not in str(refused.value)
+
+
+def test_a_group_the_principal_may_not_read_is_a_refusal(monkeypatch: pytest.MonkeyPatch, engine: Any):
+    from otrules.consumers.kafka import service as service_module
+    from otrules.consumers.kafka.connect import KafkaRefused
+
+    def step(self: Any) -> None:
+        raise GroupAuthorizationFailedError("denied")
+
+    monkeypatch.setattr(service_module.Service, "_start", lambda self: True)
+    monkeypatch.setattr(service_module.Service, "_step", step)
+    with pytest.raises(KafkaRefused, match=r"may not use consumer group 'otrules' \(GroupAuthorizationFailed\): "
+                                           r"allow READ on it"):
+        service_module.Service(KafkaSettings(), engine).run()

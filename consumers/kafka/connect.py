@@ -30,7 +30,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError, UnsupportedSaslMechanismError
+from kafka.errors import (
+    AuthorizationError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
+    UnsupportedSaslMechanismError,
+)
 from kafka.net.compat import KafkaNetClient
 
 from otrules.schemas import OtrulesError
@@ -87,6 +96,32 @@ def refusal(error: BaseException, client_config: dict[str, Any]) -> str | None:
     if any(alert in text for alert in _CLIENT_CERT_ALERTS):
         return ("the broker refused this client's TLS certificate, or wants one: check --ssl-certfile and "
                 "--ssl-keyfile")
+    return None
+
+
+def access_refusal(error: BaseException, settings: Any) -> str | None:
+    """Why the cluster, once reached, refuses what otrules asked of it (an ACL, a login): retrying
+    cannot help. One sentence naming the permission missing and where (docs/operations.md, "ACLs");
+    None for anything else. `settings`: KafkaSettings."""
+    who = f"user {settings.sasl_username!r}" if settings.sasl_username else "this client's principal"
+    acls = "(docs/operations.md, \"ACLs\")"
+    for exc in (error, error.__cause__, error.__context__):
+        if isinstance(exc, SaslAuthenticationFailedError):
+            return refusal(exc, settings.client)
+        if isinstance(exc, TopicAuthorizationFailedError):
+            return (f"{who} may not use otrules' topics (TopicAuthorizationFailed): allow READ, WRITE, DESCRIBE, "
+                    f"DESCRIBE_CONFIGS and (to create them) CREATE on them {acls}")
+        if isinstance(exc, GroupAuthorizationFailedError):
+            return (f"{who} may not use consumer group {settings.group_id!r} (GroupAuthorizationFailed): allow "
+                    f"READ on it {acls}")
+        if isinstance(exc, TransactionalIdAuthorizationFailedError):
+            return (f"{who} may not use transactional id {settings.transactional_id!r} "
+                    f"(TransactionalIdAuthorizationFailed): allow WRITE and DESCRIBE on it {acls}")
+        if isinstance(exc, ClusterAuthorizationFailedError):
+            return (f"{who} may not act on the cluster (ClusterAuthorizationFailed): allow IDEMPOTENT_WRITE on the "
+                    f"cluster {acls}")
+        if isinstance(exc, AuthorizationError):
+            return f"{who} is not authorized ({type(exc).__name__}) {acls}"
     return None
 
 

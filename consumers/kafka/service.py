@@ -40,7 +40,7 @@ from otrules.consumers.core import EventCore, EventFailed, Fault, Record, Reject
 from otrules.consumers.fhir import FhirMapper, load_code_table
 from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka.changelog import Changelog
-from otrules.consumers.kafka.connect import KafkaUnreachable
+from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, access_refusal
 from otrules.consumers.kafka.health import Health
 from otrules.consumers.kafka.metrics import Metrics
 from otrules.consumers.kafka.netclient import RetryingNetClient
@@ -145,14 +145,26 @@ class Service(ConsumerRebalanceListener):
         return self._mapper
 
     def run(self) -> Tally:
-        """Start (retrying while Kafka is away, up to --connect-timeout), then loop until stopped."""
+        """Start (retrying while Kafka is away, up to --connect-timeout), then loop until stopped.
+        KafkaRefused, at once, when the cluster refuses what otrules asks of it (an ACL, a login)."""
         try:
             if self._start():
                 while not self._stop.is_set():
                     self._step()
+        except KafkaError as exc:  # e.g. joining a consumer group this principal may not read
+            self._refuse(exc)
+            raise
         finally:
             self._close()
         return self.tally
+
+    def _refuse(self, exc: BaseException) -> None:
+        """KafkaRefused when retrying cannot help (an authorization failure, a failed login)."""
+        why = access_refusal(exc, self.settings)
+        if why is not None:
+            log.error("kafka refused the connection", bootstrap_servers=self.settings.bootstrap_servers,
+                      reason=why)
+            raise KafkaRefused(self.settings.bootstrap_servers, why) from None
 
     def _start(self) -> bool:
         """Topics, record limits, the transactional producer and the consumer. False if stopped
@@ -176,6 +188,7 @@ class Service(ConsumerRebalanceListener):
                 self.consumer.subscribe([s.input_topic], listener=self)
             except KafkaError as exc:
                 self._close_clients()
+                self._refuse(exc)  # an ACL or a login: not an outage, not retried
                 waited = time.monotonic() - started
                 if s.connect_timeout and waited >= s.connect_timeout:
                     raise KafkaUnreachable(s.bootstrap_servers, s.connect_timeout, type(exc).__name__, attempt) \

@@ -511,6 +511,7 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
     With --bootstrap-servers, exit 3 when Kafka cannot be reached within --connect-timeout, or refuses
     the login or the certificates (TLS and SASL: the same options as `consume`)."""
     import structlog
+    from kafka.errors import KafkaError
 
     from otrules.serve.runner import ServeOptions, check, run_server
 
@@ -534,6 +535,14 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
     except ValueError as exc:  # a refused configuration: said once, exit 2
         click.echo(f"otrules serve: {exc}", err=True)
         sys.exit(2)
+    except KafkaError as exc:  # opening the table after the probe: an ACL, or the cluster went away again
+        from otrules.consumers.kafka.connect import access_refusal
+
+        why = access_refusal(exc, kafka) if kafka is not None else None
+        click.echo(f"otrules serve: Kafka at {bootstrap_servers} refused the connection: {why}" if why else
+                   f"otrules serve: Kafka at {bootstrap_servers} failed while opening {open_topic} "
+                   f"({type(exc).__name__})", err=True)
+        sys.exit(3)
 
 
 @main.command()

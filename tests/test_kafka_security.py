@@ -5,6 +5,7 @@ tests/test_kafka_tls.py proves the same on a real broker."""
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from kafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
     KafkaConnectionError,
+    KafkaTimeoutError,
     SaslAuthenticationFailedError,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailedError,
@@ -344,3 +346,27 @@ def test_a_group_the_principal_may_not_read_is_a_refusal(monkeypatch: pytest.Mon
     with pytest.raises(KafkaRefused, match=r"may not use consumer group 'otrules' \(GroupAuthorizationFailed\): "
                                            r"allow READ on it"):
         service_module.Service(KafkaSettings(), engine).run()
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (KafkaTimeoutError, r"otrules serve: Kafka at 127\.0\.0\.1:1 failed while opening ot\.recommendations\.open "
+                        r"\(KafkaTimeoutError\)"),
+    (TopicAuthorizationFailedError, r"otrules serve: Kafka at 127\.0\.0\.1:1 refused the connection: this client's "
+                                    r"principal may not use otrules' topics \(TopicAuthorizationFailed\).*"),
+])
+def test_serve_says_in_one_line_why_the_open_table_could_not_be_opened(monkeypatch: pytest.MonkeyPatch, error: type,
+                                                                       said: str):
+    """After the probe, opening the table can still fail (an ACL, the cluster gone again): was a traceback."""
+    import otrules.cli as cli
+    from otrules.serve import runner
+
+    def table(settings: Any) -> Any:
+        raise error("opening")
+
+    monkeypatch.setattr(cli, "_reach_kafka", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runner, "KafkaTable", table)
+    result = CliRunner().invoke(main, ["serve", "--bootstrap-servers", "127.0.0.1:1", "--port", "0"])
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and re.fullmatch(said, lines[0]), result.output
+    assert "Traceback" not in result.output

@@ -376,6 +376,16 @@ def _kafka_settings(**options: Any) -> Any:
     return settings
 
 
+def _warn_password_on_command_line(log: Any) -> None:
+    """--sasl-password works, but every user of the host sees it in `ps`: say so once (never the value)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source("sasl_password") == ParameterSource.COMMANDLINE:
+        log.warning("the SASL password was given on the command line, where other users of this host can see it "
+                    "(ps): use OTRULES_SASL_PASSWORD or --sasl-password-file")
+
+
 def _reach_kafka(command: str, settings: Any, log: Any, stop: Any = None, stopped_status: int = 0) -> None:
     """Wait for the cluster (connect.wait_for_cluster). Exit 3 with one line when it cannot be reached
     within --connect-timeout or refuses this client (a failed login, an untrusted certificate); exit
@@ -385,6 +395,7 @@ def _reach_kafka(command: str, settings: Any, log: Any, stop: Any = None, stoppe
 
     from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, wait_for_cluster
 
+    _warn_password_on_command_line(log)
     previous = {}
     if stop is None:
         stop = threading.Event()

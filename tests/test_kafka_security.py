@@ -370,3 +370,27 @@ def test_serve_says_in_one_line_why_the_open_table_could_not_be_opened(monkeypat
     lines = [line for line in result.output.splitlines() if not line.startswith("{")]
     assert len(lines) == 1 and re.fullmatch(said, lines[0]), result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["consume", "--http-port", "-1"], ["produce"],
+                                     ["serve", "--bootstrap-servers", "127.0.0.1:1"]])
+@pytest.mark.parametrize("where", ["flag", "variable"])
+def test_a_password_on_the_command_line_is_warned_about_once_without_its_value(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str], where: str):
+    from otrules.consumers.kafka import connect
+
+    monkeypatch.setattr(connect, "wait_for_cluster", lambda *args, **kwargs: False)  # as if stopped by a signal
+    monkeypatch.chdir(tmp_path)
+    sasl = ["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", "u"]
+    args = [*command, *sasl] + (["--sasl-password", "s3cret-flag"] if where == "flag" else [])
+    env = {"OTRULES_SASL_PASSWORD": "s3cret-flag"} if where == "variable" else {}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code in (0, 1), result.output  # stopped before Kafka was reached
+    warned = result.output.count("the SASL password was given on the command line")
+    assert warned == (1 if where == "flag" else 0), result.output
+    assert "s3cret-flag" not in result.output
+
+
+def test_the_help_says_a_password_flag_is_visible_and_warned_about():
+    result = CliRunner().invoke(main, ["consume", "--help"], terminal_width=200)
+    assert "other users can see it (otrules then warns at start-up)" in " ".join(result.output.split())

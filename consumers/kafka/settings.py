@@ -89,7 +89,7 @@ class KafkaSettings:
     sasl_username: str | None = _setting(None, "SASL user name.")
     sasl_password: str | None = _setting(None, "SASL password: set it with the environment variable or "
                                          "--sasl-password-file, not on the command line, where other users can see "
-                                         "it. Never logged.", secret=True)
+                                         "it (otrules then warns at start-up). Never logged.", secret=True)
     sasl_password_file: str | None = _setting(None, "File holding the SASL password (e.g. a mounted secret); one "
                                               "trailing newline is ignored.", path="file")
     ssl_cafile: str | None = _setting(None, "CA certificates (PEM) the brokers' certificates must chain to "

@@ -160,9 +160,31 @@ def test_an_untrusted_or_misnamed_certificate_is_a_refusal():
     untrusted.verify_message = "unable to get local issuer certificate"
     assert refusal(_wrapped(untrusted), {}) == ("its TLS certificate cannot be trusted (unable to get local issuer "
                                                 "certificate): check --ssl-cafile")
-    misnamed = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
-    misnamed.verify_message = "Hostname mismatch, certificate is not valid for 'kafka-1'."
-    assert refusal(_wrapped(misnamed), {}).endswith("check --ssl-check-hostname")  # type: ignore[union-attr]
+
+
+
+@pytest.mark.parametrize(("message", "said"), [
+    ("Hostname mismatch, certificate is not valid for 'kafka-1'.",
+     "its TLS certificate does not name the host connected to (Hostname mismatch, certificate is not valid for "
+     "'kafka-1'.): fix the certificate's subjectAltName, or connect by a name it holds (--bootstrap-servers, the "
+     "brokers' advertised listeners)"),
+    ("IP address mismatch, certificate is not valid for '10.0.0.7'.", "does not name the host connected to"),
+    ("certificate has expired", "its TLS certificate is outside its validity period (certificate has expired): "
+                                "renew it, or check the clocks of the brokers and of this host"),
+    ("certificate is not yet valid", "outside its validity period (certificate is not yet valid)"),
+    ("self-signed certificate in certificate chain", "cannot be trusted (self-signed certificate in certificate "
+                                                     "chain): check --ssl-cafile"),
+])
+def test_a_certificate_refusal_says_what_to_fix(message: str, said: str):
+    """Only a chain that leads to no trusted CA is a matter of --ssl-cafile; --ssl-check-hostname is never
+    the advice (turning the name check off is not a fix)."""
+    error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    error.verify_message = message
+    reason = refusal(_wrapped(error), {})
+    assert reason is not None and said in reason, reason
+    assert "--ssl-check-hostname" not in reason
+    if "chain" not in message:
+        assert "--ssl-cafile" not in reason
 
 
 def test_a_refused_client_certificate_and_unusable_tls_files_are_refusals():

@@ -14,8 +14,8 @@ Between attempts the wait backs off exponentially (0.5 s doubling to 10 s).
 Each failed attempt logs one line with the exception's class name only.
 
 A cluster that answers and refuses this client is not waited for: a failed SASL
-login, a broker certificate that does not chain to the trusted CAs (or does not
-name the host), a client certificate the broker refuses, TLS files that cannot
+login, a broker certificate that does not chain to the trusted CAs, does not
+name the host or is out of its validity period, a client certificate the broker refuses, TLS files that cannot
 be loaded. Retrying cannot change those, so `KafkaRefused` is raised at once,
 saying which setting to look at (and never the password).
 """
@@ -85,10 +85,7 @@ def refusal(error: BaseException, client_config: dict[str, Any]) -> str | None:
         if isinstance(exc, UnsupportedSaslMechanismError):
             return f"the broker does not offer SASL {client_config.get('sasl_mechanism')}: check --sasl-mechanism"
         if isinstance(exc, ssl.SSLCertVerificationError):
-            why = exc.verify_message or exc.reason or "verification failed"
-            hint = ("--ssl-check-hostname" if "hostname" in why.lower() or "ip address mismatch" in why.lower()
-                    else "--ssl-cafile")
-            return f"its TLS certificate cannot be trusted ({why}): check {hint}"
+            return _certificate_refusal(exc.verify_message or exc.reason or "verification failed")
     if isinstance(error, ssl.SSLError):  # raised bare only while loading the TLS files, before any connection
         return f"the TLS files cannot be used ({error.reason or type(error).__name__}): check --ssl-cafile, " \
                "--ssl-certfile and --ssl-keyfile"
@@ -97,6 +94,22 @@ def refusal(error: BaseException, client_config: dict[str, Any]) -> str | None:
         return ("the broker refused this client's TLS certificate, or wants one: check --ssl-certfile and "
                 "--ssl-keyfile")
     return None
+
+
+def _certificate_refusal(why: str) -> str:
+    """What to do about a broker certificate that failed verification: only a chain that does not
+    lead to a trusted CA is a matter of --ssl-cafile."""
+    lower = why.lower()
+    if "hostname mismatch" in lower or "ip address mismatch" in lower:
+        return (f"its TLS certificate does not name the host connected to ({why}): fix the certificate's "
+                "subjectAltName, or connect by a name it holds (--bootstrap-servers, the brokers' advertised "
+                "listeners)")
+    if "expired" in lower or "not yet valid" in lower:
+        return (f"its TLS certificate is outside its validity period ({why}): renew it, or check the clocks of "
+                "the brokers and of this host")
+    if "revoked" in lower:
+        return f"its TLS certificate has been revoked ({why}): the broker needs a new one"
+    return f"its TLS certificate cannot be trusted ({why}): check --ssl-cafile"
 
 
 def access_refusal(error: BaseException, settings: Any) -> str | None:

@@ -376,6 +376,21 @@ def _kafka_settings(**options: Any) -> Any:
     return settings
 
 
+def _refuse_unused_kafka_options() -> None:
+    """serve without --bootstrap-servers reads no Kafka: TLS, SASL or --connect-timeout given (as flags
+    or OTRULES_* variables) would be silently ignored, so they are a usage error, as elsewhere."""
+    from click.core import ParameterSource
+
+    from otrules.consumers.kafka.security import SECURITY_OPTIONS
+
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in (*SECURITY_OPTIONS, "connect_timeout")
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} would be ignored without --bootstrap-servers (serve then reads "
+                               "no Kafka): give --bootstrap-servers, or unset them")
+
+
 def _warn_password_on_command_line(log: Any) -> None:
     """--sasl-password works, but every user of the host sees it in `ps`: say so once (never the value)."""
     from click.core import ParameterSource
@@ -396,6 +411,10 @@ def _reach_kafka(command: str, settings: Any, log: Any, stop: Any = None, stoppe
     from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, wait_for_cluster
 
     _warn_password_on_command_line(log)
+    from otrules.consumers.kafka.security import warnings
+
+    for warning in warnings(settings):
+        log.warning(warning)
     previous = {}
     if stop is None:
         stop = threading.Event()
@@ -527,6 +546,8 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
     from otrules.serve.runner import ServeOptions, check, run_server
 
     kafka = None
+    if not bootstrap_servers:
+        _refuse_unused_kafka_options()
     if bootstrap_servers:
         kafka = _kafka_settings(bootstrap_servers=bootstrap_servers, input_topic=input_topic, open_topic=open_topic,
                                 **kafka_options)

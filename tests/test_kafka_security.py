@@ -416,3 +416,42 @@ def test_a_password_on_the_command_line_is_warned_about_once_without_its_value(
 def test_the_help_says_a_password_flag_is_visible_and_warned_about():
     result = CliRunner().invoke(main, ["consume", "--help"], terminal_width=200)
     assert "other users can see it (otrules then warns at start-up)" in " ".join(result.output.split())
+
+
+def test_no_ssl_check_hostname_without_tls_would_be_ignored():
+    found = problems(KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                                   sasl_username="u", sasl_password="p", ssl_check_hostname=False))
+    assert found == ["--no-ssl-check-hostname would be ignored with --security-protocol SASL_PLAINTEXT: use SSL or "
+                     "SASL_SSL"]
+    result = CliRunner().invoke(main, ["produce", "--no-ssl-check-hostname"])
+    assert result.exit_code == 2
+    assert "--no-ssl-check-hostname would be ignored" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("args", "env", "named"), [
+    (["--sasl-username", "u"], {}, "--sasl-username"),
+    (["--no-ssl-check-hostname"], {}, "--ssl-check-hostname"),
+    ([], {"OTRULES_SASL_PASSWORD": "s3cret-env"}, "--sasl-password"),
+    ([], {"OTRULES_SECURITY_PROTOCOL": "SSL"}, "--security-protocol"),
+    (["--connect-timeout", "5"], {}, "--connect-timeout"),
+])
+def test_serve_without_kafka_refuses_kafka_options_it_would_ignore(tmp_path: Path, args: list[str],
+                                                                  env: dict[str, str], named: str):
+    result = CliRunner().invoke(main, ["serve", "--port", "0", *args], env=env)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{named} would be ignored without --bootstrap-servers" in text, text
+    assert "s3cret-env" not in text
+
+
+def test_plain_over_sasl_plaintext_is_warned_about_once(monkeypatch: pytest.MonkeyPatch):
+    from otrules.consumers.kafka import connect
+
+    monkeypatch.setattr(connect, "wait_for_cluster", lambda *args, **kwargs: False)
+    plain = ["--security-protocol", "SASL_PLAINTEXT", "--sasl-mechanism", "PLAIN", "--sasl-username", "u"]
+    result = CliRunner().invoke(main, ["produce", *plain], env={"OTRULES_SASL_PASSWORD": "s3cret-plain"})
+    assert result.output.count("sends the password in clear text") == 1, result.output
+    assert "s3cret-plain" not in result.output
+    scram = CliRunner().invoke(main, ["produce", *plain[:3], "SCRAM-SHA-512", *plain[4:]],
+                               env={"OTRULES_SASL_PASSWORD": "s3cret-plain"})
+    assert "clear text" not in scram.output

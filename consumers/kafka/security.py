@@ -58,7 +58,8 @@ def problems(settings: KafkaSettings) -> list[str]:
     if not uses_tls(settings):
         given = [flag for flag, value in (("--ssl-cafile", settings.ssl_cafile),
                                           ("--ssl-certfile", settings.ssl_certfile),
-                                          ("--ssl-keyfile", settings.ssl_keyfile)) if value]
+                                          ("--ssl-keyfile", settings.ssl_keyfile),
+                                          ("--no-ssl-check-hostname", not settings.ssl_check_hostname)) if value]
         if given:
             out.append(f"{', '.join(given)} would be ignored with {protocol}: use SSL or SASL_SSL")
     if settings.ssl_keyfile and not settings.ssl_certfile:
@@ -129,6 +130,14 @@ def tls_file_problems(settings: KafkaSettings) -> list[str]:
         except OSError as exc:
             out.append(f"cannot read {key}: {exc.strerror or type(exc).__name__}")
     return out
+
+
+def warnings(settings: KafkaSettings) -> list[str]:
+    """Settings that work but deserve a word at start-up (logged once, never a secret)."""
+    if settings.security_protocol == "SASL_PLAINTEXT" and settings.sasl_mechanism == "PLAIN":
+        return ["SASL PLAIN over SASL_PLAINTEXT sends the password in clear text: anyone on the network path can "
+                "read it; use SASL_SSL (or a SCRAM mechanism)"]
+    return []
 
 
 def read_password_file(path: str) -> str:

@@ -571,6 +571,9 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
         from otrules.consumers.kafka.connect import access_refusal
 
         why = access_refusal(exc, kafka) if kafka is not None else None
+        structlog.get_logger("otrules.serve").error(
+            "kafka refused the connection" if why else "kafka failed", bootstrap_servers=bootstrap_servers,
+            reason=why, error=type(exc).__name__)
         click.echo(f"otrules serve: Kafka at {bootstrap_servers} refused the connection: {why}" if why else
                    f"otrules serve: Kafka at {bootstrap_servers} failed while opening {open_topic} "
                    f"({type(exc).__name__})", err=True)

@@ -455,3 +455,23 @@ def test_plain_over_sasl_plaintext_is_warned_about_once(monkeypatch: pytest.Monk
     scram = CliRunner().invoke(main, ["produce", *plain[:3], "SCRAM-SHA-512", *plain[4:]],
                                env={"OTRULES_SASL_PASSWORD": "s3cret-plain"})
     assert "clear text" not in scram.output
+
+
+@pytest.mark.parametrize(("command", "status"), [(["consume", "--http-port", "-1"], 0), (["produce"], 1),
+                                                 (["serve", "--bootstrap-servers", "127.0.0.1:1", "--port", "0"], 0)])
+def test_a_signal_during_the_wait_gives_the_status_operations_md_says(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path, command: list[str],
+                                                                       status: int):
+    """consume and serve (services) 0, produce (a one-off load that sent nothing) 1: docs/operations.md,
+    "Exit statuses". The wait itself returning False on a signal is tested in test_consume_no_broker.py."""
+    from otrules.consumers.kafka import connect
+
+    monkeypatch.setattr(connect, "wait_for_cluster", lambda *args, **kwargs: False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == status, result.output
+    name = command[0]
+    assert f"otrules {name}: stopped before Kafka was reached" in result.output
+    docs = " ".join((Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text().split())
+    assert "`consume` and `serve`, services, exit 0" in docs
+    assert "`produce`, a one-off load that has then sent nothing, exits 1" in docs

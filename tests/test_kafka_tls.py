@@ -132,9 +132,8 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize(("command", "failure"), [
-    *((command, failure) for command in ("consume", "produce", "serve")
-      for failure in ("wrong-password", "untrusted-certificate")),
-    ("consume", "no-client-certificate"),
+    (command, failure) for command in ("consume", "produce", "serve")
+    for failure in ("wrong-password", "untrusted-certificate", "no-client-certificate")
 ])
 def test_a_refused_login_or_certificate_stops_the_command_at_once_with_one_line_and_status_3(
         kafka_secure: SecureKafka, tmp_path: Path, command: str, failure: str):

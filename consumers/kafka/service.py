@@ -191,6 +191,8 @@ class Service(ConsumerRebalanceListener):
                 self._refuse(exc)  # an ACL or a login: not an outage, not retried
                 waited = time.monotonic() - started
                 if s.connect_timeout and waited >= s.connect_timeout:
+                    log.error("kafka not reachable; giving up", bootstrap_servers=s.bootstrap_servers,
+                              attempt=attempt, error=type(exc).__name__, timeout_s=s.connect_timeout)
                     raise KafkaUnreachable(s.bootstrap_servers, s.connect_timeout, type(exc).__name__, attempt) \
                         from None
                 log.warning("kafka start-up failed; retrying", attempt=attempt, error=type(exc).__name__)

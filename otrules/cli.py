@@ -649,7 +649,8 @@ def produce_command(input_path: str | None, bootstrap_servers: str, topic: str, 
     Each line is sent as it is (acks=all). A line without a readable
     patient_id is not sent and is reported by line number; the exit status is
     then 1. Exit 3 when Kafka cannot be reached within --connect-timeout, or
-    refuses the login or the certificates (nothing is sent)."""
+    refuses the login, the certificates or (before the first event is sent)
+    writing to the topic (nothing is sent)."""
     import structlog
     from kafka.errors import KafkaError
 
@@ -667,6 +668,12 @@ def produce_command(input_path: str | None, bootstrap_servers: str, topic: str, 
         try:
             result = producing.produce(events, bootstrap_servers, topic, on_skip=report, client=settings.client)
         except KafkaError as exc:
+            from otrules.consumers.kafka.connect import access_refusal
+
+            why = access_refusal(exc, settings)
+            if why is not None:  # an ACL (or a login) refused what the probe could not check: as the probe's
+                click.echo(f"otrules produce: Kafka at {bootstrap_servers} refused the connection: {why}", err=True)
+                sys.exit(3)
             text = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
             click.echo(f"error: cannot send to {topic} at {bootstrap_servers}: {text}", err=True)
             sys.exit(1)

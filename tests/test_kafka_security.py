@@ -475,3 +475,64 @@ def test_a_signal_during_the_wait_gives_the_status_operations_md_says(monkeypatc
     docs = " ".join((Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text().split())
     assert "`consume` and `serve`, services, exit 0" in docs
     assert "`produce`, a one-off load that has then sent nothing, exits 1" in docs
+
+
+def test_a_broker_whose_certificate_does_not_name_its_advertised_address_stops_the_start(
+        monkeypatch: pytest.MonkeyPatch):
+    """The bootstrap address may be named by the certificates while an advertised one is not: the clients
+    would then fail on every request to that broker, retried as an outage. A broker that merely does not
+    answer is not waited for."""
+    import threading
+    from types import SimpleNamespace
+
+    from otrules.consumers.kafka import connect
+    from otrules.consumers.kafka.connect import KafkaRefused
+
+    mismatch = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    mismatch.verify_message = "Hostname mismatch, certificate is not valid for 'kafka-2.internal'."
+    brokers = [SimpleNamespace(node_id=1, host="kafka-1", port=9093),
+               SimpleNamespace(node_id=2, host="kafka-2.internal", port=9093),
+               SimpleNamespace(node_id=3, host="kafka-3", port=9093)]
+    failures: dict[int, BaseException] = {3: KafkaConnectionError("Node 3 not ready after 1000 ms")}
+    contacted: list[int] = []
+
+    class Client:
+        cluster = SimpleNamespace(brokers=lambda: brokers)
+
+        def __init__(self, **config: Any) -> None:
+            pass
+
+        def check_version(self, timeout_ms: int) -> None:
+            pass
+
+        def await_ready(self, node_id: int, timeout_ms: int) -> bool:
+            contacted.append(node_id)
+            if node_id in failures:
+                raise failures[node_id]
+            return True
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(connect, "KafkaNetClient", Client)
+    assert connect.wait_for_cluster("kafka-1:9093", {}, threading.Event(), 5, _Log()) is True  # 3 is down: fine
+    assert contacted == [1, 2, 3]
+    failures[2] = _wrapped(mismatch)
+    with pytest.raises(KafkaRefused, match=r"does not name the host connected to .*\(broker 2 at "
+                                           r"kafka-2\.internal:9093\)$"):
+        connect.wait_for_cluster("kafka-1:9093", {}, threading.Event(), 5, _Log())
+
+
+def test_produce_refused_by_the_topic_acl_exits_3_with_the_refusal(monkeypatch: pytest.MonkeyPatch):
+    from otrules import produce as producing
+    from otrules.consumers.kafka import connect
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise TopicAuthorizationFailedError("ot.events")
+
+    monkeypatch.setattr(connect, "wait_for_cluster", lambda *args, **kwargs: True)
+    monkeypatch.setattr(producing, "produce", refused)
+    result = CliRunner().invoke(main, ["produce", "--bootstrap-servers", "127.0.0.1:1"])
+    assert result.exit_code == 3, result.output
+    assert ("otrules produce: Kafka at 127.0.0.1:1 refused the connection: this client's principal may not use "
+            "otrules' topics (TopicAuthorizationFailed)") in result.output

@@ -3,20 +3,21 @@
 kafka-python 3.0's clients bootstrap in their constructors and block for
 `bootstrap_timeout_ms` (30 s), deaf to signals. Here each attempt is a
 short-lived `KafkaNetClient` bootstrap (connection, ApiVersions, Metadata),
+then a connection to each broker the metadata names (where only a refusal
+counts: a certificate that does not name the address a broker advertises),
 bounded by `attempt_s` at first and twice as long at each failed attempt (up
 to the longest backoff, 10 s: a TLS handshake and a SCRAM login to a distant
 or busy cluster can take longer than a plain connection), run in a daemon
-thread. The caller only watches the
-clock and `stop`, so SIGINT/SIGTERM are honoured within a fraction of a
-second even when name resolution blocks.
+thread. The caller only watches the clock and `stop`, so SIGINT/SIGTERM are
+honoured within a fraction of a second even when name resolution blocks.
 
 Between attempts the wait backs off exponentially (0.5 s doubling to 10 s).
 Each failed attempt logs one line with the exception's class name only.
 
 A cluster that answers and refuses this client is not waited for: a failed SASL
 login, a broker certificate that does not chain to the trusted CAs, does not
-name the host or is out of its validity period, a client certificate the broker refuses, TLS files that cannot
-be loaded. Retrying cannot change those, so `KafkaRefused` is raised at once,
+name the host or is out of its validity period, a client certificate the
+broker refuses, TLS files that cannot be loaded. Retrying cannot change those, so `KafkaRefused` is raised at once,
 saying which setting to look at (and never the password).
 """
 
@@ -234,7 +235,7 @@ def _bootstrap(bootstrap_servers: str, client_config: dict[str, Any], budget_s: 
         # No IO thread is started: the bootstrap (connect, ApiVersions, Metadata) runs on this thread
         # and raises KafkaTimeoutError once `ms` has passed without cluster metadata.
         client.check_version(timeout_ms=ms)
-        return None
+        return _each_broker(client, cause, client_config, ms)
     except Exception as exc:
         # The bootstrap retries a refused connection, a failed name lookup or a refused login
         # until its deadline and then reports only a timeout: a refusal seen on the way wins
@@ -249,6 +250,26 @@ def _bootstrap(bootstrap_servers: str, client_config: dict[str, Any], budget_s: 
         if client is not None:
             with contextlib.suppress(Exception):  # nothing to release that matters
                 client.close()
+
+
+def _each_broker(client: Any, cause: _LastConnectionError, client_config: dict[str, Any], ms: int) -> _Refusal | None:
+    """After the bootstrap, the clients talk to each broker by the address it advertises, which its
+    certificate must name as well (and which must take this client's certificate and login): connect to
+    each once, within `ms` in all, so such a refusal stops the start too. A broker that does not answer
+    is not waited for (the clients retry it, as they do any broker that goes away): only a refusal counts."""
+    deadline = time.monotonic() + ms / 1000
+    for broker in client.cluster.brokers():
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms < 100:
+            break
+        cause.error, cause.refusal = None, None
+        try:
+            client.await_ready(broker.node_id, timeout_ms=left_ms)
+        except Exception as exc:
+            reason = cause.refusal or refusal(exc, client_config)
+            if reason is not None:
+                return _Refusal(f"{reason} (broker {broker.node_id} at {broker.host}:{broker.port})")
+    return None
 
 
 class _LastConnectionError(logging.Filter):

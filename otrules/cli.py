@@ -409,10 +409,9 @@ def _reach_kafka(command: str, settings: Any, log: Any, stop: Any = None, stoppe
     import threading
 
     from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, wait_for_cluster
-
-    _warn_password_on_command_line(log)
     from otrules.consumers.kafka.security import warnings
 
+    _warn_password_on_command_line(log)
     for warning in warnings(settings):
         log.warning(warning)
     previous = {}
@@ -445,7 +444,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 
     Exit status: 0 stopped (SIGTERM/SIGINT), 1 the rules failed validation,
     2 usage error, 3 Kafka could not be reached within --connect-timeout, or refused
-    the login or the certificates."""
+    the login, the certificates or an operation otrules needs (ACLs)."""
     import signal
     import threading
 
@@ -539,7 +538,8 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
     """The CDS Hooks service and dashboard (contracts.md §9): open recommendations as cards, feedback back.
 
     With --bootstrap-servers, exit 3 when Kafka cannot be reached within --connect-timeout, or refuses
-    the login or the certificates (TLS and SASL: the same options as `consume`)."""
+    the login, the certificates or reading the table (TLS and SASL: the same options as `consume`, which
+    are refused without --bootstrap-servers)."""
     import structlog
     from kafka.errors import KafkaError
 
@@ -548,7 +548,7 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
     kafka = None
     if not bootstrap_servers:
         _refuse_unused_kafka_options()
-    if bootstrap_servers:
+    else:
         kafka = _kafka_settings(bootstrap_servers=bootstrap_servers, input_topic=input_topic, open_topic=open_topic,
                                 **kafka_options)
     options = ServeOptions(rules=rules, catalogue=catalogue, input_path=input_path, follow=follow,

@@ -17,8 +17,10 @@ Each failed attempt logs one line with the exception's class name only.
 A cluster that answers and refuses this client is not waited for: a failed SASL
 login, a broker certificate that does not chain to the trusted CAs, does not
 name the host or is out of its validity period, a client certificate the
-broker refuses, TLS files that cannot be loaded. Retrying cannot change those, so `KafkaRefused` is raised at once,
-saying which setting to look at (and never the password).
+broker refuses, TLS files that cannot be loaded. Retrying cannot change
+those, so `KafkaRefused` is raised at once, saying which setting to look at
+(and never the password). `access_refusal` does the same for what the
+service's clients are refused after the probe (ACLs).
 """
 
 from __future__ import annotations

@@ -444,7 +444,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 
     Exit status: 0 stopped (SIGTERM/SIGINT), 1 the rules failed validation,
     2 usage error, 3 Kafka could not be reached within --connect-timeout, or refused
-    the login, the certificates or an operation otrules needs (ACLs)."""
+    the login, the certificates or an operation otrules needs (ACLs), or the installed
+    kafka-python is not one its consumer-group join guard fits."""
     import signal
     import threading
 
@@ -454,6 +455,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     from otrules.consumers.kafka import redact
     from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable
     from otrules.consumers.kafka.health import Health, serve
+    from otrules.consumers.kafka.join_guard import JoinGuardRefused
     from otrules.consumers.kafka.metrics import Metrics
     from otrules.consumers.kafka.reload import RulesWatcher
     from otrules.consumers.kafka.service import Service
@@ -482,8 +484,9 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     signal.signal(signal.SIGHUP, lambda *_: watcher.request())
     try:
         tally = service.run()
-    except (KafkaUnreachable, KafkaRefused) as exc:  # it went away again while the service was starting, for
-        # --connect-timeout; or it refused what otrules asked of it (an ACL, a login)
+    except (KafkaUnreachable, KafkaRefused, JoinGuardRefused) as exc:  # it went away again while the service was
+        # starting, for --connect-timeout; it refused what otrules asked of it (an ACL, a login); or a kafka-python
+        # whose group join the guard does not fit
         click.echo(f"otrules consume: {exc}", err=True)
         sys.exit(3)
     except KafkaError as exc:  # anything else the client gave up on

@@ -42,6 +42,7 @@ from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka.changelog import Changelog
 from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, access_refusal
 from otrules.consumers.kafka.health import Health
+from otrules.consumers.kafka.join_guard import keep_join_driven
 from otrules.consumers.kafka.metrics import Metrics
 from otrules.consumers.kafka.netclient import RetryingNetClient
 from otrules.consumers.kafka.open_table import fit_row, open_row
@@ -180,11 +181,11 @@ class Service(ConsumerRebalanceListener):
                 self.producer = self._new_producer()
                 if self.producer is None:
                     return False
-                self.consumer = KafkaConsumer(
+                self.consumer = keep_join_driven(KafkaConsumer(  # kafka-python 3.0.12 can drop a join
                     group_id=s.group_id, enable_auto_commit=False, isolation_level="read_committed",
                     auto_offset_reset="earliest", max_poll_records=s.batch_max_records,
                     session_timeout_ms=s.session_timeout_ms, client_id=f"otrules-{s.instance_id}",
-                    bootstrap_servers=s.bootstrap_servers, **s.service_client)
+                    bootstrap_servers=s.bootstrap_servers, **s.service_client))
                 self.consumer.subscribe([s.input_topic], listener=self)
             except KafkaError as exc:
                 self._close_clients()

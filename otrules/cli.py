@@ -473,7 +473,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     _reach_kafka("consume", settings, log, stopping)
-    metrics, health = Metrics(), Health()
+    metrics, health = Metrics(), Health(settings.max_unstable_seconds)
     service = Service(settings, engine, metrics=metrics, health=health, stop=stopping)
     if settings.http_port >= 0:
         _, port = serve(settings.http_host, settings.http_port, metrics, health)

@@ -2,6 +2,11 @@
 
 A plain standard-library server on its own thread: it only reads flags and
 the metrics registry, so it never touches the engine or the Kafka clients.
+
+Alive means two things: the loop turns, and the instance has been a stable
+consumer-group member within --max-unstable-seconds. A loop that turns while
+its member never finishes joining owns nothing and says nothing; only a
+restart helps it, so /healthz fails and the orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -21,16 +26,54 @@ STALL_SECONDS = 60.0  # the loop has not turned for this long: not alive
 class Health:
     """Flags the service loop updates and the HTTP handlers read."""
 
-    def __init__(self) -> None:
-        self.last_loop = time.monotonic()
+    def __init__(self, max_unstable_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.max_unstable_s = max_unstable_s  # 0: membership is not watched
+        self.last_loop = clock()
         self.ready = False
         self.reason = "starting"
+        self.unstable_since: float | None = self.last_loop  # not a member yet
+        self.unstable_why = "not joined yet"
+        self._reported = False
 
     def beat(self) -> None:
-        self.last_loop = time.monotonic()
+        self.last_loop = self.clock()
+
+    def member(self, stable: bool, why: str = "") -> bool:
+        """The loop's view of its group membership; True once, when it has been unstable too long
+        (the caller logs that), until it is stable again."""
+        now = self.clock()
+        if stable:
+            self.unstable_since, self._reported = None, False
+            return False
+        if self.unstable_since is None:
+            self.unstable_since = now
+        self.unstable_why = why
+        if self._reported or not self.max_unstable_s or now - self.unstable_since <= self.max_unstable_s:
+            return False
+        self._reported = True
+        return True
+
+    def unstable_for(self) -> float:
+        since = self.unstable_since  # read once: the loop's thread may clear it meanwhile
+        return 0.0 if since is None else self.clock() - since
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, why not)."""
+        if self.clock() - self.last_loop >= STALL_SECONDS:
+            return False, "stalled"
+        unstable = self.unstable_for()
+        if self.max_unstable_s and unstable > self.max_unstable_s:
+            return False, f"not a stable consumer-group member for {unstable:.0f} s ({self.unstable_why})"
+        return True, "ok"
 
     def alive(self) -> bool:
-        return time.monotonic() - self.last_loop < STALL_SECONDS
+        return self.liveness()[0]
+
+
+def _healthz(health: Health) -> tuple[int, str, bytes]:
+    alive, why = health.liveness()
+    return (200 if alive else 503), "text/plain", f"{why}\n".encode()
 
 
 def serve(host: str, port: int, metrics: Metrics, health: Health) -> tuple[ThreadingHTTPServer, int]:
@@ -38,7 +81,7 @@ def serve(host: str, port: int, metrics: Metrics, health: Health) -> tuple[Threa
 
     routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
         "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)),
-        "/healthz": lambda: (200, "text/plain", b"ok\n") if health.alive() else (503, "text/plain", b"stalled\n"),
+        "/healthz": lambda: _healthz(health),
         "/readyz": lambda: (200, "text/plain", b"ready\n") if health.ready and health.alive()
         else (503, "text/plain", f"not ready: {health.reason}\n".encode()),
     }

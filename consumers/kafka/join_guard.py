@@ -33,6 +33,7 @@ import structlog
 from kafka import KafkaConsumer
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.future import Future
+from kafka.structs import MemberState
 
 from otrules.schemas import OtrulesError
 
@@ -89,3 +90,13 @@ def keep_join_driven(consumer: KafkaConsumer) -> KafkaConsumer:
     coordinator.__class__ = KeepJoinDriven
     return consumer
 
+
+def membership(consumer: KafkaConsumer) -> tuple[bool, str]:
+    """(a stable member, why not): STABLE and its group coordinator known. kafka-python keeps a
+    member STABLE through a broker outage; only the unknown coordinator tells it is cut off."""
+    state = consumer.group_metadata().state
+    if state != MemberState.STABLE:
+        return False, f"member state {str(state).strip('<>').upper()}"  # '<rebalancing>': REBALANCING
+    if consumer._coordinator.coordinator_unknown():  # type: ignore[attr-defined]
+        return False, "group coordinator unknown"
+    return True, "stable"

@@ -34,7 +34,6 @@ import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
-from kafka.structs import MemberState
 
 from otrules.consumers.core import EventCore, EventFailed, Fault, Record, Rejection, Tally
 from otrules.consumers.fhir import FhirMapper, load_code_table
@@ -42,7 +41,7 @@ from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka.changelog import Changelog
 from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, access_refusal
 from otrules.consumers.kafka.health import Health
-from otrules.consumers.kafka.join_guard import keep_join_driven
+from otrules.consumers.kafka.join_guard import keep_join_driven, membership
 from otrules.consumers.kafka.metrics import Metrics
 from otrules.consumers.kafka.netclient import RetryingNetClient
 from otrules.consumers.kafka.open_table import fit_row, open_row
@@ -84,7 +83,7 @@ class Service(ConsumerRebalanceListener):
         self.engine = engine
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.health = health or Health()
+        self.health = health or Health(settings.max_unstable_seconds)
         self.metrics.set_rulesets(list(engine.rulesets))
         self.tally = Tally()
         self.batches = self.aborted = self.sweeps = 0
@@ -316,9 +315,14 @@ class Service(ConsumerRebalanceListener):
 
     def _update_readiness(self) -> None:
         """Ready: a stable member of the group (heartbeats answered), every assigned partition restored,
-        and the transactional producer initialised (run() does that before the first poll)."""
+        and the transactional producer initialised (run() does that before the first poll). Alive (the
+        watchdog): a stable member within --max-unstable-seconds; one error line when that fails."""
         assert self.consumer is not None
-        stable = self.consumer.group_metadata().state == MemberState.STABLE
+        stable, why = membership(self.consumer)
+        if self.health.member(stable, why):
+            log.error("not a stable consumer-group member for longer than --max-unstable-seconds; /healthz fails "
+                      "so that the instance is restarted", why=why, seconds=round(self.health.unstable_for(), 1),
+                      max_unstable_seconds=self.settings.max_unstable_seconds, owned=len(self.consumer.assignment()))
         if not self._joined:
             self.health.ready, self.health.reason = False, "waiting for partitions from the consumer group"
         elif self._to_restore:

@@ -27,6 +27,11 @@ def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
 
 
 CLIENT_BLOCK_MS = 5000  # longest a Kafka client call may block (bootstrap, metadata, transactional init)
+# The watchdog's default bound (docs/operations.md, "Kubernetes probes"): during a rebalance the broker waits
+# up to the rebalance timeout, kafka-python's max_poll_interval_ms (300 s), for a member busy between two polls
+# (a long restore or batch); three default session timeouts (30 s) more let a dead member be noticed and the
+# JoinGroup/SyncGroup round trips finish. Rounded up to 6 minutes.
+MAX_UNSTABLE_SECONDS = 360.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,10 @@ class KafkaSettings:
     transaction_timeout_ms: int = _setting(10_000, "How long a dead instance's open transaction can block readers.",
                                            minimum=1000)
     session_timeout_ms: int = _setting(10_000, "Consumer group session timeout.", minimum=1000)
+    max_unstable_seconds: float = _setting(MAX_UNSTABLE_SECONDS, "Longest an instance may go without being a stable "
+                                           "consumer-group member before /healthz fails, so the orchestrator restarts "
+                                           "it (0: never). A healthy rebalance can wait the rebalance timeout (300 s) "
+                                           "for a busy member, plus a few session timeouts.", minimum=0)
     max_record_bytes: int = _setting(1_000_000, "Largest record otrules publishes (recommendation, dead letter, "
                                      "state); a topic's smaller max.message.bytes wins. An event whose output would "
                                      "be larger is dead-lettered.", minimum=10_000)

@@ -34,6 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from otrules import synthetic
+from otrules.consumers.kafka.join_guard import keep_join_driven
 from otrules.consumers.kafka.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +105,9 @@ def _ts(text: str) -> float:
 
 def passthrough_rate(bootstrap: str, t: dict[str, str], total: int, batch: int) -> float:
     """Consume, produce a copy, commit offsets: polls of the same size as the service's batches."""
-    consumer = KafkaConsumer(t["input"], bootstrap_servers=bootstrap, group_id=f"{t['group']}-copy",
-                             auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=batch)
+    consumer = keep_join_driven(KafkaConsumer(  # as the service's: kafka-python 3.0.12 can drop a group join
+        t["input"], bootstrap_servers=bootstrap, group_id=f"{t['group']}-copy", auto_offset_reset="earliest",
+        enable_auto_commit=False, max_poll_records=batch))
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     done, start = 0, None
     while done < total:

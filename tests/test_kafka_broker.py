@@ -15,6 +15,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from kafka_support import create_topic, unique_name
+from otrules.consumers.kafka.join_guard import keep_join_driven
 
 pytestmark = pytest.mark.kafka
 
@@ -22,9 +23,11 @@ TIMEOUT_S = 30
 
 
 def _consumer(bootstrap: str, **config) -> KafkaConsumer:
+    """A consumer as otrules makes them: in a group, with the join guard (docs/operations.md, "Known issues")."""
     config.setdefault("auto_offset_reset", "earliest")
     config.setdefault("enable_auto_commit", False)
-    return KafkaConsumer(bootstrap_servers=bootstrap, client_id="otrules-tests", **config)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="otrules-tests", **config)
+    return keep_join_driven(consumer) if config.get("group_id") else consumer
 
 
 def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int:

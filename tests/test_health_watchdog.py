@@ -18,27 +18,28 @@ def test_unstable_longer_than_the_bound_fails_liveness_and_is_reported_once():
     health = Health(max_unstable_s=30, clock=clock)
     assert health.liveness() == (True, "ok")  # starting: not a member yet, within the bound
     clock.now += 10
-    assert health.member(True) is False and health.liveness() == (True, "ok")
+    assert health.member(True) is None and health.liveness() == (True, "ok")
     clock.now += 100
     health.beat()
-    assert health.member(False, "member state REBALANCING") is False  # unstable from now on
+    assert health.member(False, "member state REBALANCING") is None  # unstable from now on
     clock.now += 30
     health.beat()
-    assert health.member(False, "member state REBALANCING") is False and health.alive()  # not longer than the bound
+    assert health.member(False, "member state REBALANCING") is None and health.alive()  # not longer than the bound
     clock.now += 1
     health.beat()
-    assert health.member(False, "member state REBALANCING") is True  # the one time the caller logs
+    assert health.member(False, "member state REBALANCING") == "too long"  # the one time the caller logs it
     assert health.liveness() == (False, "not a stable consumer-group member for 31 s (member state REBALANCING)")
     clock.now += 60
     health.beat()
-    assert health.member(False, "group coordinator unknown") is False  # reported already
+    assert health.member(False, "group coordinator unknown") is None  # reported already
     assert health.liveness() == (False, "not a stable consumer-group member for 91 s (group coordinator unknown)")
-    assert health.member(True) is False and health.liveness() == (True, "ok")  # stable again: alive
+    assert health.member(True) == "stable again" and health.liveness() == (True, "ok")
+    assert health.member(True) is None
     clock.now += 31
     health.beat()
     health.member(False, "member state UNJOINED")
     clock.now += 31
-    assert health.member(False, "member state UNJOINED") is True  # a new episode is reported again
+    assert health.member(False, "member state UNJOINED") == "too long"  # a new episode is reported again
 
 
 def test_the_clock_starts_before_the_first_join_and_zero_turns_the_watchdog_off():
@@ -49,7 +50,7 @@ def test_the_clock_starts_before_the_first_join_and_zero_turns_the_watchdog_off(
     never_joined.beat()
     off.beat()
     assert never_joined.liveness() == (False, "not a stable consumer-group member for 6 s (not joined yet)")
-    assert off.member(False, "member state REBALANCING") is False and off.liveness() == (True, "ok")
+    assert off.member(False, "member state REBALANCING") is None and off.liveness() == (True, "ok")
     clock.now += STALL_SECONDS
     assert off.liveness() == (False, "stalled")  # the loop's own stall still counts
 

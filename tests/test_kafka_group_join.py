@@ -178,4 +178,5 @@ def test_healthz_fails_once_the_member_has_not_been_stable_for_longer_than_the_b
         assert time.monotonic() < deadline, f"/healthz stayed {status} after the group settled"
         time.sleep(0.3)
     assert _ready_all([service], timeout=60)
-    service.terminate()
+    log = service.terminate()
+    assert '"event": "a stable consumer-group member again; /healthz passes"' in log

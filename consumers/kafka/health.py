@@ -39,20 +39,21 @@ class Health:
     def beat(self) -> None:
         self.last_loop = self.clock()
 
-    def member(self, stable: bool, why: str = "") -> bool:
-        """The loop's view of its group membership; True once, when it has been unstable too long
-        (the caller logs that), until it is stable again."""
+    def member(self, stable: bool, why: str = "") -> str | None:
+        """The loop's view of its group membership. "too long" once it has been unstable for longer
+        than the bound, "stable again" when it is stable after that (the caller logs both), else None."""
         now = self.clock()
         if stable:
+            regained = self._reported
             self.unstable_since, self._reported = None, False
-            return False
+            return "stable again" if regained else None
         if self.unstable_since is None:
             self.unstable_since = now
         self.unstable_why = why
         if self._reported or not self.max_unstable_s or now - self.unstable_since <= self.max_unstable_s:
-            return False
+            return None
         self._reported = True
-        return True
+        return "too long"
 
     def unstable_for(self) -> float:
         since = self.unstable_since  # read once: the loop's thread may clear it meanwhile

@@ -319,10 +319,14 @@ class Service(ConsumerRebalanceListener):
         watchdog): a stable member within --max-unstable-seconds; one error line when that fails."""
         assert self.consumer is not None
         stable, why = membership(self.consumer)
-        if self.health.member(stable, why):
+        unstable_for = self.health.unstable_for()
+        change = self.health.member(stable, why)
+        if change == "too long":
             log.error("not a stable consumer-group member for longer than --max-unstable-seconds; /healthz fails "
-                      "so that the instance is restarted", why=why, seconds=round(self.health.unstable_for(), 1),
+                      "so that the instance is restarted", why=why, seconds=round(unstable_for, 1),
                       max_unstable_seconds=self.settings.max_unstable_seconds, owned=len(self.consumer.assignment()))
+        elif change == "stable again":
+            log.info("a stable consumer-group member again; /healthz passes", seconds=round(unstable_for, 1))
         if not self._joined:
             self.health.ready, self.health.reason = False, "waiting for partitions from the consumer group"
         elif self._to_restore:

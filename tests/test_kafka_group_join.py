@@ -78,10 +78,10 @@ def _join_round(bootstrap: str, poll_ms: list[int], partitions: int, deadline_s:
 
 def test_fresh_consumers_polling_for_a_few_milliseconds_all_get_their_partitions(kafka_bootstrap):
     """Four fresh members, polls of 1-10 ms, eight partitions: without the guard the first member,
-    alone when the topic's metadata makes it rejoin, is left REBALANCING (6 rounds in 6 measured);
-    with it every round converges within seconds (a member learns of a rebalance at its next
-    heartbeat, 3 s)."""
-    for n in range(2):
+    alone when the topic's metadata makes it rejoin, is often left REBALANCING (16 rounds of 20 with
+    bench/group_join_stuck.py, so three rounds all pass about one time in a hundred); with it every
+    round converges within seconds (a member learns of a rebalance at its next heartbeat, 3 s)."""
+    for n in range(3):
         took = _join_round(kafka_bootstrap, [1, 3, 5, 10], partitions=8, deadline_s=45)
         assert took is not None, f"round {n + 1}: a member never finished joining (guard {'on' if GUARD else 'off'})"
 

@@ -15,6 +15,12 @@ its own sink and its failure policy for an event the engine fails on:
 
 Counts add up in one `Tally`: read = processed + rejected + duplicates + skipped.
 
+Time is bounded (contracts.md §1): with `max_future`, an event whose `occurred_at`
+lies more than that after processing time (`clock()`: the wall clock, or a
+command's --as-of) is rejected, naming `occurred_at`, before it reaches any state.
+`Tally.last_event_at` (where a closing sweep runs) moves only with accepted plan,
+evaluation, visit and discharge events.
+
 Input is otrules' JSON events or FHIR R4 (`input_format`: `auto` tells them
 apart by a top-level `resourceType`). FHIR is an adapter in front of the same
 steps: `consumers.fhir` turns a line into events, which go through
@@ -37,6 +43,8 @@ from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined,
 from otrules.consumers.fhir.resources import entries, is_fhir
 from otrules.consumers.states import PatientStates
 from otrules.engine import Engine, Outcome, PatientState, Released
+from otrules.engine.derive import rfc3339
+from otrules.engine.state import CLOCK_TYPES
 from otrules.schemas import Event, EventRejected, FeedbackEvent, OtrulesError, Recommendation, parse_event
 
 INPUT_FORMATS = ("auto", "otrules", "fhir")
@@ -86,7 +94,7 @@ class Rejection:
 
     field: str
     reason: str
-    kind: str = "invalid"  # invalid | key | engine | too-large | state-too-large
+    kind: str = "invalid"  # invalid | key | future | engine | too-large | state-too-large
 
 
 class EventFailed(OtrulesError):
@@ -149,6 +157,8 @@ class Tally:
     feedback: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ruleset/rule, accepted|overridden)
     override_reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ruleset/rule, reason code)
     feedback_ignored: int = 0  # feedback on an unknown or already closed recommendation: changed nothing
+    retracted: int = 0  # retractions that took an evaluation's scores back
+    retractions_ignored: int = 0  # retractions of an unknown or already retracted event: changed nothing
 
     @property
     def recommendations(self) -> int:
@@ -173,6 +183,13 @@ class Tally:
             self.by_kind[rec.kind] += 1
             self.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
 
+    def count_retraction(self, result: str | None) -> None:
+        """A retraction as the engine took it (None: held in a reorder window, counted when released)."""
+        if result == "applied":
+            self.retracted += 1
+        elif result == "ignored":
+            self.retractions_ignored += 1
+
     def count_feedback(self, event: FeedbackEvent, result: str | None, recs: Sequence[Recommendation]) -> None:
         """What clinical leads tune rules with: accepted and overridden per rule, and why. `result`:
         what the engine did with it (None: held in a reorder window, counted when released)."""
@@ -193,7 +210,8 @@ class EventCore:
 
     def __init__(self, engine: Engine, states: States, sink: Sink, fault: Fault = Fault.DEAD_LETTER,
                  tally: Tally | None = None, max_state_bytes: int | None = None, input_format: str = "auto",
-                 fhir: FhirMapper | None = None) -> None:
+                 fhir: FhirMapper | None = None, max_future: dt.timedelta | None = None,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input format {input_format!r}: one of {', '.join(INPUT_FORMATS)}")
         self.engine = engine
@@ -204,6 +222,9 @@ class EventCore:
         self.fault = fault
         self.tally = tally if tally is not None else Tally()
         self.max_state_bytes = max_state_bytes  # checked after each event under Fault.ISOLATE
+        # the bound on the future (None: none, as for rule test cases) and processing time
+        self.max_future = max_future
+        self.clock: Callable[[], dt.datetime] = clock or _wall_clock
         self._in_place = isinstance(states, PatientStates)  # a state it hands out is changed in place
         self._ended = False  # `flush` was called: the input is complete, nothing more will arrive
         self.events: list[Event] = []  # the events the last record made (FHIR: none, one or several)
@@ -264,6 +285,10 @@ class EventCore:
             kind = "key" if exc.field == "key" else "invalid"
             self.reject(record, Rejection(exc.field or "(event)", exc.reason, kind))
             return None
+        future = self._future(event)
+        if future is not None:
+            self.reject(record, future)
+            return None
         try:
             state = self.states.get(event.patient_id)
         except ValueError as exc:  # stored bytes this otrules cannot read: keep them, set the event aside
@@ -275,6 +300,31 @@ class EventCore:
             return None
         self._count(event, result)
         return event
+
+    def now(self) -> dt.datetime:
+        """Processing time: what the future bound and a closing sweep measure against."""
+        return self.clock()
+
+    def closing_time(self) -> dt.datetime | None:
+        """Where a closing sweep over a file runs: the latest accepted event time, never past
+        processing time (contracts.md §1)."""
+        last = self.tally.last_event_at
+        if last is None:
+            return None
+        now = self.now()
+        return last if last <= now else now
+
+    def _future(self, event: Event) -> Rejection | None:
+        """The bound on the future: an event more than `max_future` after processing time."""
+        if self.max_future is None:
+            return None
+        now = self.clock()
+        if event.occurred_at - now <= self.max_future:
+            return None
+        shown = rfc3339(event.occurred_at)
+        return Rejection("occurred_at", f"occurred_at: {shown!r} is more than {_duration(self.max_future)} after "
+                                        f"the processing time {rfc3339(now)} (--max-future); check the year and "
+                                        "the sending system's clock", "future")
 
     def _process(self, record: Record, event: Event, fault: Fault | None,
                  state: PatientState | None) -> Outcome | Rejection:
@@ -330,13 +380,15 @@ class EventCore:
             tally.dropped += outcome.dropped
         if outcome.late:
             tally.late += 1
-        if not isinstance(event, FeedbackEvent) and (  # a clinician's answer is not the plans' clock
+        if event.type in CLOCK_TYPES and (  # a clinician's answer or a retraction is no plan's clock
                 tally.last_event_at is None or event.occurred_at > tally.last_event_at):
             tally.last_event_at = event.occurred_at
         if outcome.recommendations:
             tally.count(outcome.recommendations)
         if isinstance(event, FeedbackEvent):
             tally.count_feedback(event, outcome.feedback, outcome.recommendations)
+        elif outcome.retraction is not None:
+            tally.count_retraction(outcome.retraction)
 
     def _handle_fhir(self, record: Record, fault: Fault | None) -> list[Event]:
         """A FHIR line: its resources one at a time through the mapping, each event made through
@@ -407,7 +459,8 @@ class EventCore:
                 tally.processed += 1
                 self.states.put(state)
                 continue
-            result = self._process(record, step.event, fault, state)
+            future = self._future(step.event)
+            result = future if future is not None else self._process(record, step.event, fault, state)
             if isinstance(result, Rejection):
                 self._reject_each(record, step, result)
                 touched.pop(patient_id, None)  # rolled back (Fault.ISOLATE) or left as it is: read it again
@@ -454,6 +507,8 @@ class EventCore:
                 tally.late += 1
             if isinstance(item.event, FeedbackEvent):
                 tally.count_feedback(item.event, item.feedback, item.recommendations)
+            elif item.retraction is not None:
+                tally.count_retraction(item.retraction)
             tally.dropped += item.dropped
 
     def flush(self, states: States | None = None) -> None:
@@ -543,6 +598,20 @@ class EventCore:
 
 
 _RECORD_OVERHEAD = 128  # a record batch's header and one record's framing, over key and value
+
+
+def _wall_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _duration(span: dt.timedelta) -> str:
+    """A --max-future as people write it: 1 day, 36 hours, 90 minutes."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 def _held_record(event: Event, arrived: Record | None) -> Record:

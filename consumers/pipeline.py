@@ -43,10 +43,11 @@ class Pipeline:
 
     def __init__(self, engine: Engine, emit: Callable[[Recommendation], None], dead_letters: DeadLetterSink,
                  on_reject: Callable[[DeadLetter], None] | None = None, states: PatientStates | None = None,
-                 fault: Fault = Fault.DEAD_LETTER, input_format: str = "auto", fhir: FhirMapper | None = None) -> None:
+                 fault: Fault = Fault.DEAD_LETTER, input_format: str = "auto", fhir: FhirMapper | None = None,
+                 max_future: dt.timedelta | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.states = states if states is not None else PatientStates()
         self.core = EventCore(engine, self.states, FileSink(emit, dead_letters, on_reject), fault,
-                              input_format=input_format, fhir=fhir)
+                              input_format=input_format, fhir=fhir, max_future=max_future, clock=clock)
 
     @property
     def summary(self) -> Tally:

@@ -21,12 +21,14 @@ from otrules.engine.facts import FACTS
 from otrules.engine.gas import gas_t_score
 from otrules.engine.state import (
     MAX_POINTS,
+    MAX_SCORED,
     MAX_VISITS,
     GoalState,
     PatientState,
     PlanState,
     Point,
     Series,
+    scored_key,
     series_key,
 )
 from otrules.schemas import (
@@ -36,6 +38,7 @@ from otrules.schemas import (
     Event,
     Measure,
     PlanEvent,
+    RetractionEvent,
     VisitEvent,
 )
 
@@ -67,6 +70,11 @@ def apply_event(state: PatientState, event: Event, catalogue: Catalogue,
     elif isinstance(event, EvaluationEvent):
         for measure in event.measures:
             measure_facts.append((measure, _apply_measure(plan, event, measure, catalogue, at)))
+        # where its scores went, so a retraction can take them back
+        plan.scored[scored_key(event.event_id)] = [_compact_at(at), [[series_key(m.instrument, m.goal_id), m.score]
+                                                                     for m in event.measures]]
+        if len(plan.scored) > MAX_SCORED:
+            del plan.scored[next(iter(plan.scored))]
         if plan.last_evaluation is None or event.local_date > plan.last_evaluation:
             plan.last_evaluation = event.local_date
         if event.starts_reporting_period and (plan.reported_at is None or at > plan.reported_at):
@@ -257,6 +265,59 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
         if measure.instrument == "GAS":
             goal.gas_level = series.last
     return facts
+
+
+def retract(state: PatientState, event: RetractionEvent, catalogue: Catalogue) -> bool:
+    """Take an evaluation's scores out of its plan's history (contracts.md §1); the scores after them
+    are judged again without them, as for a late score. False (nothing changed) when the plan does
+    not know the evaluation: unknown, already retracted, not an evaluation, or older than the
+    MAX_SCORED evaluations a plan remembers. Moves no clock: "latest" and "days since" stay."""
+    plan = state.plans.get(event.plan_id)
+    entry = plan.scored.pop(scored_key(event.retracts), None) if plan is not None else None
+    if plan is None or entry is None:
+        return False
+    at = float(entry[0])
+    for key, score in entry[1]:
+        series = plan.series.get(key)
+        if series is None:
+            continue
+        points = series.points
+        index = bisect.bisect_left(points, at, key=_point_time)
+        while index < len(points) and points[index].at == at and points[index].score != score:
+            index += 1
+        if index >= len(points) or points[index].at != at:
+            continue  # let go already (past MAX_POINTS)
+        instrument_id, _, goal_id = key.partition("\x1f")
+        instrument = catalogue.get(instrument_id)
+        sign = instrument.sign if instrument else None
+        mcid = instrument.mcid if instrument else None
+        _work_out_runs(series, index - 1, sign, mcid)
+        del points[index]
+        goal = plan.goals.get(goal_id) if goal_id else None
+        if not points:
+            del plan.series[key]
+        else:
+            for i in range(index, len(points)):  # the scores after it are judged without it
+                later = points[i]
+                before = points[i - 1] if i else None
+                if before is None and series.dropped and later.known:
+                    continue  # the first kept point's runs began in scores let go
+                points[i] = _point(before, later.at, later.day, later.score, sign, mcid)
+            if series.dropped == 0 and series.first_at == at:
+                series.first_at, series.first = points[0].at, points[0].score
+        if goal is not None:
+            kept = plan.series.get(key)
+            if goal.instrument == instrument_id:
+                goal.latest = kept.last if kept is not None else None
+                if kept is None or series.dropped == 0:  # met by a score still kept (or let go before)
+                    goal.met_ever = kept is not None and any(_goal_met(goal, catalogue, p.score) for p in kept.points)
+            if instrument_id == "GAS":
+                goal.gas_level = kept.last if kept is not None else None
+    return True
+
+
+def _compact_at(at: float) -> int | float:
+    return int(at) if at.is_integer() else at
 
 
 def _work_out_runs(series: Series, upto: int, sign: int | None, mcid: float | None) -> None:

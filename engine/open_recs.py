@@ -2,7 +2,8 @@
 
 A recommendation is open until a newer one from the same rule for the same goal
 (or plan) supersedes it, the event that answers it arrives, its plan is
-discharged, or a clinician answers it. A closure is the same recommendation
+discharged, a clinician answers it, the evaluation that triggered it is
+retracted, or the per-patient cap closes it. A closure is the same recommendation
 again with `status: closed`, `closed_at` (event time), `closed_by` (the event
 id) and `closed_reason`. All of it is a function of the event stream, kept in
 the patient's state: replays give the same closures.
@@ -15,11 +16,24 @@ from collections.abc import Iterable
 
 from otrules.engine.derive import rfc3339
 from otrules.engine.state import PatientState
-from otrules.schemas import DischargeEvent, EvaluationEvent, Event, FeedbackEvent, PlanEvent, Recommendation, VisitEvent
+from otrules.schemas import (
+    DischargeEvent,
+    EvaluationEvent,
+    Event,
+    FeedbackEvent,
+    PlanEvent,
+    Recommendation,
+    RetractionEvent,
+    VisitEvent,
+)
 
 MAX_OPEN = 64
-"""Open recommendations kept per patient; past it the oldest is closed as superseded (a patient with
-64 decisions waiting has a worklist no one reads)."""
+"""Open recommendations kept per patient (a patient with 64 decisions waiting has a worklist no one
+reads). Past it one is closed as `capped`: the oldest of the lowest urgency (info before warning
+before critical), so the cap never closes a critical or warning recommendation while an info one is
+open, and never a critical one while a warning one is."""
+
+_URGENCY = {"info": 0, "warning": 1, "critical": 2}
 
 # what each kind of event answers (contracts.md §8)
 _REPORT = frozenset({"progress_report_due"})
@@ -64,9 +78,13 @@ def opened(state: PatientState, recs: Iterable[Recommendation]) -> list[Recommen
         closures += close(state, same, rec.occurred_at, rec.triggered_by[0], "superseded")
         state.open[rec.recommendation_id] = rec
     while len(state.open) > MAX_OPEN and last is not None:  # pushed out by the newest: closed by its trigger
-        oldest = next(iter(state.open.values()))
-        closures += close(state, [oldest], last.occurred_at, last.triggered_by[0], "superseded")
+        closures += close(state, [capped(state)], last.occurred_at, last.triggered_by[0], "capped")
     return closures
+
+
+def capped(state: PatientState) -> Recommendation:
+    """What the cap closes: the oldest (first opened) of the lowest urgency."""
+    return min(state.open.values(), key=lambda rec: _URGENCY.get(rec.indicator, 0))  # min keeps the first of equals
 
 
 def feedback(state: PatientState, event: FeedbackEvent) -> Recommendation | None:
@@ -79,6 +97,12 @@ def feedback(state: PatientState, event: FeedbackEvent) -> Recommendation | None
     if event.override_reason is None:
         return closure
     return closure.model_copy(update={"override_reason": event.override_reason.model_dump(exclude_none=True)})
+
+
+def retracted(state: PatientState, event: RetractionEvent) -> list[Recommendation]:
+    """Close every open recommendation the retracted evaluation triggered (contracts.md §1)."""
+    return close(state, (rec for rec in state.open.values() if event.retracts in rec.triggered_by),
+                 rfc3339(event.occurred_at), event.event_id, "retracted")
 
 
 def close(state: PatientState, recs: Iterable[Recommendation], at: str, by: str, reason: str) -> list[Recommendation]:

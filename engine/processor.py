@@ -6,9 +6,13 @@ are kept in the patient's state and measured in event time.
 
 Event time: an event older than its plan's latest (late) takes its place in the
 history and recommends nothing. With a reorder window W, events wait in the
-patient's state until an event W newer (or a sweep W later, or the end of the
-input) releases them in event-time order, so events out of order by less than
-W give exactly what the time-ordered stream gives.
+patient's state until an event of their plan W newer (or a sweep W later, or the
+end of the input) releases them in event-time order, so events out of order by
+less than W give exactly what the time-ordered stream gives.
+
+Clocks are local: a plan's clock and its watermark move only with that plan's
+own plan, evaluation, visit and discharge events. Feedback and retractions
+wait their turn in the window but move no clock.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 
 from otrules.engine import open_recs
 from otrules.engine.compiler import Compiled, compile_condition
-from otrules.engine.derive import EventFacts, apply_event, clock_facts, rfc3339
+from otrules.engine.derive import EventFacts, apply_event, clock_facts, retract, rfc3339
 from otrules.engine.limits import MAX_MESSAGE_KEYS, MAX_PENDING_ALPHAS, Level, combined, merge, pending_level
 from otrules.engine.loader import CompiledRuleset, Problem, Rule, RulesetError, instrument_problems
 from otrules.engine.matcher import Matcher
 from otrules.engine.recommend import build
 from otrules.engine.state import (
+    CLOCK_TYPES,
     MAX_HELD,
     MAX_HELD_BYTES,
     MAX_PLANS,
@@ -36,7 +41,16 @@ from otrules.engine.state import (
     ThrottleKey,
     held_size,
 )
-from otrules.schemas import Catalogue, Event, EventRejected, FeedbackEvent, Measure, PlanEvent, Recommendation
+from otrules.schemas import (
+    Catalogue,
+    Event,
+    EventRejected,
+    FeedbackEvent,
+    Measure,
+    PlanEvent,
+    Recommendation,
+    RetractionEvent,
+)
 from otrules.schemas._errors import show_value
 
 
@@ -51,6 +65,7 @@ class Released:
     late: bool = False
     dropped: int = 0
     feedback: str | None = None  # a feedback event: accepted | overridden (it closed one), or ignored
+    retraction: str | None = None  # a retraction: applied, or ignored (unknown or already retracted target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,7 @@ class Outcome:
     held: bool = False  # waiting in the reorder window
     released: tuple[Released, ...] = ()  # held events this one's time released
     feedback: str | None = None  # a feedback event: accepted | overridden (it closed one), or ignored
+    retraction: str | None = None  # a retraction: applied, or ignored (unknown or already retracted target)
 
 
 class _RuleGroup:
@@ -142,15 +158,15 @@ class Engine:
         applied). After a discharge, events still enter the plan's history but recommend
         nothing, until a plan snapshot re-opens the plan (contracts.md §1). A late event enters
         the history in its place and recommends nothing."""
-        if isinstance(event, FeedbackEvent):
+        if isinstance(event, (FeedbackEvent, RetractionEvent)):
             if not state.remember(event.event_id):
                 return _DUPLICATE
             if not self._window_s:
-                closure = open_recs.feedback(state, event)
-                return Outcome(duplicate=False, recommendations=(closure,) if closure else (),
-                               feedback=event.outcome if closure else "ignored", dropped=self._trim(state))
-            # with a window, feedback waits its turn in event time too: the recommendation it answers
-            # may still be held, and a replay must close what the live run closed
+                answer = self._answer(state, event)
+                return Outcome(duplicate=False, recommendations=answer.recommendations, feedback=answer.feedback,
+                               retraction=answer.retraction, dropped=self._trim(state))
+            # with a window, feedback and retractions wait their turn in event time too: what they
+            # answer may still be held, and a replay must close what the live run closed
             return self._hold(state, event)
         # with a reorder window the plan event may come later, within the window: checked at release
         if not self._window_s and event.plan_id not in state.plans and not isinstance(event, PlanEvent) and not any(
@@ -169,28 +185,49 @@ class Engine:
             return replace(outcome, released=released) if released else outcome
         return self._hold(state, event)
 
+    def _answer(self, state: PatientState, event: FeedbackEvent | RetractionEvent) -> Released:
+        """A clinician's feedback or a retraction applied: what it closed, and how it is counted."""
+        if isinstance(event, FeedbackEvent):
+            closure = open_recs.feedback(state, event)
+            return Released(event, (closure,) if closure else (), feedback=event.outcome if closure else "ignored")
+        if not retract(state, event, self.catalogue):
+            return Released(event, retraction="ignored")
+        closures = open_recs.retracted(state, event)
+        return Released(event, tuple(closures), retraction="applied")
+
     def _hold(self, state: PatientState, event: Event) -> Outcome:
-        at = event.occurred_at.timestamp()
         bisect.insort_right(state.held, event, key=_event_time)  # equal times: arrival order
         state.held_bytes += held_size(event)
-        state.watermark = at if state.watermark is None else max(state.watermark, at)
-        released = self.release(state, state.watermark - self._window_s)
+        released = self.release(state, -math.inf)  # what the plans' own watermarks now release
         return Outcome(duplicate=False, held=any(e is event for e in state.held), released=released,
                        dropped=self._trim(state))
 
     def release(self, state: PatientState, upto: float) -> tuple[Released, ...]:
         """Apply, in event time, the held events that occurred at or before `upto` (seconds since
-        the epoch; `math.inf` at the end of an input), and the oldest past MAX_HELD events or
+        the epoch; `math.inf` at the end of an input, `-math.inf` for none) or at least the window
+        before their plan's watermark (PatientState.watermark), and the oldest past MAX_HELD events or
         MAX_HELD_BYTES (the state is one changelog record)."""
         out: list[Released] = []
-        held = state.held
-        while held and (_event_time(held[0]) <= upto or len(held) > MAX_HELD or state.held_bytes > MAX_HELD_BYTES):
-            event = held.pop(0)
-            state.held_bytes -= held_size(event)
-            if isinstance(event, FeedbackEvent):
-                closure = open_recs.feedback(state, event)
-                out.append(Released(event, (closure,) if closure else (),
-                                    feedback=event.outcome if closure else "ignored"))
+        if not state.held:
+            return ()
+        marks: dict[str, float | None] = {}  # releasing an event never raises its plan's watermark
+        due = [e for e in state.held if self._due(state, e, upto, marks)]
+        if due:
+            gone = {id(e) for e in due}
+            state.held = [e for e in state.held if id(e) not in gone]
+        sizes = {id(e): held_size(e) for e in due}
+        kept_bytes = state.held_bytes - sum(sizes.values())
+        while len(state.held) > MAX_HELD or kept_bytes > MAX_HELD_BYTES:
+            early = state.held.pop(0)  # the bound: the oldest go early
+            sizes[id(early)] = size = held_size(early)
+            kept_bytes -= size
+            due.append(early)
+        if len(due) > 1:
+            due.sort(key=_event_time)  # stable: equal times keep arrival order
+        state.held_bytes = kept_bytes
+        for event in due:
+            if isinstance(event, (FeedbackEvent, RetractionEvent)):
+                out.append(self._answer(state, event))
                 continue
             if event.plan_id not in state.plans and not isinstance(event, PlanEvent):
                 state.forget(event.event_id)  # so it can be sent again once its plan is open
@@ -205,6 +242,16 @@ class Engine:
             else:
                 out.append(Released(event, outcome.recommendations, late=outcome.late, dropped=outcome.dropped))
         return tuple(out)
+
+    def _due(self, state: PatientState, event: Event, upto: float, marks: dict[str, float | None]) -> bool:
+        at = _event_time(event)
+        if at <= upto:
+            return True
+        plan_id = event.plan_id
+        if plan_id not in marks:
+            marks[plan_id] = state.watermark(plan_id)
+        mark = marks[plan_id]
+        return mark is not None and at <= mark - self._window_s
 
     def flush(self, state: PatientState) -> tuple[Released, ...]:
         """The end of an input: every held event, in event time."""
@@ -332,7 +379,7 @@ event of the plan late, and so silent, for good."""
 
 def _check_plausible(state: PatientState, event: Event, at: float) -> None:
     plan = state.plans.get(event.plan_id)
-    times = [_event_time(e) for e in state.held if e.plan_id == event.plan_id]
+    times = [_event_time(e) for e in state.held if e.plan_id == event.plan_id and e.type in CLOCK_TYPES]
     if plan is not None and plan.latest_at is not None:
         times.append(plan.latest_at)
     latest = max(times, default=None)

@@ -19,7 +19,7 @@ import orjson
 
 from otrules.schemas import Event, Goal, Recommendation, parse_event
 
-FORMAT = 3  # written as "v"; bump it when the layout below changes
+FORMAT = 4  # written as "v"; bump it when the layout below changes (4: retractable scores, no patient watermark)
 
 # The state bound: one patient's state must stay well under Kafka's 1 MB record limit
 # (it is one changelog record) whatever the feed sends. Past these, the oldest go first
@@ -34,6 +34,7 @@ MAX_POINTS = 64
 MAX_VISITS = 64  # missed visits in a row kept with their times; more are counted
 MAX_HELD = 256  # events held in the reorder window per patient; past it the oldest is released early
 MAX_HELD_BYTES = 256_000  # and their JSON at most this large, so the state stays one changelog record
+MAX_SCORED = 128  # evaluations per plan a retraction can still take back (their scores' places); older go first
 
 
 class ThrottleKey(NamedTuple):
@@ -180,6 +181,8 @@ class PlanState:
     closed_at: float | None = None  # the discharge in force
     latest_at: float | None = None  # the latest event applied: an older one is late
     latest_day: dt.date | None = None  # that event's calendar date: "today" for a late event's facts
+    # evaluations a retraction can take back: event-id digest (base64) -> [at, [[series key, score]...]]
+    scored: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def visits_missed_in_a_row(self) -> int:
@@ -206,6 +209,7 @@ class PlanState:
             "evaluated": _iso(self.last_evaluation), "discharged": self.discharged, "closed": _iso(self.closed_on),
             "times": [None if t is None else _compact(t) for t in (self.opened_at, self.closed_at, self.latest_at)]
             + [_iso(self.latest_day)],
+            **({"scored": self.scored} if self.scored else {}),
         }
 
     @classmethod
@@ -221,7 +225,7 @@ class PlanState:
             reported_at=d["reported"],
             last_evaluation=_date(d["evaluated"]), discharged=d["discharged"], closed_on=_date(d["closed"]),
             opened_at=d["times"][0], closed_at=d["times"][1], latest_at=d["times"][2],
-            latest_day=_date(d["times"][3]),
+            latest_day=_date(d["times"][3]), scored=d.get("scored", {}),
         )
 
 
@@ -232,7 +236,6 @@ class PatientState:
     seen_events: bytes = b""  # 8-byte event_id digests (see event_digest), in arrival order
     throttle: dict[ThrottleKey, dt.datetime] = field(default_factory=dict)  # -> last emitted (event time)
     held: list[Event] = field(default_factory=list)  # the reorder window: events waiting, in event time
-    watermark: float | None = None  # the latest occurred_at seen (held or applied)
     held_bytes: int = field(default=0, compare=False)  # JSON size of `held` (worked out again when read)
     fhir: dict[str, Any] | None = None  # FHIR input's join state (consumers/fhir/mapping.py), JSON values only
     open: dict[str, Recommendation] = field(default_factory=dict)  # open recommendations by id (engine/open_recs.py)
@@ -242,6 +245,19 @@ class PatientState:
         if plan is None:
             plan = self.plans[plan_id] = PlanState(plan_id)
         return plan
+
+    def watermark(self, plan_id: str) -> float | None:
+        """The plan's reorder watermark: the latest occurred_at of its own plan, evaluation, visit and
+        discharge events, held or applied. Feedback and retractions never move it, nor does any
+        other plan's event (contracts.md §1: clocks are local)."""
+        plan = self.plans.get(plan_id)
+        mark = plan.latest_at if plan is not None else None
+        for event in self.held:
+            if event.plan_id == plan_id and event.type in CLOCK_TYPES:
+                at = event.occurred_at.timestamp()
+                if mark is None or at > mark:
+                    mark = at
+        return mark
 
     def has_seen(self, event_id: str) -> bool:
         return self._seen(event_digest(event_id))
@@ -297,7 +313,6 @@ class PatientState:
             "seen": base64.b64encode(self.seen_events).decode(),
             "throttle": {k.text(): _epoch(v) for k, v in self.throttle.items()},
             "held": [event.model_dump(mode="json") for event in self.held],
-            "mark": self.watermark,
             **({"fhir": self.fhir} if self.fhir else {}),
             # each as its own JSON text: the keys sorted above would reorder a recommendation's evidence
             **({"open": [rec.model_dump_json(exclude={"emitted_at"}) for rec in self.open.values()]}
@@ -312,9 +327,13 @@ class PatientState:
         d = orjson.loads(value)
         if isinstance(d, dict) and d.get("v") == 2:
             d = _from_format_2(d)
+        if isinstance(d, dict) and d.get("v") == 3:
+            # format 3 kept one watermark per patient ("mark"); each plan's is now worked out from its
+            # own events (PatientState.watermark), and its evaluations cannot be retracted
+            d = {**d, "v": FORMAT}
         if not isinstance(d, dict) or d.get("v") != FORMAT:
             version = d.get("v", 1) if isinstance(d, dict) else "unknown"
-            raise ValueError(f"patient state: format {version} is not a format (2 or {FORMAT}) this otrules reads")
+            raise ValueError(f"patient state: format {version} is not a format (2 to {FORMAT}) this otrules reads")
         return cls(
             patient_id=d["patient"],
             plans={k: PlanState.from_dict(k, p) for k, p in d["plans"].items()},
@@ -322,11 +341,13 @@ class PatientState:
             throttle={ThrottleKey.parse(k): dt.datetime.fromtimestamp(v, dt.UTC) for k, v in d["throttle"].items()},
             held=(held := [parse_event(event) for event in d["held"]]),
             held_bytes=sum(held_size(event) for event in held),
-            watermark=d["mark"],
             fhir=d.get("fhir"),
             open={rec.recommendation_id: rec for rec in map(Recommendation.model_validate_json, d.get("open", ()))},
         )
 
+
+CLOCK_TYPES = frozenset({"plan", "evaluation", "visit", "discharge"})
+"""The event types that move their plan's clock and watermark (not feedback, not retractions)."""
 
 _LONG_AGO = -62135596800.0  # 0001-01-01: the first score of a series from format 2 has no time
 
@@ -352,12 +373,17 @@ def _from_format_2(d: dict[str, Any]) -> dict[str, Any]:
                           "treated": [[dt.date.fromisoformat(day).toordinal() - _EPOCH_DAY, -14 * 3600]
                                       for day in p["treated"]], "reported": None,
                           "times": [None, None, None, None]}
-    return {**d, "v": FORMAT, "plans": plans, "held": [], "mark": None}
+    return {**d, "v": 3, "plans": plans, "held": [], "mark": None}
 
 
 def held_size(event: Event) -> int:
     """The bytes an event held in a reorder window adds to the state."""
     return len(event.model_dump_json())
+
+
+def scored_key(event_id: str) -> str:
+    """An evaluation's key in PlanState.scored: its event-id digest, base64."""
+    return base64.b64encode(event_digest(event_id)).decode()
 
 
 def event_digest(event_id: str) -> bytes:

@@ -81,11 +81,13 @@ class Report:
 class _Side:
     """One engine over the history: the event core with a sink that keeps what it recommends."""
 
-    def __init__(self, engine: Engine, input_format: str = "auto", fhir: FhirMapper | None = None) -> None:
+    def __init__(self, engine: Engine, input_format: str = "auto", fhir: FhirMapper | None = None,
+                 max_future: dt.timedelta | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.engine = engine
         self.states = PatientStates()
         self.found: dict[Key, Brief] = {}
-        self.core = EventCore(engine, self.states, self, input_format=input_format, fhir=fhir)
+        self.core = EventCore(engine, self.states, self, input_format=input_format, fhir=fhir, max_future=max_future,
+                              clock=clock)
 
     def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
         for rec in recs:
@@ -100,12 +102,14 @@ class _Side:
 def backtest(new: Engine, baseline: Engine, records: Iterable[Record], samples: int = 5,
              progress: Callable[[int], None] | None = None, as_of: dt.datetime | None = None,
              input_format: str = "auto",
-             fhir: tuple[FhirMapper | None, FhirMapper | None] = (None, None)) -> Report:
+             fhir: tuple[FhirMapper | None, FhirMapper | None] = (None, None),
+             max_future: dt.timedelta | None = None, clock: Callable[[], dt.datetime] | None = None) -> Report:
     """Run both engines over `records`, advance time to `as_of` (default: the last
     event's time, as `otrules run` does), and compare what they recommend. `fhir`: the
     baseline's and the new side's FHIR mapping (None: the bundled code table)."""
     report = Report(_label(baseline), _label(new))
-    base, fresh = _Side(baseline, input_format, fhir[0]), _Side(new, input_format, fhir[1])
+    base = _Side(baseline, input_format, fhir[0], max_future, clock)
+    fresh = _Side(new, input_format, fhir[1], max_future, clock)
     same_catalogue = new.catalogue == baseline.catalogue
     for record in records:
         event = fresh.core.handle(record)
@@ -122,7 +126,7 @@ def backtest(new: Engine, baseline: Engine, records: Iterable[Record], samples: 
     tally = fresh.core.tally
     report.events, report.rejected = tally.read, tally.rejected
     report.engine_failures = tally.rejected_by["engine"] + base.core.tally.rejected_by["engine"]
-    at = as_of or max(filter(None, (tally.last_event_at, base.core.tally.last_event_at)), default=None)
+    at = as_of or max(filter(None, (fresh.core.closing_time(), base.core.closing_time())), default=None)
     if at is not None:
         for side in (base, fresh):
             side.core.sweep(at)

@@ -60,6 +60,11 @@ reorder_window_option = click.option(
     help="Hold each event this long in event time (e.g. 2d) so events that arrive out of order by less are "
          "taken in order; recommendations wait as long. Older events are late: they correct the history and "
          "recommend nothing. 0m: no holding.")
+max_future_option = click.option(
+    "--max-future", "max_future", type=DURATION, default="1d", envvar="OTRULES_MAX_FUTURE", show_default=True,
+    metavar="DURATION",
+    help="Reject an event whose occurred_at is more than this after processing time (the wall clock, or --as-of "
+         "where the command has it): a mistyped year must not move any clock (docs/event-time.md).")
 input_format_option = click.option(
     "--input-format", "input_format", type=click.Choice(["auto", "otrules", "fhir"]), default="auto",
     envvar="OTRULES_INPUT_FORMAT", show_default=True,
@@ -87,21 +92,25 @@ catalogue_option = click.option(
               show_default=True, help="jsonl for machines, table for people.")
 @click.option("--quiet", is_flag=True, envvar="OTRULES_QUIET", help="No per-line rejection messages on stderr.")
 @click.option("--as-of", "as_of", default=None, envvar="OTRULES_AS_OF", metavar="T",
-              help="After the input, advance the clock to T (RFC 3339) for every open plan. Default: the last "
-                   "event's time.")
+              help="Processing time (RFC 3339) for replays and tests: the future bound counts from it, and after the "
+                   "input the clock advances to T for every open plan. Default: the wall clock, and the latest "
+                   "accepted event's time (never past the wall clock).")
 @click.option("--retention-days", type=click.IntRange(min=0), default=90, envvar="OTRULES_RETENTION_DAYS",
               show_default=True, help="Days a discharged plan's state is kept (event time) before it is forgotten.")
 @reorder_window_option
+@max_future_option
 @input_format_option
 @fhir_codes_option
 def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, output_path: str,
         dlq_path: str | None, fmt: str, quiet: bool, as_of: str | None, retention_days: int,
-        reorder_window: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
+        reorder_window: dt.timedelta, max_future: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
     """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out.
 
-    After the input, time advances to --as-of for every open plan, so plans
-    that went silent get their recommendations too (expired certification,
-    overdue re-evaluation, a target date passed unscored)."""
+    After the input, time advances to --as-of (default: the latest accepted
+    event's time) for every open plan, so plans that went silent get their
+    recommendations too (expired certification, overdue re-evaluation, a
+    target date passed unscored). An event more than --max-future after
+    processing time is rejected."""
     sweep_at = _parse_time(as_of, "--as-of") if as_of else None
     _refuse_same_files(("--input", input_path or str(defaults.SAMPLE_STREAM)), ("--output", output_path),
                        ("--dlq", dlq_path))
@@ -122,7 +131,8 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                 click.echo(f"{_short(source_name)}{at}: rejected: {letter.field} ({where})", err=True)
 
         pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, input_format=input_format,
-                            fhir=_fhir_mapper(engine, fhir_codes))
+                            fhir=_fhir_mapper(engine, fhir_codes), max_future=max_future,
+                            clock=(lambda: sweep_at) if sweep_at is not None else None)
         goals: dict[tuple[str, str, str], str] = {}  # (patient, plan, goal) -> description, for the table
         for record in JsonlSource(events, source_name, documents=input_format != "otrules"):
             pipeline.core.handle(record)
@@ -133,7 +143,7 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                                       for g in event.goals})
         pipeline.core.flush()  # the end of the input releases what the reorder window holds
         summary = pipeline.summary
-        at = sweep_at or summary.last_event_at
+        at = sweep_at or pipeline.core.closing_time()  # the latest accepted event, never past processing time
         if at is not None:
             pipeline.sweep(at, dt.timedelta(days=retention_days))
         if fmt == "table":
@@ -241,10 +251,11 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
 @click.option("--patient", default=None, envvar="OTRULES_PATIENT",
               help="Its patient, if event ids repeat across patients.")
 @click.option("--json", "as_json", is_flag=True, envvar="OTRULES_JSON", help="Machine-readable output.")
+@max_future_option
 @input_format_option
 @fhir_codes_option
 def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, event_id: str, patient: str | None,
-            as_json: bool, input_format: str, fhir_codes: Path | None) -> None:
+            as_json: bool, max_future: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
     """Every rule one event was checked against; for a rule that did not fire, the first false clause."""
     import json
 
@@ -255,7 +266,7 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
         try:
             ex = explainer.explain(engine, JsonlSource(events, input_path, documents=input_format != "otrules"),
                                    event_id, patient, input_format=input_format,
-                                   fhir=_fhir_mapper(engine, fhir_codes))
+                                   fhir=_fhir_mapper(engine, fhir_codes), max_future=max_future)
         except explainer.EventNotFound as exc:
             raise click.UsageError(str(exc)) from None
     if as_json:
@@ -279,11 +290,12 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
 @click.option("--progress/--no-progress", default=None, envvar="OTRULES_PROGRESS",
               help="Progress bar (default: when stderr is a terminal).")
 @reorder_window_option
+@max_future_option
 @input_format_option
 @fhir_codes_option
 def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
-             as_json: bool, samples: int, progress: bool | None, reorder_window: dt.timedelta, input_format: str,
-             fhir_codes: Path | None) -> None:
+             as_json: bool, samples: int, progress: bool | None, reorder_window: dt.timedelta,
+             max_future: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
     """What a ruleset change would have recommended differently over a history."""
     import json
 
@@ -301,7 +313,8 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
         task = bar.add_task("backtest", total=total)
         report = bt.backtest(new_engine, base_engine, JsonlSource(events, path, documents=input_format != "otrules"),
                              samples, progress=lambda n: bar.advance(task, n), input_format=input_format,
-                             fhir=(_fhir_mapper(base_engine, fhir_codes), _fhir_mapper(new_engine, fhir_codes)))
+                             fhir=(_fhir_mapper(base_engine, fhir_codes), _fhir_mapper(new_engine, fhir_codes)),
+                             max_future=max_future)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
     else:
@@ -348,7 +361,7 @@ def _settings_options(fn: Any, only: tuple[str, ...] | None = None) -> Any:
             kind = click.IntRange(min=spec.minimum, max=spec.maximum)  # type: ignore[arg-type]
         elif spec.kind is float:
             kind = click.FloatRange(min=spec.minimum, max=spec.maximum)
-        elif spec.name == "reorder_window":
+        elif spec.name in ("reorder_window", "max_future"):
             kind = _DurationText()
         else:
             kind = str
@@ -511,6 +524,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 @click.option("--follow", is_flag=True, envvar="OTRULES_FOLLOW",
               help="With --input: read lines appended to the file as they come (as tail -f); the worklist updates "
                    "live.")
+@max_future_option
 @input_format_option
 @fhir_codes_option
 @click.option("--bootstrap-servers", default=None, envvar="OTRULES_BOOTSTRAP_SERVERS", metavar="HOST:PORT",
@@ -534,7 +548,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
               help="Bearer token for the pages and the API (set it with the environment variable, not on the "
                    "command line, where other users can see it).")
 @_kafka_client_options
-def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, follow: bool, input_format: str,
+def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, follow: bool,
+          max_future: dt.timedelta, input_format: str,
           fhir_codes: Path | None, bootstrap_servers: str | None, input_topic: str, open_topic: str, host: str,
           port: int, base_url: str | None, jwks: str | None, issuers: tuple[str, ...], token: str | None,
           **kafka_options: Any) -> None:
@@ -558,7 +573,7 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
                            input_format=input_format,
                            fhir_codes=fhir_codes, bootstrap_servers=bootstrap_servers, input_topic=input_topic,
                            open_topic=open_topic, host=host, port=port, base_url=base_url, jwks=jwks,
-                           issuers=issuers, token=token, kafka=kafka)
+                           issuers=issuers, token=token, kafka=kafka, max_future=max_future)
     _configure_logging()
     try:
         if kafka is not None:
@@ -775,9 +790,19 @@ def _summary_text(s: Tally) -> str:
     if s.closed:
         why = ", ".join(f"{k} {n}" for k, n in sorted(s.closed.items()))
         closed = f"; {sum(s.closed.values())} closed ({why})"
-    text = (f"read {s.read} = processed {s.processed} + rejected {s.rejected} + duplicates {s.duplicates}"
-            f"{skipped}; {s.recommendations} recommendations ({kinds}){swept}{closed}{late}")
-    return "\n".join([text, *_feedback_lines(s)])
+    future = s.rejected_by["future"]
+    future_text = f" ({future} dated past --max-future)" if future else ""
+    text = (f"read {s.read} = processed {s.processed} + rejected {s.rejected}{future_text} + duplicates "
+            f"{s.duplicates}{skipped}; {s.recommendations} recommendations ({kinds}){swept}{closed}{late}")
+    return "\n".join([text, *_feedback_lines(s), *_retraction_lines(s)])
+
+
+def _retraction_lines(s: Tally) -> list[str]:
+    """Scores taken back (contracts.md §1), and retractions of nothing the engine knows."""
+    if not s.retracted and not s.retractions_ignored:
+        return []
+    return [f"retractions: {s.retracted} applied, {s.retractions_ignored} of an unknown or already retracted "
+            "evaluation (changed nothing)"]
 
 
 def _feedback_lines(s: Tally) -> list[str]:

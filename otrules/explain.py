@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,15 @@ from otrules.engine import Engine, PatientState
 from otrules.engine.explain import Clause, failing_clauses
 from otrules.engine.processor import RuleCheck
 from otrules.engine.recommend import format_value
-from otrules.schemas import Event, EventRejected, OtrulesError, Recommendation
+from otrules.schemas import (
+    EvaluationEvent,
+    Event,
+    EventRejected,
+    FeedbackEvent,
+    OtrulesError,
+    Recommendation,
+    RetractionEvent,
+)
 
 
 class EventNotFound(OtrulesError, LookupError):
@@ -34,6 +42,9 @@ class Explanation:
     sweep_at: dt.datetime | None = None  # a sweep (`clock@<time>`), not an event
     patient_id: str | None = None
     late: bool = False  # older than its plan's latest event: placed in history, recommends nothing
+    closed: list[Recommendation] | None = None  # what the event closed (feedback, a retraction, an answer)
+    retracted_by: str | None = None  # a later retraction in the input took this evaluation's scores back
+    retraction: str | None = None  # a retraction explained: applied, or ignored (unknown or already retracted)
 
 
 class _Collect:
@@ -41,17 +52,20 @@ class _Collect:
 
     def __init__(self) -> None:
         self.recs: list[Recommendation] = []
+        self.closed: list[Recommendation] = []
         self.letters: list[tuple[Record, Rejection]] = []
 
     def recommend(self, recs: Sequence[Recommendation], record: Record | None) -> None:
         self.recs.extend(r for r in recs if r.status == "open")  # what the event recommended
+        self.closed.extend(r for r in recs if r.status == "closed")
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
         self.letters.append((record, rejection))
 
 
 def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id: str | None = None,
-            input_format: str = "auto", fhir: FhirMapper | None = None) -> Explanation:
+            input_format: str = "auto", fhir: FhirMapper | None = None, max_future: dt.timedelta | None = None,
+            clock: Callable[[], dt.datetime] | None = None) -> Explanation:
     """Replay the stream up to `event_id` (of `patient_id`, if given) and explain that event.
 
     A record with that id that was rejected (or that the engine failed on) is
@@ -59,10 +73,12 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
     recommendation made when time advanced carries as its trigger) explains the
     sweep of one patient at that time, after the whole stream."""
     if event_id.startswith("clock@"):
-        return _explain_sweep(engine, records, event_id, patient_id)
+        return _explain_sweep(engine, records, event_id, patient_id, max_future, clock)
+    records = iter(records)  # what is left after the event is read for a later retraction of it
     states = PatientStates()
     sink = _Collect()
-    core = EventCore(engine, states, sink, Fault.ISOLATE, input_format=input_format, fhir=fhir)
+    core = EventCore(engine, states, sink, Fault.ISOLATE, input_format=input_format, fhir=fhir,
+                     max_future=max_future, clock=clock)
     for record in records:
         if core.is_fhir(record):
             found = _explain_fhir_line(engine, core, sink, record, event_id, patient_id)
@@ -81,8 +97,10 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
         state = states.get(event.patient_id) or PatientState(event.patient_id)
         duplicate = state.has_seen(event.event_id)
         late = False
+        retraction = None
+        answers = isinstance(event, (FeedbackEvent, RetractionEvent))  # no rule is checked: it closes, or not
         try:
-            facts = None if duplicate else engine.explain_facts(copy.deepcopy(state), event)
+            facts = None if duplicate or answers else engine.explain_facts(copy.deepcopy(state), event)
             late = facts is not None and facts.late
             checks = [] if facts is None else engine.checks(facts)
         except Exception as exc:  # the engine fails on this event: say so rather than crash
@@ -91,11 +109,18 @@ def explain(engine: Engine, records: Iterable[Record], event_id: str, patient_id
                                                               f"event ({type(exc).__name__})", "engine")))
         else:
             sink.recs.clear()
+            sink.closed.clear()
             sink.letters.clear()
+            applied = core.tally.retracted
             core.handle(record, event=event)
+            if isinstance(event, RetractionEvent) and not duplicate:
+                retraction = "applied" if core.tally.retracted > applied else (
+                    "ignored" if not state.held else "held")
         if sink.letters:
             return Explanation(event, [], [], duplicate, sink.letters[-1][1], record.where)
-        return Explanation(event, checks, list(sink.recs), duplicate, None, record.where, late=late)
+        later = _retraction_of(records, event) if isinstance(event, EvaluationEvent) else None
+        return Explanation(event, checks, list(sink.recs), duplicate, None, record.where, late=late,
+                           closed=list(sink.closed), retracted_by=later, retraction=retraction)
     who = f" of patient {patient_id}" if patient_id else ""
     raise EventNotFound(f"no event with event_id {event_id!r}{who} in the input")
 
@@ -147,7 +172,8 @@ def _explain_fhir_line(engine: Engine, core: EventCore, sink: _Collect, record: 
     return None
 
 
-def _explain_sweep(engine: Engine, records: Iterable[Record], trigger: str, patient_id: str | None) -> Explanation:
+def _explain_sweep(engine: Engine, records: Iterable[Record], trigger: str, patient_id: str | None,
+                   max_future: dt.timedelta | None, clock: Callable[[], dt.datetime] | None) -> Explanation:
     text = trigger.removeprefix("clock@")
     try:
         at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -158,13 +184,26 @@ def _explain_sweep(engine: Engine, records: Iterable[Record], trigger: str, pati
     if patient_id is None:
         raise EventNotFound(f"{trigger!r} is a sweep of every open plan: say which patient with --patient")
     states = PatientStates()
-    EventCore(engine, states, _Collect(), Fault.ISOLATE).feed(records)
+    EventCore(engine, states, _Collect(), Fault.ISOLATE, max_future=max_future, clock=clock).feed(records)
     state = states.get(patient_id)
     if state is None:
         raise EventNotFound(f"no event of patient {patient_id!r} in the input")
     checks = engine.sweep_checks(state, at)
     emitted = list(engine.sweep(copy.deepcopy(state), at))
     return Explanation(None, checks, emitted, False, sweep_at=at, patient_id=patient_id)
+
+
+def _retraction_of(records: Iterable[Record], event: Event) -> str | None:
+    """The first later retraction (native lines) of this evaluation in the rest of the input."""
+    for record in records:
+        try:
+            body = orjson.loads(record.raw)
+        except orjson.JSONDecodeError:
+            continue
+        if (isinstance(body, dict) and body.get("type") == "retraction" and body.get("retracts") == event.event_id
+                and body.get("patient_id") == event.patient_id and isinstance(body.get("event_id"), str)):
+            return str(body["event_id"])
+    return None
 
 
 def _claims(raw: bytes, event_id: str, patient_id: str | None) -> bool:
@@ -195,11 +234,28 @@ def render(ex: Explanation) -> list[str]:
              f"plan {ev.plan_id}, at {ev.occurred_at.isoformat()}"]
     if ex.duplicate:
         return [*lines, "  a duplicate: this event_id was seen before for the patient, so it was skipped"]
+    if isinstance(ev, RetractionEvent):
+        if ex.retraction == "ignored":
+            return [*lines, f"  retracts {ev.retracts}: no evaluation of this plan by that id is known (unknown, not "
+                            "an evaluation, or already retracted), so it is counted and changes nothing"]
+        lines.append(f"  retracts {ev.retracts}: its scores left the plan's history and the scores after them are "
+                     "judged without them; no rule is checked and no clock moves")
+        lines += [f"  closed as retracted: {r.recommendation_id} ({r.kind}, rule {r.rule.id})" for r in ex.closed or ()]
+        return lines
+    if isinstance(ev, FeedbackEvent):
+        answered = [f"  closed as {r.closed_reason}: {r.recommendation_id} ({r.kind}, rule {r.rule.id})"
+                for r in ex.closed or ()]
+        return lines + (answered or ["  answers no open recommendation (unknown or already closed): counted, changes "
+                                 "nothing"])
     if ex.late:
         lines.append("  late: it occurred before the plan's latest event, so it took its place in the history "
                      "(the scores after it are judged against it) and recommends nothing; the checks below are "
                      "what its facts give")
+    if ex.retracted_by is not None:
+        lines.append(f"  retracted later by {ex.retracted_by}: its scores leave the history then, and what it "
+                     "recommended is closed as retracted")
     return lines + _render_checks(ex)
+
 
 
 def _render_checks(ex: Explanation) -> list[str]:
@@ -246,6 +302,13 @@ def as_json(ex: Explanation) -> dict[str, Any]:
         assert ex.event is not None
         head = {"event_id": ex.event.event_id, "patient_id": ex.event.patient_id, "where": ex.where,
                 "duplicate": ex.duplicate, "late": ex.late}
+        if isinstance(ex.event, RetractionEvent):
+            head |= {"retracts": ex.event.retracts, "retraction": ex.retraction}
+        if ex.retracted_by is not None:
+            head["retracted_by"] = ex.retracted_by
+        if ex.closed:
+            head["closed"] = [{"recommendation_id": r.recommendation_id, "closed_reason": r.closed_reason}
+                              for r in ex.closed]
     return {
         **head,
         "checks": [

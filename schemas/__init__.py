@@ -14,6 +14,7 @@ from otrules.schemas.events import (
     Goal,
     Measure,
     PlanEvent,
+    RetractionEvent,
     VisitEvent,
     parse_event,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "PlanEvent",
     "Recommend",
     "Recommendation",
+    "RetractionEvent",
     "RuleRef",
     "RuleSpec",
     "RulesetFile",

@@ -310,11 +310,21 @@ class FeedbackEvent(_EventBase):
         return reason
 
 
+class RetractionEvent(_EventBase):
+    """A score taken back (entered in error, contracts.md §1): the evaluation `retracts` names leaves
+    the history and what it triggered is closed as `retracted`. A retraction of an unknown or already
+    retracted event is counted and changes nothing; it never moves a clock."""
+
+    type: Literal["retraction"]
+    retracts: Id
+    reason: Text | None = None
+
+
 Event = Annotated[
-    PlanEvent | EvaluationEvent | VisitEvent | DischargeEvent | FeedbackEvent,
+    PlanEvent | EvaluationEvent | VisitEvent | DischargeEvent | FeedbackEvent | RetractionEvent,
     Field(discriminator="type"),
 ]
-EVENT_TYPES = ("plan", "evaluation", "visit", "discharge", "feedback")
+EVENT_TYPES = ("plan", "evaluation", "visit", "discharge", "feedback", "retraction")
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 # The event field that holds objects (a list of them), for _keys: Goal and Measure hold none.
 _NESTED: dict[type[BaseModel], str] = {PlanEvent: "goals", EvaluationEvent: "measures"}

@@ -20,7 +20,7 @@ Kind = Literal[
 ]
 Indicator = Literal["info", "warning", "critical"]  # in rising order of urgency (CDS Hooks)
 Status = Literal["open", "closed"]
-ClosedReason = Literal["superseded", "resolved", "accepted", "overridden", "discharged"]
+ClosedReason = Literal["superseded", "resolved", "accepted", "overridden", "discharged", "retracted", "capped"]
 CLOSED_REASONS: tuple[str, ...] = get_args(ClosedReason)
 RECOMMENDATION_KINDS: tuple[str, ...] = get_args(Kind)
 INDICATORS: tuple[str, ...] = get_args(Indicator)

@@ -73,7 +73,7 @@ def test_malformed_lines_are_dead_lettered_counted_and_the_run_goes_on(tmp_path)
     ]
     assert [json.loads(line)["reason"] for line in dlq.read_text().splitlines()] == [
         "not valid JSON: expected ident at line 1 column 2",
-        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge, feedback',
+        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge, feedback, retraction',
         "measures[0].score: 11 is outside the range 1–10 of COPM-performance",
         "occurred_at: required field is missing",
         "not UTF-8 text: byte 0xff at position 0",

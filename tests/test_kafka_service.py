@@ -312,7 +312,7 @@ def test_poison_input_is_dead_lettered_and_the_stream_goes_on(kafka_bootstrap, t
     reasons = sorted(dict(m.headers)["otrules.reason"].decode() for m in letters)
     assert reasons == sorted([
         "not valid JSON: expected ident at line 1 column 2",
-        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge, feedback',
+        'type: unknown event type "referral"; expected one of plan, evaluation, visit, discharge, feedback, retraction',
         "measures[0].score: 11 is outside the range 1–10 of COPM-performance",
     ])
     for m in letters:

@@ -20,7 +20,8 @@ SURFACE: dict[str, list[str] | None] = {
         "CLOSED_REASONS", "Catalogue", "DischargeEvent", "EvaluationEvent", "Event", "EventRejected",
         "FeedbackEvent", "Goal", "INDICATORS",
         "Instrument", "InstrumentOverride", "Measure", "OtrulesError", "PlanEvent", "RECOMMENDATION_KINDS",
-        "Recommend", "Recommendation", "RuleRef", "RuleSpec", "RulesetFile", "Source", "Throttle", "VisitEvent",
+        "Recommend", "Recommendation", "RetractionEvent", "RuleRef", "RuleSpec", "RulesetFile", "Source", "Throttle",
+        "VisitEvent",
         "describe_validation_error", "parse_duration", "parse_event"],
     "otrules.engine": [
         "CompiledRuleset", "ConditionError", "Engine", "FACTS", "FactInfo", "Outcome", "PatientState", "Problem", "Released",

@@ -71,7 +71,7 @@ def test_remembered_event_ids_cost_eight_bytes_whatever_their_length():
 
 
 def test_an_unknown_format_is_refused_with_its_version():
-    with pytest.raises(ValueError, match=r"format 1 is not a format \(2 or 3\)"):
+    with pytest.raises(ValueError, match=r"format 1 is not a format \(2 to 4\)"):
         PatientState.from_bytes(b'{"patient_id":"p-1","plans":{}}')
 
 

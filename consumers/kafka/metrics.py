@@ -16,14 +16,20 @@ class Metrics:
         self.recommendations = Counter("otrules_recommendations", "Recommendations by kind and rule",
                                        ["kind", "rule"], registry=r)
         self.dead_letters = Counter("otrules_dead_letters", "Events sent to the dead-letter topic, by why "
-                                    "(invalid, key, engine, too-large, state-too-large, state, refused)", ["kind"],
-                                    registry=r)
+                                    "(invalid, key, future, engine, too-large, state-too-large, state, refused)",
+                                    ["kind"], registry=r)
         self.state_dropped = Counter("otrules_state_dropped", "Remembered event ids and plans let go by the "
                                      "per-patient state bound", registry=r)
         self.late = Counter("otrules_late_events", "Events older than their plan's latest: placed in history, "
                             "recommended nothing", registry=r)
         self.closed = Counter("otrules_recommendations_closed", "Recommendations closed (contracts.md §8), by why: "
-                              "superseded, resolved, accepted, overridden, discharged", ["reason"], registry=r)
+                              "superseded, resolved, accepted, overridden, discharged, retracted, capped", ["reason"],
+                              registry=r)
+        self.capped = Counter("otrules_recommendations_capped", "Open recommendations closed by the per-patient cap "
+                              "(the oldest of the lowest urgency first; docs/operations.md)", registry=r)
+        self.retractions = Counter("otrules_retractions", "Retraction events, by outcome: applied (an evaluation's "
+                                   "scores taken back) or ignored (unknown or already retracted target)",
+                                   ["outcome"], registry=r)
         self.skipped = Counter("otrules_fhir_skipped_resources", "FHIR resources otrules does not read (another "
                                "type, a code not in the code table, a status it ignores), by why", ["why"],
                                registry=r)

@@ -61,7 +61,7 @@ from otrules.consumers.kafka.transaction import (
     send_offsets,
 )
 from otrules.engine import CompiledRuleset, Engine
-from otrules.schemas import Catalogue, OtrulesError
+from otrules.schemas import Catalogue, OtrulesError, parse_duration
 
 log = structlog.get_logger("otrules.consume")
 
@@ -365,7 +365,8 @@ class Service(ConsumerRebalanceListener):
         sink = KafkaSink(self.producer, self.settings, self.limits, self.metrics, self.clock)
         txn = BatchTransaction(view, sink, self.tally.copy())
         core = EventCore(self.engine, view, sink, Fault.RAISE, self.tally, max_state_bytes=self.limits.changelog,
-                         input_format=self.settings.input_format, fhir=self._fhir_mapper())
+                         input_format=self.settings.input_format, fhir=self._fhir_mapper(),
+                         max_future=parse_duration(self.settings.max_future))
         return txn, core
 
     def _batch(self, polled: dict[TopicPartition, list[Any]]) -> None:
@@ -436,7 +437,8 @@ class Service(ConsumerRebalanceListener):
             self._observe_state(partition)
         m = self.metrics
         for name, counter in (("dropped", m.state_dropped), ("late", m.late), ("unpublished", m.unpublished),
-                              ("sweep_failures", m.sweep_failures)):
+                              ("sweep_failures", m.sweep_failures), ("retracted", m.retractions.labels("applied")),
+                              ("retractions_ignored", m.retractions.labels("ignored"))):
             n = getattr(self.tally, name) - getattr(txn.counted, name)
             if n:
                 counter.inc(n)

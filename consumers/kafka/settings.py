@@ -79,6 +79,8 @@ class KafkaSettings:
     reorder_window: str = _setting("0m", "Hold each event this long in event time (e.g. 2d) so events out of order "
                                    "by less are taken in order; sweeps release them once the clock is that far "
                                    "past. Older events are late: they correct the history and recommend nothing.")
+    max_future: str = _setting("1d", "Reject an event whose occurred_at is more than this after the wall clock (a "
+                               "mistyped year must not move any clock); dead-lettered with kind future.")
     retention_days: int = _setting(90, "Days a discharged plan's state is kept (event time) before it is "
                                    "tombstoned.", minimum=0)
     connect_timeout: float = _setting(60.0, "Seconds to wait for Kafka at start-up before exiting with status 3 "

@@ -175,6 +175,8 @@ class KafkaSink:
             self.sent.append((future, record))
             if rec.status == "closed":
                 self.metrics.closed.labels(rec.closed_reason or "").inc()
+                if rec.closed_reason == "capped":
+                    self.metrics.capped.inc()
             else:
                 self.metrics.recommendations.labels(rec.kind, rec.rule.id).inc()
             if record is not None and record.timestamp_ms is not None:

@@ -7,6 +7,7 @@ carries patient data. TLS is the job of a proxy in front (docs/cds-hooks.md).
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import socket
 import sys
@@ -45,6 +46,7 @@ class ServeOptions:
     issuers: tuple[str, ...] = ()
     token: str | None = None
     kafka: Any = None  # KafkaSettings (TLS, SASL) for --bootstrap-servers; None: built from the fields above
+    max_future: dt.timedelta = dt.timedelta(days=1)
 
 
 def is_loopback(host: str) -> bool:
@@ -120,4 +122,4 @@ def _source(options: ServeOptions, engine_of: Callable[[], Engine], mapper_of: C
     engine = engine_of()
     path = Path(options.input_path) if options.input_path else defaults.SAMPLE_STREAM
     return Embedded.from_path(engine, path, follow=options.follow, input_format=options.input_format,
-                              fhir=mapper_of(engine))
+                              fhir=mapper_of(engine), max_future=options.max_future)

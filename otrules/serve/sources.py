@@ -100,19 +100,22 @@ class Embedded:
     `follow`, lines appended to the file are read as they come (as `tail -f` would)."""
 
     def __init__(self, engine: Engine, data: bytes, name: str, input_format: str = "auto",
-                 fhir: FhirMapper | None = None, follow: Path | None = None) -> None:
+                 fhir: FhirMapper | None = None, follow: Path | None = None,
+                 max_future: dt.timedelta | None = dt.timedelta(days=1),
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
         self._lock = threading.RLock()
         self.changes = Changes()
         self._history: list[Recommendation] = []
         self.input_format = input_format
         self.catalogue: Catalogue | None = engine.catalogue
         self.pipeline = Pipeline(engine, self._emitted, DeadLetterSink(None), input_format=input_format, fhir=fhir,
-                                 on_reject=self._rejected)
+                                 on_reject=self._rejected, max_future=max_future, clock=clock)
         self.pipeline.feed(JsonlSource(io.BytesIO(data), name, documents=input_format != "otrules"))
         self.pipeline.core.flush()
         tally = self.pipeline.summary
-        if tally.last_event_at is not None:  # as `otrules run` does: time advances to the last event
-            self.pipeline.sweep(tally.last_event_at)
+        at = self.pipeline.core.closing_time()
+        if at is not None:  # as `otrules run` does: time advances to the latest accepted event, never past now
+            self.pipeline.sweep(at)
         log.info("loaded", events=tally.read, rejected=tally.rejected, open=len(self.all_open()))
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -135,7 +138,8 @@ class Embedded:
 
     def _follow(self, path: Path, offset: int) -> None:
         """New complete lines of the file, every half second (a partial last line waits for its end),
-        then time advances to the latest event for every open plan, as `otrules run` ends. A file
+        then time advances to the latest accepted event (never past now) for every open plan, as
+        `otrules run` ends. A file
         that shrank was truncated or replaced (log rotation): it is read again from its start."""
         pending = b""
         number = 0
@@ -160,7 +164,7 @@ class Embedded:
                     number += 1
                     if line.strip():
                         self.pipeline.core.handle(Record(line.rstrip(b"\r"), f"{path} (followed)", line=number))
-                at = self.pipeline.summary.last_event_at
+                at = self.pipeline.core.closing_time()
                 if at is not None and lines:
                     self.pipeline.sweep(at)
 

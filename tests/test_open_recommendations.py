@@ -228,5 +228,6 @@ def test_past_the_bound_the_oldest_is_closed_by_what_pushed_it_out(engine):
     newest = base.model_copy(update={"recommendation_id": "new", "goal_id": "g-new",
                                      "occurred_at": "2026-06-01T00:00:00Z", "triggered_by": ["e-new"]})
     [pushed] = add(state, [newest])
-    assert (pushed.recommendation_id, pushed.closed_by, pushed.closed_at) == ("r0", "e-new", "2026-06-01T00:00:00Z")
+    assert (pushed.recommendation_id, pushed.closed_by, pushed.closed_at, pushed.closed_reason) == (
+        "r0", "e-new", "2026-06-01T00:00:00Z", "capped")
     assert len(state.open) == MAX_OPEN

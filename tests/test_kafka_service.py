@@ -746,3 +746,52 @@ def test_a_key_that_is_missing_or_not_the_patient_is_dead_lettered(kafka_bootstr
     assert reasons[-1].startswith("key: the Kafka message has no key")
     assert reasons[0].startswith("key: the Kafka key ") and "is not the body's patient_id" in reasons[0]
     assert "+ rejected 4 + duplicates 0" in log
+
+
+def test_a_far_future_event_and_a_feedback_click_change_no_clock(kafka_bootstrap, tmp_path):
+    """Issue 23 through `consume`: another patient's plan dated 36 years ahead is dead-lettered naming
+    occurred_at, and a feedback event stamped with the wall clock (as serve stamps it) does not defeat
+    the 1-day reorder window: an evaluation an hour out of order keeps its recommendations."""
+    import datetime as dt
+
+    def event(**body: object) -> bytes:
+        return json.dumps({"patient_id": "p-1", "plan_id": "poc-1", **body}).encode()
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    goal = {"goal_id": "g1", "description": "Dressing", "instrument": "COPM-performance", "baseline": 3, "target": 7}
+    plan = {"type": "plan", "occurred_at": "2026-01-05T09:00:00Z", "setting": "outpatient", "frequency_per_week": 2,
+            "certified_from": "2026-01-05", "certified_until": "2026-06-30", "goals": [goal]}
+    evaluation = {"type": "evaluation", "kind": "progress", "clinician_id": "ot-1"}
+    far = now.replace(year=now.year + 36).isoformat().replace("+00:00", "Z")
+    lines = [
+        event(event_id="plan-1", **plan),
+        event(event_id="e-1", occurred_at="2026-01-10T10:00:00Z",
+              measures=[{"instrument": "COPM-performance", "score": 4, "goal_id": "g1"}], **{**evaluation,
+                                                                                        "kind": "initial"}),
+        json.dumps({**plan, "event_id": "far-1", "patient_id": "p-2", "plan_id": "poc-2", "occurred_at": far}).encode(),
+        event(type="feedback", event_id="f-1", occurred_at=now.isoformat().replace("+00:00", "Z"),
+              recommendation_id="unknown", outcome="accepted"),
+        event(type="visit", event_id="v-1", occurred_at="2026-01-20T10:00:00Z", status="attended"),
+        event(event_id="e-2", occurred_at="2026-01-20T09:00:00Z",  # an hour out of order: goal met
+              measures=[{"instrument": "COPM-performance", "score": 7, "goal_id": "g1"}], **evaluation),
+        event(type="visit", event_id="v-2", occurred_at="2026-01-25T10:00:00Z", status="attended"),  # releases it
+    ]
+    ordered = [lines[i] for i in (0, 1, 5, 4, 6)]  # the plan's own events in time order, nothing else
+    engine = Engine(defaults.rulesets(), defaults.catalogue(), reorder_window=dt.timedelta(days=1))
+    out: list[str] = []
+    Pipeline(engine, lambda r: out.append(r.to_json()), DeadLetterSink(None)).feed(
+        JsonlSource(io.BytesIO(b"\n".join(ordered) + b"\n")))
+    expected = sorted(_EMITTED.sub("", r) for r in out)
+    assert {json.loads(r)["kind"] for r in out} >= {"advance_goal", "discharge"}
+    topics = Topics(kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topics.input, lines)
+    consumer = Consumer(kafka_bootstrap, topics, "clocks", tmp_path, "--reorder-window", "1d")
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    letters = read_all(kafka_bootstrap, topics.dlq, 1, timeout=30)
+    log = consumer.terminate()
+    assert recommendations(records) == expected
+    assert [m.value for m in letters] == [lines[2]]
+    headers = dict(letters[0].headers)
+    assert headers["otrules.kind"] == b"future"
+    assert headers["otrules.reason"].decode().startswith(f"occurred_at: '{far}' is more than 1 day after")
+    assert "+ rejected 1 + duplicates 0" in log

@@ -43,9 +43,17 @@ from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined,
 from otrules.consumers.fhir.resources import entries, is_fhir
 from otrules.consumers.states import PatientStates
 from otrules.engine import Engine, Outcome, PatientState, Released
-from otrules.engine.derive import rfc3339
+from otrules.engine.derive import group_scores, rfc3339
 from otrules.engine.state import CLOCK_TYPES
-from otrules.schemas import Event, EventRejected, FeedbackEvent, OtrulesError, Recommendation, parse_event
+from otrules.schemas import (
+    EvaluationEvent,
+    Event,
+    EventRejected,
+    FeedbackEvent,
+    OtrulesError,
+    Recommendation,
+    parse_event,
+)
 
 INPUT_FORMATS = ("auto", "otrules", "fhir")
 
@@ -467,6 +475,8 @@ class EventCore:
                 continue
             for alias in step.event_ids[1:]:  # a resend of one Observation of the group alone is a duplicate
                 state.remember(alias)
+            if len(step.event_ids) > 1 and isinstance(step.event, EvaluationEvent):
+                group_scores(state, step.event, step.event_ids)  # each Observation can be retracted alone
             self.states.put(state)
             self._count(step.event, result, resources)
             made.append(step.event)

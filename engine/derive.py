@@ -71,10 +71,7 @@ def apply_event(state: PatientState, event: Event, catalogue: Catalogue,
         for measure in event.measures:
             measure_facts.append((measure, _apply_measure(plan, event, measure, catalogue, at)))
         # where its scores went, so a retraction can take them back
-        plan.scored[scored_key(event.event_id)] = [_compact_at(at), [[series_key(m.instrument, m.goal_id), m.score]
-                                                                     for m in event.measures]]
-        if len(plan.scored) > MAX_SCORED:
-            del plan.scored[next(iter(plan.scored))]
+        _remember_scores(plan, event, at, state.groups.pop(event.event_id, None))
         if plan.last_evaluation is None or event.local_date > plan.last_evaluation:
             plan.last_evaluation = event.local_date
         if event.starts_reporting_period and (plan.reported_at is None or at > plan.reported_at):
@@ -267,15 +264,50 @@ def _apply_measure(plan: PlanState, event: EvaluationEvent, measure: Measure, ca
     return facts
 
 
-def retract(state: PatientState, event: RetractionEvent, catalogue: Catalogue) -> bool:
+def _remember_scores(plan: PlanState, event: EvaluationEvent, at: float, ids: list[str] | None) -> None:
+    """PlanState.scored: the evaluation's scores by its event id; or, for an evaluation made of
+    several source records (a FHIR Bundle's Observations, `ids` one per measure), each record's
+    score by its own id, with the evaluation's id to close what it triggered."""
+    places = [[series_key(m.instrument, m.goal_id), m.score] for m in event.measures]
+    if ids is not None and len(ids) == len(places):
+        for one, place in zip(ids, places, strict=True):
+            plan.scored[scored_key(one)] = [_compact_at(at), [place], event.event_id]
+    else:
+        plan.scored[scored_key(event.event_id)] = [_compact_at(at), places]
+    while len(plan.scored) > MAX_SCORED:
+        del plan.scored[next(iter(plan.scored))]
+
+
+def group_scores(state: PatientState, event: EvaluationEvent, ids: list[str]) -> None:
+    """An evaluation made of several source records (`ids`, one per measure, the first its own
+    event id): each can be retracted on its own. Called after the event went to the engine: if it
+    was applied, its entry is split now; if a reorder window holds it, when it is applied."""
+    plan = state.plans.get(event.plan_id)
+    entry = plan.scored.get(scored_key(event.event_id)) if plan is not None else None
+    if plan is None or entry is None or len(entry) != 2:
+        if any(held is event or held.event_id == event.event_id for held in state.held):
+            state.groups[event.event_id] = list(ids)
+        return
+    del plan.scored[scored_key(event.event_id)]
+    _remember_scores(plan, event, float(entry[0]), list(ids))
+
+
+def retract(state: PatientState, event: RetractionEvent,
+            catalogue: Catalogue) -> tuple[str, frozenset[str] | None] | None:
     """Take an evaluation's scores out of its plan's history (contracts.md §1); the scores after them
-    are judged again without them, as for a late score. False (nothing changed) when the plan does
-    not know the evaluation: unknown, already retracted, not an evaluation, or older than the
-    MAX_SCORED evaluations a plan remembers. Moves no clock: "latest" and "days since" stay."""
+    are judged again without them, as for a late score. Returns what to close: the recommendations
+    triggered by that event id (with a goal filter when one record of a grouped evaluation was
+    retracted: those of its goals and those of the whole plan); None (nothing changed) when the
+    plan does not know the evaluation: unknown, already retracted, not an evaluation, or older than
+    the MAX_SCORED evaluations a plan remembers. Moves no clock: "latest" and "days since" stay."""
     plan = state.plans.get(event.plan_id)
     entry = plan.scored.pop(scored_key(event.retracts), None) if plan is not None else None
     if plan is None or entry is None:
-        return False
+        return None
+    closes: tuple[str, frozenset[str] | None] = (event.retracts, None)
+    if len(entry) > 2:  # one record of a grouped evaluation
+        goals = frozenset(key.partition("\x1f")[2] for key, _ in entry[1]) - {""}
+        closes = (str(entry[2]), goals)
     at = float(entry[0])
     for key, score in entry[1]:
         series = plan.series.get(key)
@@ -313,7 +345,7 @@ def retract(state: PatientState, event: RetractionEvent, catalogue: Catalogue) -
                     goal.met_ever = kept is not None and any(_goal_met(goal, catalogue, p.score) for p in kept.points)
             if instrument_id == "GAS":
                 goal.gas_level = kept.last if kept is not None else None
-    return True
+    return closes
 
 
 def _compact_at(at: float) -> int | float:

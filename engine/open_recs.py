@@ -99,9 +99,12 @@ def feedback(state: PatientState, event: FeedbackEvent) -> Recommendation | None
     return closure.model_copy(update={"override_reason": event.override_reason.model_dump(exclude_none=True)})
 
 
-def retracted(state: PatientState, event: RetractionEvent) -> list[Recommendation]:
-    """Close every open recommendation the retracted evaluation triggered (contracts.md §1)."""
-    return close(state, (rec for rec in state.open.values() if event.retracts in rec.triggered_by),
+def retracted(state: PatientState, event: RetractionEvent, trigger: str,
+              goals: frozenset[str] | None = None) -> list[Recommendation]:
+    """Close every open recommendation the retracted evaluation (`trigger`) triggered (contracts.md
+    §1); with `goals` (one record of a grouped evaluation), those about its goals or the whole plan."""
+    return close(state, (rec for rec in state.open.values() if trigger in rec.triggered_by
+                         and (goals is None or rec.goal_id is None or rec.goal_id in goals)),
                  rfc3339(event.occurred_at), event.event_id, "retracted")
 
 

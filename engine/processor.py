@@ -190,9 +190,10 @@ class Engine:
         if isinstance(event, FeedbackEvent):
             closure = open_recs.feedback(state, event)
             return Released(event, (closure,) if closure else (), feedback=event.outcome if closure else "ignored")
-        if not retract(state, event, self.catalogue):
+        closes = retract(state, event, self.catalogue)
+        if closes is None:
             return Released(event, retraction="ignored")
-        closures = open_recs.retracted(state, event)
+        closures = open_recs.retracted(state, event, *closes)
         return Released(event, tuple(closures), retraction="applied")
 
     def _hold(self, state: PatientState, event: Event) -> Outcome:
@@ -231,6 +232,7 @@ class Engine:
                 continue
             if event.plan_id not in state.plans and not isinstance(event, PlanEvent):
                 state.forget(event.event_id)  # so it can be sent again once its plan is open
+                state.groups.pop(event.event_id, None)
                 reason = f"plan_id: no plan event has opened {show_value(event.plan_id)} by this event's time"
                 out.append(Released(event, failure=("plan_id", reason, "invalid")))
                 continue

@@ -239,6 +239,8 @@ class PatientState:
     held_bytes: int = field(default=0, compare=False)  # JSON size of `held` (worked out again when read)
     fhir: dict[str, Any] | None = None  # FHIR input's join state (consumers/fhir/mapping.py), JSON values only
     open: dict[str, Recommendation] = field(default_factory=dict)  # open recommendations by id (engine/open_recs.py)
+    # held evaluations made of several source records (FHIR Observations): their ids, one per measure
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def plan(self, plan_id: str) -> PlanState:
         plan = self.plans.get(plan_id)
@@ -314,6 +316,7 @@ class PatientState:
             "throttle": {k.text(): _epoch(v) for k, v in self.throttle.items()},
             "held": [event.model_dump(mode="json") for event in self.held],
             **({"fhir": self.fhir} if self.fhir else {}),
+            **({"groups": self.groups} if self.groups else {}),
             # each as its own JSON text: the keys sorted above would reorder a recommendation's evidence
             **({"open": [rec.model_dump_json(exclude={"emitted_at"}) for rec in self.open.values()]}
                if self.open else {}),
@@ -342,6 +345,7 @@ class PatientState:
             held=(held := [parse_event(event) for event in d["held"]]),
             held_bytes=sum(held_size(event) for event in held),
             fhir=d.get("fhir"),
+            groups=d.get("groups", {}),
             open={rec.recommendation_id: rec for rec in map(Recommendation.model_validate_json, d.get("open", ()))},
         )
 

@@ -220,15 +220,17 @@ def test_a_malformed_mapped_resource_is_refused_naming_its_fhir_path(engine, res
     assert says in rejection.reason
 
 
-def test_an_amended_observation_is_a_new_event_and_the_same_version_again_a_duplicate(engine):
+def test_an_amended_observation_retracts_its_earlier_version_and_the_same_version_again_is_a_duplicate(engine):
+    """contracts.md §7: `amended` / `corrected` retract the earlier version and apply the new value."""
     core, _ = core_for(engine)
     feed(core, bundle("transaction", careplan(), goal("g-moca")))
     first = observation("o-1", {"valueInteger": 20}, "2026-03-16T10:00:00Z")
     amended = observation("o-1", {"valueInteger": 21}, "2026-03-16T10:00:00Z", status="amended", version="2")
-    feed(core, first, first, amended)
-    assert (core.tally.processed, core.tally.duplicates) == (4, 1)
+    feed(core, first, first, amended, amended)
+    assert (core.tally.processed, core.tally.duplicates, core.tally.retracted) == (4, 2, 1)
+    assert core.tally.balanced
     series = patient(core.states).plans["cp-1"].series
-    assert [p.score for s in series.values() for p in s.points] == [20, 21]
+    assert [p.score for s in series.values() for p in s.points] == [21]
 
 
 def test_a_completed_careplan_discharges_and_a_subscription_notification_is_read(engine):
@@ -480,7 +482,8 @@ def test_two_versions_of_one_observation_in_a_history_bundle_are_two_events(engi
     v1 = observation("o-1", {"valueInteger": 20}, "2026-03-16T10:00:00Z")
     v2 = observation("o-1", {"valueInteger": 21}, "2026-03-16T10:00:00Z", status="amended", version="2")
     feed(core, {"resourceType": "Bundle", "type": "history", "entry": [{"resource": v1}, {"resource": v2}]})
-    assert [e.event_id for e in core.events] == ["Observation/o-1/_history/1", "Observation/o-1/_history/2"]
+    assert [e.event_id for e in core.events] == ["Observation/o-1/_history/1", "Observation/o-1/_history/2#retraction",
+                                                 "Observation/o-1/_history/2"]
 
 
 def test_a_file_whose_first_line_is_junk_is_still_read_line_by_line():
@@ -509,3 +512,44 @@ def test_a_fhir_feed_still_reads_the_feedback_otrules_serve_sends_to_it(engine):
           "occurred_at": "2026-03-03T09:00:00Z", "recommendation_id": "nothing-open", "outcome": "accepted"}
     core.handle(Record(json.dumps(fb).encode(), "t", line=9))
     assert not sink.letters and core.tally.feedback_ignored == 1
+
+
+# ---------------------------------------------------------------- retractions (contracts.md §1, §7)
+
+
+def test_an_observation_resent_as_entered_in_error_retracts_the_score_and_closes_its_review(engine):
+    """Issue 23, case 4: a mis-keyed MoCA 12 (for 26) raised a critical review; the EHR re-sends the
+    Observation as entered-in-error, a new version: the score leaves the history, the review closes."""
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")),
+         observation("o-1", {"valueInteger": 26}, "2026-03-09T10:00:00Z"),
+         observation("o-2", {"valueInteger": 12}, "2026-03-16T10:00:00Z"))
+    review = next(r for r in sink.recs if r.kind == "clinical_review" and r.status == "open")
+    assert review.triggered_by == ["Observation/o-2/_history/1"]
+    error = observation("o-2", {}, "2026-03-16T10:00:00Z", status="entered-in-error", version="2",
+                        issued="2026-03-16T15:00:00Z")
+    feed(core, error)
+    closed = [r for r in sink.recs if r.status == "closed"]
+    assert [(r.recommendation_id, r.closed_reason, r.closed_by) for r in closed] == [
+        (review.recommendation_id, "retracted", "Observation/o-2/_history/2")]
+    assert [p.score for s in patient(core.states).plans["cp-1"].series.values() for p in s.points] == [26]
+    assert (core.tally.retracted, core.tally.retractions_ignored, core.tally.rejected) == (1, 0, 0)
+    feed(core, observation("o-2", {}, "2026-03-16T10:00:00Z", status="entered-in-error", version="3"),
+         observation("o-9", {}, "2026-03-16T10:00:00Z", status="entered-in-error"))
+    assert (core.tally.retracted, core.tally.retractions_ignored) == (1, 2)  # already retracted; never seen
+    assert core.tally.balanced
+
+
+def test_one_observation_of_a_bundle_evaluation_is_retracted_alone(engine):
+    """A Bundle's Observations of one time make one evaluation; entered-in-error on one of them takes
+    back that score only."""
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    barthel = observation("o-b", {"valueQuantity": {"value": 60}}, "2026-03-16T10:00:00Z", code="96761-2")
+    feed(core, bundle("collection", observation("o-m", {"valueInteger": 20}, "2026-03-16T10:00:00Z"), barthel))
+    assert [e.event_id for e in core.events] == ["Observation/o-m/_history/1"]
+    feed(core, observation("o-b", {}, "2026-03-16T10:00:00Z", code="96761-2", status="entered-in-error",
+                           version="2"))
+    series = patient(core.states).plans["cp-1"].series
+    assert {k.split("\x1f")[0]: [p.score for p in s.points] for k, s in series.items()} == {"MoCA": [20]}
+    assert core.tally.retracted == 1

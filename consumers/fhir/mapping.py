@@ -16,6 +16,7 @@ and Goal.outcomeReference links.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ MAPPED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "Episod
 MAX_GOALS = 64  # Goals kept per patient for joining, and Goals one CarePlan may reference
 MAX_OUTCOMES = 256  # Goal.outcomeReference links kept per patient
 MAX_EPISODES = 16  # EpisodeOfCare -> plan links kept per patient (learnt from Encounters)
+MAX_OBSERVATIONS = 512  # Observation id -> the version applied (and its plan), for entered-in-error/amended
 # Why a resource was skipped: a fixed vocabulary (the service's metric label), never text from the feed
 SKIP_TYPE = "resource type otrules does not read"
 SKIP_CODE = "Observation code not in the code table"
@@ -151,6 +153,7 @@ class _Pending:
     where: list[str] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
     rids: set[str] = field(default_factory=set)
+    retraction: Apply | None = None  # an amended/corrected Observation first retracts its earlier version
 
     @property
     def rid(self) -> str:
@@ -220,6 +223,11 @@ class FhirMapper:
                 # a shape no check above foresaw: this resource is malformed, the line goes on
                 step = Refused(e.where(), e.path(""), f"{e.where()}: malformed {e.type} ({type(exc).__name__})")
             if isinstance(step, _Pending):
+                if step.retraction is not None:  # the earlier version goes before the new value is applied
+                    if pending is not None:  # (which may be in the group read so far)
+                        yield from self._finish(pending)
+                        pending = None
+                    yield step.retraction
                 if pending is not None and pending.key == step.key and step.rid not in pending.rids:
                     pending.event["measures"] += step.event["measures"]
                     pending.where += step.where
@@ -271,7 +279,7 @@ class FhirMapper:
         status_field = "lifecycleStatus" if kind == "Goal" else "status"
         status = e.resource.get(status_field)
         if kind == "Observation":
-            if status not in ("final", "amended", "corrected"):
+            if status not in ("final", "amended", "corrected", "entered-in-error"):
                 raise _Skip(SKIP_STATUS)
             if self._instrument(e) is None:
                 raise _Skip(SKIP_CODE)
@@ -294,6 +302,8 @@ class FhirMapper:
         if kind == "CarePlan":
             return self._careplan(e, rid, event_id, patient, state, line.bundle)
         if kind == "Observation":
+            if status == "entered-in-error":
+                return self._retraction(e, rid, event_id, patient, state)
             return self._observation(e, rid, event_id, patient, state, line)
         if kind == "Encounter":
             visit = {"finished": "attended", "cancelled": "cancelled"}.get(status)
@@ -593,7 +603,46 @@ class FhirMapper:
         event = {"type": "evaluation", "event_id": event_id, "patient_id": patient, "plan_id": plan_id,
                  "occurred_at": at, "kind": kind, "clinician_id": clinician, "measures": [measure]}
         key = (patient, plan_id, at, kind, clinician)
-        return _Pending(key, event, [e.where()], [event_id], {rid})
+        retraction = None
+        earlier = _join(state).get("observations", {}).get(rid)
+        if r.get("status") in ("amended", "corrected") and earlier is not None and earlier[0] != event_id:
+            # contracts.md §7: the earlier version is retracted and the new value applies at its time
+            retraction = self._retraction_event(e, _derived_id(event_id, "retraction"), patient, earlier, at, [])
+        _remember_observation(state, rid, event_id, plan_id)
+        return _Pending(key, event, [e.where()], [event_id], {rid}, retraction)
+
+    def _retraction(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState) -> Apply:
+        """An Observation sent again as entered-in-error: a retraction (contracts.md §1) of the version
+        applied before. None known (never seen, already retracted): a retraction of nothing otrules
+        knows, which the engine counts and which changes nothing."""
+        r = e.resource
+        observations: dict[str, list[str]] = _join(state).setdefault("observations", {})
+        earlier = observations.pop(rid, None)
+        if earlier is None:
+            plans = _open_plans(state)
+            earlier = [f"Observation/{rid}", plans[0] if plans else "(none)"]
+        for element in ("issued", "effectiveDateTime", "effectiveInstant"):
+            if isinstance(r.get(element), str) and r[element]:
+                at = self._time(e, element, r[element])
+                break
+        else:
+            start = _dict(r.get("effectivePeriod")).get("start")
+            updated = _dict(r.get("meta")).get("lastUpdated")
+            if not start and not updated:
+                raise _Refuse(e.path("issued"), "required: when the Observation was marked entered-in-error "
+                                                "(issued, effective[x] or meta.lastUpdated)")
+            at = self._time(e, "effectivePeriod.start" if start else "meta.lastUpdated", start or updated)
+        return self._retraction_event(e, event_id, patient, earlier, at, [e.where()])
+
+    def _retraction_event(self, e: Entry, event_id: str, patient: str, earlier: list[str], at: str,
+                          where: list[str]) -> Apply:
+        body = {"type": "retraction", "event_id": event_id, "patient_id": patient, "plan_id": earlier[1],
+                "occurred_at": at, "retracts": earlier[0], "reason": f"Observation {e.resource.get('status')}"}
+        try:
+            parsed = parse_event(_json(body), self.catalogue)
+        except EventRejected as exc:
+            raise _Refuse(e.path("id"), exc.reason) from None
+        return Apply(parsed, where, [event_id])
 
     def _score(self, e: Entry, entry: InstrumentCode) -> tuple[float, str]:
         r = e.resource
@@ -691,6 +740,24 @@ def _event_id(e: Entry, rid: str) -> str:
         raise _Refuse(e.path("meta.versionId"), f"the event id {e.type}/<id>/_history/<versionId> would be "
                                                 f"{len(event_id)} characters, over {ID_MAX}")
     return event_id
+
+
+def _derived_id(event_id: str, suffix: str) -> str:
+    """An event id made from a resource's, for a second event of the same resource."""
+    derived = f"{event_id}#{suffix}"
+    if len(derived) <= ID_MAX:
+        return derived
+    return f"{suffix}:" + hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
+
+
+def _remember_observation(state: PatientState, rid: str, event_id: str, plan_id: str) -> None:
+    """The version of an Observation applied last (and its plan): what a later entered-in-error,
+    amended or corrected version of it retracts."""
+    observations: dict[str, list[str]] = _join(state).setdefault("observations", {})
+    observations.pop(rid, None)
+    observations[rid] = [event_id, plan_id]
+    while len(observations) > MAX_OBSERVATIONS:
+        del observations[next(iter(observations))]
 
 
 def _patient_or_none(e: Entry, bundle: dict[str, tuple[str, str]]) -> str | None:

@@ -553,3 +553,14 @@ def test_one_observation_of_a_bundle_evaluation_is_retracted_alone(engine):
     series = patient(core.states).plans["cp-1"].series
     assert {k.split("\x1f")[0]: [p.score for p in s.points] for k, s in series.items()} == {"MoCA": [20]}
     assert core.tally.retracted == 1
+
+
+def test_an_ehr_without_versions_can_still_mark_an_observation_entered_in_error(engine):
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    plain = observation("o-1", {"valueInteger": 20}, "2026-03-16T10:00:00Z")
+    del plain["meta"]
+    error = {**plain, "status": "entered-in-error"}
+    feed(core, plain, error, error)
+    assert (core.tally.retracted, core.tally.duplicates) == (1, 1)
+    assert not patient(core.states).plans["cp-1"].series

@@ -295,6 +295,8 @@ class FhirMapper:
                                  f"{show_value(patient)}", "key")
         state = line.state_of(patient)
         event_id = _event_id(e, rid)
+        if kind == "Observation" and status == "entered-in-error" and not version_id(e.resource):
+            event_id = _derived_id(event_id, "entered-in-error")  # an EHR that keeps no versions
         if state.has_seen(event_id):
             return Duplicate(patient, e.where())
         if kind == "Goal":

@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka_group_support import embedded_outcome
 from kafka_support import create_topic, unique_name
 from otrules import defaults, synthetic
+from otrules.consumers import DeadLetterSink, JsonlSource, Pipeline
 from otrules.engine import Engine
 
 pytestmark = pytest.mark.kafka

@@ -18,8 +18,9 @@ Counts add up in one `Tally`: read = processed + rejected + duplicates + skipped
 Time is bounded (contracts.md §1): with `max_future`, an event whose `occurred_at`
 lies more than that after processing time (`clock()`: the wall clock, or a
 command's --as-of) is rejected, naming `occurred_at`, before it reaches any state.
-`Tally.last_event_at` (where a closing sweep runs) moves only with accepted plan,
-evaluation, visit and discharge events.
+`Tally.accepted_at` (where a closing sweep runs) moves only with accepted plan,
+evaluation, visit and discharge events: applied, or released by a reorder window and applied
+(one the window held and then dead-lettered never moves it).
 
 Input is otrules' JSON events or FHIR R4 (`input_format`: `auto` tells them
 apart by a top-level `resourceType`). FHIR is an adapter in front of the same
@@ -155,7 +156,8 @@ class Tally:
     sweep_failures: int = 0  # patients whose sweep failed (left as they were; the sweep went on)
     late: int = 0  # events older than their plan's latest: placed in history, recommended nothing
     skipped: int = 0  # FHIR resources otrules does not read (a vitals Observation, a Patient): read, not rejected
-    last_event_at: dt.datetime | None = None
+    last_event_at: dt.datetime | None = None  # the latest clinical event read, held ones included
+    accepted_at: dt.datetime | None = None  # the latest clinical event applied: where a closing sweep runs
     by_kind: Counter[str] = field(default_factory=Counter)
     by_rule: Counter[str] = field(default_factory=Counter)
     rejected_by: Counter[str] = field(default_factory=Counter)  # rejection kind -> count
@@ -190,6 +192,11 @@ class Tally:
                 continue
             self.by_kind[rec.kind] += 1
             self.by_rule[f"{rec.rule.ruleset}/{rec.rule.id}"] += 1
+
+    def accept(self, event: Event) -> None:
+        """An event applied: a clinical one moves where the closing sweep runs."""
+        if event.type in CLOCK_TYPES and (self.accepted_at is None or event.occurred_at > self.accepted_at):
+            self.accepted_at = event.occurred_at
 
     def count_retraction(self, result: str | None) -> None:
         """A retraction as the engine took it (None: held in a reorder window, counted when released)."""
@@ -316,7 +323,7 @@ class EventCore:
     def closing_time(self) -> dt.datetime | None:
         """Where a closing sweep over a file runs: the latest accepted event time, never past
         processing time (contracts.md §1)."""
-        last = self.tally.last_event_at
+        last = self.tally.accepted_at
         if last is None:
             return None
         now = self.now()
@@ -391,6 +398,8 @@ class EventCore:
         if event.type in CLOCK_TYPES and (  # a clinician's answer or a retraction is no plan's clock
                 tally.last_event_at is None or event.occurred_at > tally.last_event_at):
             tally.last_event_at = event.occurred_at
+        if not outcome.held:
+            tally.accept(event)
         if outcome.recommendations:
             tally.count(outcome.recommendations)
         if isinstance(event, FeedbackEvent):
@@ -513,8 +522,10 @@ class EventCore:
                 tally.processed -= 1
                 tally.by_type[item.event.type, "processed"] -= 1
                 self.reject(_held_record(item.event, record), Rejection(*failure))
-            elif item.late:
-                tally.late += 1
+            else:
+                tally.accept(item.event)
+                if item.late:
+                    tally.late += 1
             if isinstance(item.event, FeedbackEvent):
                 tally.count_feedback(item.event, item.feedback, item.recommendations)
             elif item.retraction is not None:

@@ -138,6 +138,25 @@ def test_the_closing_sweep_runs_at_the_latest_accepted_event_never_past_processi
     assert pipeline.core.closing_time() == dt.datetime(2026, 2, 1, 9, tzinfo=dt.UTC)
 
 
+def test_an_event_the_window_held_then_dead_lettered_does_not_move_the_closing_sweep():
+    """H2: a visit for a plan that never opened, dated after everything else, is held by the
+    reorder window and dead-lettered at release: the closing sweep stays at the latest accepted
+    clinical event."""
+    now = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    pipeline = _pipeline(DAY, now)
+    stray = {**_visit("v-stray", "2026-02-20T09:00:00Z", "attended"), "patient_id": "p-2", "plan_id": "poc-nope"}
+    pipeline.feed(JsonlSource(io.BytesIO(_lines(_plan("2026-02-01T09:00:00Z"), stray)), "in"))
+    pipeline.core.flush()
+    assert pipeline.summary.rejected == 1 and pipeline.summary.balanced
+    assert pipeline.core.closing_time() == dt.datetime(2026, 2, 1, 9, tzinfo=dt.UTC)
+    # the same visit once its plan is open is accepted when released, and moves it
+    pipeline = _pipeline(DAY, now)
+    pipeline.feed(JsonlSource(io.BytesIO(_lines(_plan("2026-02-01T09:00:00Z"),
+                                                 _visit("v-1", "2026-02-20T09:00:00Z", "attended"))), "in"))
+    pipeline.core.flush()
+    assert pipeline.core.closing_time() == dt.datetime(2026, 2, 20, 9, tzinfo=dt.UTC)
+
+
 def test_serve_sweeps_at_the_latest_accepted_event_and_refuses_the_far_future_one(tmp_path):
     """Case 1 through serve's file source, and through --follow when the event is appended."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)

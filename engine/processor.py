@@ -207,7 +207,8 @@ class Engine:
         """Apply, in event time, the held events that occurred at or before `upto` (seconds since
         the epoch; `math.inf` at the end of an input, `-math.inf` for none) or at least the window
         before their plan's watermark (PatientState.watermark), and the oldest past MAX_HELD events or
-        MAX_HELD_BYTES (the state is one changelog record)."""
+        MAX_HELD_BYTES (the state is one changelog record): feedback and retractions first, then
+        clinical events."""
         out: list[Released] = []
         if not state.held:
             return ()
@@ -219,7 +220,9 @@ class Engine:
         sizes = {id(e): held_size(e) for e in due}
         kept_bytes = state.held_bytes - sum(sizes.values())
         while len(state.held) > MAX_HELD or kept_bytes > MAX_HELD_BYTES:
-            early = state.held.pop(0)  # the bound: the oldest go early
+            # the bound: the oldest feedback or retraction goes early first, so a flood of them
+            # cannot push a clinical event out of its window; then the oldest clinical event
+            early = state.held.pop(_first_answer(state.held))
             sizes[id(early)] = size = held_size(early)
             kept_bytes -= size
             due.append(early)
@@ -456,3 +459,8 @@ def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: R
         return True
     state.throttle[key] = now
     return False
+
+
+def _first_answer(held: list[Event]) -> int:
+    """Where the oldest held feedback or retraction is (held is in event time); 0 when none."""
+    return next((i for i, e in enumerate(held) if isinstance(e, (FeedbackEvent, RetractionEvent))), 0)

@@ -223,6 +223,22 @@ def test_nothing_but_the_plans_own_events_moves_its_reorder_window(tmp_path, ext
     assert _opened(mine) == _opened([r for r in expected if r["plan_id"] == "poc-1"])
 
 
+def test_a_flood_of_feedback_does_not_push_a_held_evaluation_out_of_the_window(tmp_path):
+    """M1: more feedback events than the window holds (MAX_HELD) go early themselves; the clinical
+    events they were held with keep their window."""
+    from otrules.engine.state import MAX_HELD
+
+    expected, _, _ = _run(tmp_path, _window_stream(None), "--reorder-window", "1d", "--as-of", "2026-12-01T00:00:00Z")
+    *head, visit, late = _window_stream(None)
+    flood = [{"type": "feedback", "event_id": f"f-{i}", "patient_id": "p-1", "plan_id": "poc-1",
+              "occurred_at": "2026-01-20T10:30:00Z", "recommendation_id": f"unknown-{i}", "outcome": "accepted"}
+             for i in range(MAX_HELD + 44)]
+    recs, err, letters = _run(tmp_path, [*head, visit, *flood, late], "--reorder-window", "1d",
+                              "--as-of", "2026-12-01T00:00:00Z")
+    assert letters == [] and "late" not in err
+    assert _opened(recs) == _opened(expected)
+
+
 # ------------------------------------------------------------------ the properties
 
 

@@ -17,11 +17,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from otrules.engine.facts import FACTS
 from otrules.engine.gas import gas_t_score
 from otrules.engine.state import (
     MAX_POINTS,
     MAX_SCORED,
+    MAX_SCORED_BYTES,
     MAX_VISITS,
     GoalState,
     PatientState,
@@ -29,6 +32,7 @@ from otrules.engine.state import (
     Point,
     Series,
     scored_key,
+    series_digest,
     series_key,
 )
 from otrules.schemas import (
@@ -268,7 +272,7 @@ def _remember_scores(plan: PlanState, event: EvaluationEvent, at: float, ids: li
     """PlanState.scored: the evaluation's scores by its event id; or, for an evaluation made of
     several source records (a FHIR Bundle's Observations, `ids` one per measure), each record's
     score by its own id, with the evaluation's id to close what it triggered."""
-    places = [[series_key(m.instrument, m.goal_id), m.score] for m in event.measures]
+    places = [[series_digest(series_key(m.instrument, m.goal_id)), m.score] for m in event.measures]
     if ids is not None and len(ids) == len(places):
         for one, place in zip(ids, places, strict=True):
             plan.scored[scored_key(one)] = [_compact_at(at), [place], event.event_id]
@@ -276,6 +280,10 @@ def _remember_scores(plan: PlanState, event: EvaluationEvent, at: float, ids: li
         plan.scored[scored_key(event.event_id)] = [_compact_at(at), places]
     while len(plan.scored) > MAX_SCORED:
         del plan.scored[next(iter(plan.scored))]
+    size = len(orjson.dumps(plan.scored))
+    while size > MAX_SCORED_BYTES and len(plan.scored) > 1:  # the bytes bound: the oldest go first
+        oldest = next(iter(plan.scored))
+        size -= len(orjson.dumps({oldest: plan.scored.pop(oldest)})) - 1  # its "key":value and a comma
 
 
 def group_scores(state: PatientState, event: EvaluationEvent, ids: list[str]) -> None:
@@ -304,14 +312,15 @@ def retract(state: PatientState, event: RetractionEvent,
     entry = plan.scored.pop(scored_key(event.retracts), None) if plan is not None else None
     if plan is None or entry is None:
         return None
+    keys = _series_keys(plan, [sk for sk, _ in entry[1]])
     closes: tuple[str, frozenset[str] | None] = (event.retracts, None)
     if len(entry) > 2:  # one record of a grouped evaluation
-        goals = frozenset(key.partition("\x1f")[2] for key, _ in entry[1]) - {""}
+        goals = frozenset(key.partition("\x1f")[2] for key in keys if key is not None) - {""}
         closes = (str(entry[2]), goals)
     at = float(entry[0])
-    for key, score in entry[1]:
-        series = plan.series.get(key)
-        if series is None:
+    for key, (_, score) in zip(keys, entry[1], strict=True):
+        series = plan.series.get(key) if key is not None else None
+        if key is None or series is None:
             continue
         points = series.points
         index = bisect.bisect_left(points, at, key=_point_time)
@@ -346,6 +355,21 @@ def retract(state: PatientState, event: RetractionEvent,
             if instrument_id == "GAS":
                 goal.gas_level = kept.last if kept is not None else None
     return closes
+
+
+def _series_keys(plan: PlanState, stored: list[str]) -> list[str | None]:
+    """The plan's series keys for PlanState.scored's digests (None: that series is gone); a key
+    stored whole (a format-4 state written before digests) stands for itself."""
+    digests: dict[str, str] | None = None
+    out: list[str | None] = []
+    for one in stored:
+        if one in plan.series:
+            out.append(one)
+            continue
+        if digests is None:
+            digests = {series_digest(key): key for key in plan.series}
+        out.append(digests.get(one))
+    return out
 
 
 def _compact_at(at: float) -> int | float:

@@ -35,6 +35,7 @@ MAX_VISITS = 64  # missed visits in a row kept with their times; more are counte
 MAX_HELD = 256  # events held in the reorder window per patient; past it the oldest is released early
 MAX_HELD_BYTES = 256_000  # and their JSON at most this large, so the state stays one changelog record
 MAX_SCORED = 128  # evaluations per plan a retraction can still take back (their scores' places); older go first
+MAX_SCORED_BYTES = 32_000  # and that index's JSON at most this large per plan (wide evaluations); older go first
 
 
 class ThrottleKey(NamedTuple):
@@ -181,7 +182,9 @@ class PlanState:
     closed_at: float | None = None  # the discharge in force
     latest_at: float | None = None  # the latest event applied: an older one is late
     latest_day: dt.date | None = None  # that event's calendar date: "today" for a late event's facts
-    # evaluations a retraction can take back: event-id digest (base64) -> [at, [[series key, score]...]]
+    # evaluations a retraction can take back: event-id digest (base64) -> [at, [[series digest, score]...]]
+    # (series_digest; a format-4 state written before it holds the series key itself, read as well),
+    # and for one record of a grouped evaluation a third item, the evaluation's event id
     scored: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
@@ -383,6 +386,12 @@ def _from_format_2(d: dict[str, Any]) -> dict[str, Any]:
 def held_size(event: Event) -> int:
     """The bytes an event held in a reorder window adds to the state."""
     return len(event.model_dump_json())
+
+
+def series_digest(key: str) -> str:
+    """A series key (instrument and goal id, up to 257 characters) in PlanState.scored: 48 bits of
+    BLAKE2b, base64 (8 characters). Told apart only among one plan's series."""
+    return base64.b64encode(hashlib.blake2b(key.encode(), digest_size=6).digest()).decode()
 
 
 def scored_key(event_id: str) -> str:

@@ -187,6 +187,7 @@ Date = Annotated[dt.date, _Rfc3339(
 """RFC 3339 full-date, YYYY-MM-DD."""
 
 MAX_GAS_WEIGHT = 100.0
+MAX_MEASURES = 64  # scores per evaluation: a battery is a dozen; the cap keeps one event's state bounded
 """A goal's weight in the GAS T-score: 0 to 100 (Kiresuk & Sherman use small integers; 1e308 made
 the T-score NaN)."""
 
@@ -263,7 +264,7 @@ class EvaluationEvent(_EventBase):
     type: Literal["evaluation"]
     kind: Literal["initial", "re-evaluation", "progress", "discharge"]
     clinician_id: Id
-    measures: Annotated[list[Measure], Field(min_length=1)]
+    measures: Annotated[list[Measure], Field(min_length=1, max_length=MAX_MEASURES)]
 
     @property
     def starts_reporting_period(self) -> bool:

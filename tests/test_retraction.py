@@ -175,6 +175,65 @@ def test_the_state_remembers_where_scores_went_across_a_round_trip_and_reads_for
     assert outcome.retraction == "ignored" and three.open
 
 
+def _wide_evaluation(i: int, measures: int) -> dict[str, Any]:
+    return {"type": "evaluation", "event_id": f"{'E' * 100}-{i:06d}", "patient_id": "p-1", "plan_id": "P" * 128,
+            "occurred_at": f"2026-01-05T10:{(i // 60) % 60:02d}:{i % 60:02d}.{i:06d}Z", "kind": "progress",
+            "clinician_id": "c", "measures": [{"instrument": "COPM-performance", "score": 5,
+                                               "goal_id": (f"{j:03d}" + "G" * 128)[:128]} for j in range(measures)]}
+
+
+def test_what_a_retraction_can_take_back_is_bounded_in_bytes():
+    """H3: 64 measures with 128-character goal ids, 200 evaluations: the retractable-scores index
+    stays within MAX_SCORED_BYTES (the oldest go first) and the state far under a Kafka record."""
+    from otrules.engine.state import MAX_SCORED_BYTES
+
+    plan = {"type": "plan", "event_id": "a-1", "patient_id": "p-1", "plan_id": "P" * 128,
+            "occurred_at": "2026-01-05T09:00:00Z", "setting": "outpatient", "frequency_per_week": 2,
+            "certified_from": "2026-01-05", "certified_until": "2026-04-04",
+            "goals": [{"goal_id": "g1", "description": "d", "instrument": "COPM-performance", "baseline": 3,
+                       "target": 7}]}
+    events = [plan, *(_wide_evaluation(i, 64) for i in range(200))]
+    core, _ = replay(events)
+    state = core.states.get("p-1")
+    assert state is not None
+    scored = state.plans["P" * 128].scored
+    assert 0 < len(orjson.dumps(scored)) <= MAX_SCORED_BYTES
+    assert len(state.to_bytes()) < 400_000
+    # the newest evaluation can still be taken back; the oldest, let go, is counted as unknown
+    newest, oldest = events[-1]["event_id"], events[1]["event_id"]
+    undo = {"type": "retraction", "patient_id": "p-1", "plan_id": "P" * 128, "occurred_at": "2026-01-06T00:00:00Z"}
+    core, _ = replay([*events, {**undo, "event_id": "r-1", "retracts": newest},
+                      {**undo, "event_id": "r-2", "retracts": oldest}])
+    assert (core.tally.retracted, core.tally.retractions_ignored) == (1, 1)
+    state = core.states.get("p-1")
+    assert state is not None
+    assert all(len(s.points) == 63 for k, s in state.plans["P" * 128].series.items() if not k.endswith("\x1fg1"))
+
+
+def test_a_format_4_state_with_whole_series_keys_still_retracts():
+    """States written before series digests keep each score's series key whole: still read."""
+    from otrules.engine.state import series_digest
+
+    story = grip_story()
+    core, _ = replay(story.events)
+    state = core.states.get("p-1")
+    assert state is not None
+    doc = orjson.loads(state.to_bytes())
+    for plan in doc["plans"].values():
+        names = {series_digest(key): key for key in plan["series"]}
+        for entry in plan["scored"].values():
+            entry[1] = [[names[digest], score] for digest, score in entry[1]]
+    old = PatientState.from_bytes(orjson.dumps(doc))
+    outcome = ENGINE.process(old, parse_event(retraction(story, 15, story.events[-1]["event_id"]), ENGINE.catalogue))
+    assert outcome.retraction == "applied" and not old.open
+
+
+def test_an_evaluation_has_at_most_64_measures():
+    with pytest.raises(ValueError, match="64"):
+        parse_event(json.dumps(_wide_evaluation(0, 65)), ENGINE.catalogue)
+    parse_event(json.dumps(_wide_evaluation(0, 64)), ENGINE.catalogue)
+
+
 def test_the_event_schema_and_the_explanation_show_retractions(tmp_path):
     schema = json.dumps(documents()["event.schema.json"])
     assert '"retraction"' in schema and '"retracts"' in schema

@@ -41,7 +41,7 @@ from otrules.engine import PatientState
 from otrules.engine.state import MAX_PLANS
 from otrules.schemas import Catalogue, Event, EventRejected
 from otrules.schemas._errors import show_value
-from otrules.schemas.events import ID_MAX, parse_event
+from otrules.schemas.events import ID_MAX, MAX_MEASURES, parse_event
 from otrules.schemas.events import Goal as NativeGoal
 from otrules.schemas.fhir_codes import CodeTable, InstrumentCode
 
@@ -228,7 +228,8 @@ class FhirMapper:
                         yield from self._finish(pending)
                         pending = None
                     yield step.retraction
-                if pending is not None and pending.key == step.key and step.rid not in pending.rids:
+                if (pending is not None and pending.key == step.key and step.rid not in pending.rids
+                        and len(pending.event["measures"]) < MAX_MEASURES):  # past it, a new evaluation
                     pending.event["measures"] += step.event["measures"]
                     pending.where += step.where
                     pending.event_ids += step.event_ids

@@ -89,10 +89,11 @@ def capped(state: PatientState) -> Recommendation:
 
 def feedback(state: PatientState, event: FeedbackEvent) -> Recommendation | None:
     """The closure a clinician's answer makes, or None when it answers nothing open (counted by the
-    caller, nothing changes)."""
+    caller, nothing changes): unknown or closed, of another plan than the feedback names, or raised
+    after the feedback's time."""
     rec = state.open.get(event.recommendation_id)
-    if rec is None or _time(rec.occurred_at) > event.occurred_at:  # an answer cannot come before the question
-        return None
+    if rec is None or rec.plan_id != event.plan_id or _time(rec.occurred_at) > event.occurred_at:
+        return None  # another plan's, or an answer before the question: it answers nothing
     closure = close(state, [rec], rfc3339(event.occurred_at), event.event_id, event.outcome)[0]
     if event.override_reason is None:
         return closure

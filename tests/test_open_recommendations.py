@@ -186,6 +186,17 @@ def test_feedback_dated_before_the_recommendation_answers_nothing(engine):
     assert closures(sink) == {} and core.tally.feedback_ignored == 1 and open_kinds(core) == ["clinical_review"]
 
 
+def test_feedback_naming_another_plan_answers_nothing(engine):
+    """L3: the feedback's plan_id must be the recommendation's plan."""
+    story = scores(Story().plan(0), 5, 3)
+    core, sink = run(engine, story)
+    review = opened(sink, "clinical_review")
+    story.feedback(6, review.recommendation_id, "accepted")
+    story.events[-1]["plan_id"] = "poc-other"
+    core, sink = run(engine, story)
+    assert closures(sink) == {} and core.tally.feedback_ignored == 1 and open_kinds(core) == ["clinical_review"]
+
+
 def test_feedback_does_not_move_the_clock_of_the_plans():
     story = scores(Story().plan(0), 5, 3)
     core, _ = run(Engine(defaults.rulesets(), defaults.catalogue()), story)

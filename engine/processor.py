@@ -217,6 +217,14 @@ class Engine:
         if due:
             gone = {id(e) for e in due}
             state.held = [e for e in state.held if id(e) not in gone]
+            if state.held and any(isinstance(e, RetractionEvent) for e in due):
+                # a retraction waits for the evaluation it names while the window still holds it,
+                # whatever their times (one dated before what it takes back would find nothing)
+                waiting = {e.event_id for e in state.held}
+                back = [e for e in due if isinstance(e, RetractionEvent) and e.retracts in waiting]
+                for waits in back:
+                    bisect.insort_right(state.held, waits, key=_event_time)
+                due = [e for e in due if not any(e is b for b in back)]
         sizes = {id(e): held_size(e) for e in due}
         kept_bytes = state.held_bytes - sum(sizes.values())
         while len(state.held) > MAX_HELD or kept_bytes > MAX_HELD_BYTES:
@@ -228,6 +236,8 @@ class Engine:
             due.append(early)
         if len(due) > 1:
             due.sort(key=_event_time)  # stable: equal times keep arrival order
+            if any(isinstance(e, RetractionEvent) for e in due):
+                due = _retractions_after_their_targets(due)
         state.held_bytes = kept_bytes
         for event in due:
             if isinstance(event, (FeedbackEvent, RetractionEvent)):
@@ -464,3 +474,22 @@ def _throttled(state: PatientState, ruleset: CompiledRuleset, rule: Rule, rec: R
 def _first_answer(held: list[Event]) -> int:
     """Where the oldest held feedback or retraction is (held is in event time); 0 when none."""
     return next((i for i, e in enumerate(held) if isinstance(e, (FeedbackEvent, RetractionEvent))), 0)
+
+
+def _retractions_after_their_targets(due: list[Event]) -> list[Event]:
+    """Released events in event time, except that a retraction of one released with it comes
+    right after that one (a retraction dated before its evaluation still takes it back)."""
+    later = {e.event_id for e in due}
+    deferred: dict[str, list[Event]] = {}
+    out: list[Event] = []
+    for event in due:
+        later.discard(event.event_id)
+        if isinstance(event, RetractionEvent) and event.retracts in later:
+            deferred.setdefault(event.retracts, []).append(event)
+            continue
+        place = [event]
+        while place:  # a deferred retraction may have been retracted in turn: its own follow it
+            one = place.pop(0)
+            out.append(one)
+            place[:0] = deferred.pop(one.event_id, ())
+    return out

@@ -165,6 +165,21 @@ def test_inside_the_reorder_window_a_retraction_waits_for_its_evaluation():
         assert state is not None and not state.open
 
 
+@pytest.mark.parametrize(("day", "hour"), [(14, 9), (10, 12)], ids=["an hour before", "four days before"])
+def test_inside_the_reorder_window_a_retraction_dated_before_its_evaluation_still_follows_it(day, hour):
+    """L1: a retraction whose evaluation the window still holds is applied after it, whatever their
+    times (a retraction dated before what it takes back is a sending system's clock)."""
+    story = grip_story()
+    mis_keyed = story.events[-1]["event_id"]
+    undo = retraction(story, day, mis_keyed, hour=hour)
+    for order in ([*story.events, undo], [*story.events[:-1], undo, story.events[-1]]):
+        core, sink = replay(order, HELD)
+        assert (core.tally.retracted, core.tally.retractions_ignored) == (1, 0), order
+        assert [r.closed_reason for r in sink.recs if r.status == "closed"] == ["retracted"]
+        state = core.states.get("p-1")
+        assert state is not None and not state.open
+
+
 def test_a_retraction_moves_no_clock():
     story = grip_story()
     mis_keyed = story.events[-1]["event_id"]

@@ -172,6 +172,19 @@ def test_observations_with_value_quantity_integer_and_coded_gas_answers(engine):
     assert core.tally.duplicates == 1 and core.tally.balanced
 
 
+def test_a_group_of_more_than_64_observations_becomes_two_evaluations(engine):
+    """An evaluation holds at most 64 measures (MAX_MEASURES): the 65th Observation of a group
+    begins a new evaluation, with its own id, rather than the whole group being refused."""
+    core, _ = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    observations = [observation(f"o-{i}", {"valueInteger": 20}, "2026-03-16T10:00:00Z") for i in range(70)]
+    feed(core, bundle("collection", *observations))
+    events: Any = core.events
+    assert [(e.event_id, len(e.measures)) for e in events] == [("Observation/o-0/_history/1", 64),
+                                                              ("Observation/o-64/_history/1", 6)]
+    assert core.tally.rejected == 0 and core.tally.balanced
+
+
 def test_noshow_appointments_are_missed_visits(engine):
     core, sink = core_for(engine)
     feed(core, bundle("transaction", careplan(), goal("g-moca")))

@@ -275,15 +275,50 @@ def _remember_scores(plan: PlanState, event: EvaluationEvent, at: float, ids: li
     places = [[series_digest(series_key(m.instrument, m.goal_id)), m.score] for m in event.measures]
     if ids is not None and len(ids) == len(places):
         for one, place in zip(ids, places, strict=True):
-            plan.scored[scored_key(one)] = [_compact_at(at), [place], event.event_id]
+            _put_scored(plan, scored_key(one), [_compact_at(at), [place], event.event_id])
     else:
-        plan.scored[scored_key(event.event_id)] = [_compact_at(at), places]
+        _put_scored(plan, scored_key(event.event_id), [_compact_at(at), places])
     while len(plan.scored) > MAX_SCORED:
-        del plan.scored[next(iter(plan.scored))]
-    size = len(orjson.dumps(plan.scored))
-    while size > MAX_SCORED_BYTES and len(plan.scored) > 1:  # the bytes bound: the oldest go first
-        oldest = next(iter(plan.scored))
-        size -= len(orjson.dumps({oldest: plan.scored.pop(oldest)})) - 1  # its "key":value and a comma
+        _pop_scored(plan, _oldest(plan))
+    # the bytes bound (the index's JSON is one more byte than its entries' shares): the oldest go
+    while _scored_bytes(plan) >= MAX_SCORED_BYTES and len(plan.scored) > 1:
+        _pop_scored(plan, _oldest(plan))
+
+
+def _oldest(plan: PlanState) -> str:
+    """The entry to let go first: the earliest in event time (then by key). Not the first in the
+    dict: the stored state sorts its keys, so that order does not survive a round trip, and what
+    a plan remembers must not depend on whether its state was decoded in between."""
+    scored = plan.scored
+    return min(scored, key=lambda key: (float(scored[key][0]), key))
+
+
+def _entry_bytes(key: str, entry: list[Any]) -> int:
+    """An entry's share of PlanState.scored's JSON: `"key":value` and a comma."""
+    return len(orjson.dumps({key: entry})) - 1
+
+
+def _scored_bytes(plan: PlanState) -> int:
+    """The sum of PlanState.scored's entries' shares (its JSON less one byte), whichever way it was
+    reached: worked out from the index once after a decode, then kept as entries come and go."""
+    if plan.scored_bytes is None:
+        plan.scored_bytes = len(orjson.dumps(plan.scored)) - 1 if plan.scored else 0
+    return plan.scored_bytes
+
+
+def _put_scored(plan: PlanState, key: str, entry: list[Any]) -> None:
+    if key in plan.scored:
+        _pop_scored(plan, key)
+    if plan.scored_bytes is not None:
+        plan.scored_bytes += _entry_bytes(key, entry)
+    plan.scored[key] = entry
+
+
+def _pop_scored(plan: PlanState, key: str) -> list[Any] | None:
+    entry = plan.scored.pop(key, None)
+    if entry is not None and plan.scored_bytes is not None:
+        plan.scored_bytes -= _entry_bytes(key, entry)
+    return entry
 
 
 def group_scores(state: PatientState, event: EvaluationEvent, ids: list[str]) -> None:
@@ -296,7 +331,7 @@ def group_scores(state: PatientState, event: EvaluationEvent, ids: list[str]) ->
         if any(held is event or held.event_id == event.event_id for held in state.held):
             state.groups[event.event_id] = list(ids)
         return
-    del plan.scored[scored_key(event.event_id)]
+    _pop_scored(plan, scored_key(event.event_id))
     _remember_scores(plan, event, float(entry[0]), list(ids))
 
 
@@ -309,7 +344,7 @@ def retract(state: PatientState, event: RetractionEvent,
     plan does not know the evaluation: unknown, already retracted, not an evaluation, or older than
     the MAX_SCORED evaluations a plan remembers. Moves no clock: "latest" and "days since" stay."""
     plan = state.plans.get(event.plan_id)
-    entry = plan.scored.pop(scored_key(event.retracts), None) if plan is not None else None
+    entry = _pop_scored(plan, scored_key(event.retracts)) if plan is not None else None
     if plan is None or entry is None:
         return None
     keys = _series_keys(plan, [sk for sk, _ in entry[1]])

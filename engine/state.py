@@ -186,6 +186,9 @@ class PlanState:
     # (series_digest; a format-4 state written before it holds the series key itself, read as well),
     # and for one record of a grouped evaluation a third item, the evaluation's event id
     scored: dict[str, list[Any]] = field(default_factory=dict)
+    # the JSON bytes of `scored` (each entry's `"key":value` and a comma), kept as entries come and
+    # go so the bound costs no serialisation per evaluation; None: work it out (not stored)
+    scored_bytes: int | None = field(default=None, compare=False)
 
     @property
     def visits_missed_in_a_row(self) -> int:

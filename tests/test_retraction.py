@@ -262,6 +262,23 @@ def test_a_format_4_state_with_whole_series_keys_still_retracts():
     assert outcome.retraction == "applied" and not old.open
 
 
+def test_what_a_plan_remembers_does_not_depend_on_its_state_being_decoded_in_between():
+    """The stored state sorts its keys: the evaluations let go (by count or by bytes) are the
+    earliest in event time, whether or not the state made a round trip between events."""
+    plan = {"type": "plan", "event_id": "a-1", "patient_id": "p-1", "plan_id": "P" * 128,
+            "occurred_at": "2026-01-05T09:00:00Z", "setting": "outpatient", "frequency_per_week": 2,
+            "certified_from": "2026-01-05", "certified_until": "2026-04-04",
+            "goals": [{"goal_id": "g1", "description": "d", "instrument": "COPM-performance", "baseline": 3,
+                       "target": 7}]}
+    kept, round_trip = PatientState("p-1"), PatientState("p-1")
+    for i, body in enumerate([plan, *(_wide_evaluation(i, (1, 2, 40)[i % 3]) for i in range(200))]):
+        event = parse_event(json.dumps(body), ENGINE.catalogue)
+        ENGINE.process(kept, event)
+        round_trip = PatientState.from_bytes(round_trip.to_bytes())
+        ENGINE.process(round_trip, event)
+        assert kept.to_bytes() == round_trip.to_bytes(), i
+
+
 def test_an_evaluation_has_at_most_64_measures():
     with pytest.raises(ValueError, match="64"):
         parse_event(json.dumps(_wide_evaluation(0, 65)), ENGINE.catalogue)

@@ -103,15 +103,9 @@ def feedback(state: PatientState, event: FeedbackEvent) -> Recommendation | None
 def retracted(state: PatientState, event: RetractionEvent, trigger: str,
               goals: frozenset[str] | None = None) -> list[Recommendation]:
     """Close every open recommendation the retracted evaluation (`trigger`) triggered (contracts.md
-    §1); with `goals` (one record of a grouped evaluation), those about its goals or the whole plan.
-    A goal-met recommendation (`advance_goal`) stays open, unchanged, while a score still kept meets
-    its goal: a later score that met it too never fired (the goal was met before), so closing it
-    would lose a valid "goal reached". Called after the scores were taken out."""
-    plan = state.plans.get(event.plan_id)
-    still_met = frozenset(g for g, goal in plan.goals.items() if goal.met_ever) if plan is not None else frozenset()
+    §1); with `goals` (one record of a grouped evaluation), those about its goals or the whole plan."""
     return close(state, (rec for rec in state.open.values() if trigger in rec.triggered_by
-                         and (goals is None or rec.goal_id is None or rec.goal_id in goals)
-                         and not (rec.kind == "advance_goal" and rec.goal_id in still_met)),
+                         and (goals is None or rec.goal_id is None or rec.goal_id in goals)),
                  rfc3339(event.occurred_at), event.event_id, "retracted")
 
 

@@ -101,25 +101,6 @@ def test_later_scores_are_judged_again_without_the_retracted_one():
                                                                         if "next" in r.triggered_by]
 
 
-@pytest.mark.parametrize(("later", "stays"), [(8, True), (5, False)])
-def test_a_goal_met_stays_open_while_a_kept_score_still_meets_the_goal(later, stays):
-    """M2: scores 3, 8, 8 (target 7): retracting the first 8 keeps "goal reached" open, since the
-    second 8 still meets the goal (it never fired: the goal was met before). With 3, 8, 5 it closes."""
-    story = Story().plan(0, goals=[goal("g1", "COPM-performance", 3, 7)])
-    story = story.evaluation(7, ("COPM-performance", 3, "g1"), kind="initial")
-    story = story.evaluation(14, ("COPM-performance", 8, "g1")).evaluation(21, ("COPM-performance", later, "g1"))
-    first_met = story.events[2]["event_id"]
-    _, sink = replay(story.events)
-    met = [r for r in sink.recs if r.kind == "advance_goal" and r.status == "open"]
-    assert [r.triggered_by for r in met] == [[first_met]]
-    core, sink = replay([*story.events, retraction(story, 22, first_met)])
-    assert core.tally.retracted == 1
-    closed = {r.recommendation_id for r in sink.recs if r.status == "closed"}
-    assert (met[0].recommendation_id not in closed) is stays
-    state = core.states.get("p-1")
-    assert state is not None and (met[0].recommendation_id in state.open) is stays
-
-
 @pytest.mark.parametrize("target", ["nothing", "p-1-e001", "p-1-e002-not"])
 def test_a_retraction_of_an_unknown_event_or_of_a_plan_is_counted_and_changes_nothing(target):
     story = grip_story()

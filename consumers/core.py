@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,7 +42,7 @@ import orjson
 
 from otrules.consumers.fhir.codes import load_code_table
 from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined, Refused, Skipped
-from otrules.consumers.fhir.resources import entries, is_fhir
+from otrules.consumers.fhir.resources import Entry, entries, is_fhir
 from otrules.consumers.states import PatientStates
 from otrules.engine import Engine, Outcome, PatientState, Released
 from otrules.engine.derive import group_scores, rfc3339
@@ -88,6 +89,8 @@ class Record:
     keyed: bool = False
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    byte_offset: int | None = None  # where the line starts in a file
+    fhir: dict[str, object] | None = None  # a dead-lettered FHIR entry: its Bundle id/type and entry index
 
     @property
     def where(self) -> str:
@@ -457,7 +460,7 @@ class EventCore:
                 continue
             if isinstance(step, Refused):
                 tally.read += 1
-                self.reject(record, Rejection(step.field, step.reason, step.kind))
+                self.reject(_entry_record(record, step.entry), Rejection(step.field, step.reason, step.kind))
                 continue
             patient_id = step.event.patient_id if isinstance(step, Apply) else step.patient_id
             resources = len(step.where) if isinstance(step, Apply) else 1
@@ -500,9 +503,12 @@ class EventCore:
         return _fault_rejection(TooLarge("the patient's state", size, self.max_state_bytes))
 
     def _reject_each(self, record: Record, step: Apply | Joined | Duplicate, rejection: Rejection) -> None:
-        for where in (step.where if isinstance(step, Apply) else [step.where]):
+        wheres = step.where if isinstance(step, Apply) else [step.where]
+        entries_ = step.entries if isinstance(step, Apply) and len(step.entries) == len(wheres) else \
+            [None] * len(wheres)
+        for where, entry in zip(wheres, entries_, strict=True):
             reason = rejection.reason if rejection.reason.startswith(where) else f"{where}: {rejection.reason}"
-            self.reject(record, replace(rejection, reason=reason))
+            self.reject(_entry_record(record, entry), replace(rejection, reason=reason))
 
     def _publish_released(self, released: Sequence[Released], record: Record | None) -> None:
         """Held events the reorder window let go: each one's recommendations are published (or
@@ -633,6 +639,28 @@ def _duration(span: dt.timedelta) -> str:
             n = seconds // size
             return f"{n} {unit}{'s' if n != 1 else ''}"
     return f"{seconds} seconds"
+
+
+MAX_DEAD_ENTRY = 64 * 1024
+"""Bytes of a refused FHIR resource a dead letter keeps (the rest is cut, its size and hash kept)."""
+
+
+def _entry_record(record: Record, entry: Entry | None) -> Record:
+    """What a refused FHIR resource is dead-lettered as: the resource alone (never its whole Bundle),
+    with where it was: the Bundle's id and type, the entry's index, the line and byte offset. A
+    resource over MAX_DEAD_ENTRY bytes is cut, so a dead letter is bounded."""
+    if entry is None or not entry.at:
+        return record  # a bare resource: the line is the resource
+    try:
+        raw = orjson.dumps(entry.resource)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: the head of the line stands in
+        raw = record.raw
+    where: dict[str, object] = {"bundle_id": entry.bundle_id, "bundle_type": entry.bundle_type,
+                                "entry": entry.index, "path": entry.at}
+    if len(raw) > MAX_DEAD_ENTRY:
+        where.update(size=len(raw), sha256=hashlib.sha256(raw).hexdigest(), truncated=True)
+        raw = raw[:MAX_DEAD_ENTRY]
+    return replace(record, raw=raw, fhir=where)
 
 
 def _held_record(event: Event, arrived: Record | None) -> Record:

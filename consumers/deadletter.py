@@ -15,6 +15,8 @@ class DeadLetter:
     reason: str  # names the field and the value: for the dead-letter sink only
     raw: bytes
     field: str  # the field alone: what stderr and logs may show
+    byte_offset: int | None = None  # where the line starts in the file
+    fhir: dict[str, object] | None = None  # a FHIR entry: its Bundle id/type, entry index (raw is the resource)
 
 
 class DeadLetterSink:
@@ -34,6 +36,10 @@ class DeadLetterSink:
             return
         record: dict[str, object] = {"source": letter.source, "line": letter.line, "reason": letter.reason,
                                      "field": letter.field}
+        if letter.byte_offset is not None:
+            record["byte_offset"] = letter.byte_offset
+        if letter.fhir is not None:
+            record["fhir"] = letter.fhir
         try:
             record["original"] = letter.raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -39,17 +39,19 @@ class JsonlSource:
                 rest = head + list(self._stream)
                 whole = b"".join(rest).removeprefix(b"\xef\xbb\xbf")
                 if _is_json(whole):
-                    yield Record(whole.strip(), self.name, len(head))
+                    yield Record(whole.strip(), self.name, len(head), byte_offset=0)
                     return
                 lines = rest
             else:
                 lines = itertools.chain(head, self._stream)
+        offset = 0
         for number, raw in enumerate(lines, start=1):
+            start, offset = offset, offset + len(raw)
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             raw = raw.rstrip(b"\r\n")
             if raw.strip():
-                yield Record(raw, self.name, number)
+                yield Record(raw, self.name, number, byte_offset=start)
 
 
 def _is_json(raw: bytes) -> bool:

@@ -32,7 +32,8 @@ class FileSink:
             self.emit(rec)
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
-        letter = DeadLetter(record.source, record.line, rejection.reason, record.raw, rejection.field)
+        letter = DeadLetter(record.source, record.line, rejection.reason, record.raw, rejection.field,
+                            record.byte_offset, record.fhir)
         self.dead_letters.write(letter)
         if self.on_reject is not None:
             self.on_reject(letter)

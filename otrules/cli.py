@@ -508,7 +508,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     finally:
         watcher.stop()
     c = service.counts()
-    skipped = f" + skipped {tally.skipped}" if tally.skipped else ""
+    skipped = _skipped_text(tally)
     click.echo(f"read {tally.read} = processed {tally.processed} + rejected {tally.rejected} + "
                f"duplicates {tally.duplicates}{skipped}; {tally.recommendations} recommendations in "
                f"{c['batches']} transactions ({c['aborted']} aborted); {c['sweeps']} sweeps made "
@@ -781,11 +781,19 @@ def _short(path: str) -> str:
     return Path(path).name if path.startswith(str(Path(defaults.SAMPLE_STREAM).parent)) else path
 
 
+def _skipped_text(s: Tally) -> str:
+    """` + skipped N (not OT 139, unmapped code 812, ...)`: the reasons are a fixed vocabulary."""
+    if not s.skipped:
+        return ""
+    why = ", ".join(f"{k} {n}" for k, n in s.skipped_by.most_common() if n)
+    return f" + skipped {s.skipped} ({why})" if why else f" + skipped {s.skipped}"
+
+
 def _summary_text(s: Tally) -> str:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())) or "none"
     swept = f", {s.swept} of them when time advanced" if s.swept else ""
     late = f"; late {s.late} (placed in history, recommended nothing)" if s.late else ""
-    skipped = f" + skipped {s.skipped}" if s.skipped else ""  # FHIR resources otrules does not read
+    skipped = _skipped_text(s)  # FHIR resources otrules does not read, by reason
     closed = ""
     if s.closed:
         why = ", ".join(f"{k} {n}" for k, n in sorted(s.closed.items()))

@@ -53,6 +53,8 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CPT = "http://www.ama-assn.org/go/cpt"  # an OT visit: 97530 therapeutic activities (rules/fhir-codes.yaml)
+SERVICE_TYPE = "http://terminology.hl7.org/CodeSystem/service-type"  # 61: Occupational Therapy
 ENCOUNTER_CLASS = {
     "outpatient": "AMB",
     "school": "AMB",
@@ -271,6 +273,7 @@ class _Writer:
                 "meta": _meta(1, at),
                 "status": "finished",
                 "class": {"system": ACT_CODE, "code": ENCOUNTER_CLASS[setting]},
+                "type": [{"coding": [{"system": CPT, "code": "97530", "display": "Therapeutic activities"}]}],
                 "subject": _patient_ref(event),
                 "episodeOfCare": [{"reference": f"EpisodeOfCare/{_id('eoc-' + event['plan_id'], 'plan_id', event)}"}],
                 "period": {"start": at},
@@ -284,6 +287,7 @@ class _Writer:
             "status": APPOINTMENT_STATUS[status],
             "start": at,
             "end": _later(at, VISIT_LENGTH),
+            "serviceType": [{"coding": [{"system": SERVICE_TYPE, "code": "61", "display": "Occupational Therapy"}]}],
             "participant": [{"actor": _patient_ref(event), "status": "accepted"}],
         }
 

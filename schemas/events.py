@@ -227,7 +227,7 @@ class PlanEvent(_EventBase):
 
     type: Literal["plan"]
     setting: Setting
-    frequency_per_week: Annotated[int, Field(ge=0, le=21)]
+    frequency_per_week: Annotated[int, Field(ge=0, le=21)] | None = None  # unknown: facts null (contracts.md §1)
     certified_from: Date
     certified_until: Date
     goals: list[Goal]  # may be empty: the contract sets no minimum

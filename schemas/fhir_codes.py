@@ -60,6 +60,20 @@ class SettingCode(_Entry):
     setting: Setting
 
 
+OtElement = Literal["type", "serviceType", "serviceCategory", "specialty", "appointmentType", "category",
+                    "activity", "performer-role", "class"]
+
+
+class OtCode(_Entry):
+    """A coding that makes an Encounter, Appointment or CarePlan occupational therapy (a CPT OT
+    evaluation or treatment code, a SNOMED CT OT regime, an HL7 service type, the NUCC taxonomy of a
+    performer's role). `on`: the elements it is looked for in (default: all)."""
+
+    on: list[OtElement] | None = Field(default=None, description="Where the code counts: Encounter.type, "
+                                       "Appointment.serviceType, CarePlan.category or activity.detail.code, "
+                                       "a PractitionerRole's code/specialty (performer-role) ...; none: anywhere")
+
+
 class CodeTable(BaseModel):
     """The whole file; `instrument_of`, `kind_of` and `setting_of` are the lookups the mapping uses."""
 
@@ -71,13 +85,19 @@ class CodeTable(BaseModel):
     instruments: list[InstrumentCode] = Field(default_factory=list)
     evaluation_kinds: list[KindCode] = Field(default_factory=list)
     settings: list[SettingCode] = Field(default_factory=list)
+    occupational_therapy: list[OtCode] = Field(
+        default_factory=list, description="What makes an Encounter, Appointment or CarePlan occupational therapy; "
+                                          "anything else is skipped as `not OT`")
+    default_setting: Setting = Field(
+        default="outpatient", description="The care setting of a CarePlan whose category, Encounters' class and "
+                                          "EpisodeOfCare/Location type say none")
     certification_days: Annotated[int, Field(ge=1, le=366)] = Field(
         default=90, description="A CarePlan without period.end is certified for this many days from period.start "
                                 "(Medicare: at most 90)")
 
     @model_validator(mode="after")
     def _one_meaning_per_code(self) -> CodeTable:
-        for name in ("instruments", "evaluation_kinds", "settings"):
+        for name in ("instruments", "evaluation_kinds", "settings", "occupational_therapy"):
             seen: set[tuple[str, str]] = set()
             for i, entry in enumerate(getattr(self, name)):
                 key = (entry.system, entry.code)
@@ -89,11 +109,13 @@ class CodeTable(BaseModel):
     _instruments: dict[tuple[str, str], InstrumentCode] = PrivateAttr(default_factory=dict)
     _kinds: dict[tuple[str, str], str] = PrivateAttr(default_factory=dict)
     _settings: dict[tuple[str, str], str] = PrivateAttr(default_factory=dict)
+    _ot: dict[tuple[str, str], frozenset[str] | None] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: object) -> None:
         self._instruments = {(e.system, e.code): e for e in self.instruments}
         self._kinds = {(e.system, e.code): e.kind for e in self.evaluation_kinds}
         self._settings = {(e.system, e.code): e.setting for e in self.settings}
+        self._ot = {(e.system, e.code): (frozenset(e.on) if e.on else None) for e in self.occupational_therapy}
 
     def instrument_of(self, system: str | None, code: str | None) -> InstrumentCode | None:
         """The entry for a coding; otrules' own system maps any code to the instrument of that id."""
@@ -113,6 +135,16 @@ class CodeTable(BaseModel):
         if system == SETTING_SYSTEM and code in SETTINGS:
             return code
         return self._settings.get((system or "", code or ""))
+
+    def is_ot(self, element: str, pairs: list[tuple[str | None, str | None]]) -> bool:
+        """Whether any (system, code) found in `element` is an occupational therapy code of the table."""
+        for system, code in pairs:
+            key = (system or "", code or "")
+            if key in self._ot:
+                on = self._ot[key]
+                if on is None or element in on:
+                    return True
+        return False
 
     def coding_for(self, instrument: str) -> InstrumentCode:
         """The coding a writer of FHIR uses for an instrument: the table's first entry for it

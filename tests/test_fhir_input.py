@@ -19,6 +19,8 @@ from otrules.consumers.fhir.mapping import SKIP_CODE, SKIP_STATUS, SKIP_TYPE
 from otrules.engine import Engine, PatientState
 
 P = "Patient/p-1"
+OT_REGIME = {"coding": [{"system": "http://snomed.info/sct", "code": "84478008"}]}  # SNOMED CT: Occupational therapy
+OT_VISIT = [{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97530"}]}]  # therapeutic activities
 LOINC = "http://loinc.org"
 T0 = "2026-03-02T09:00:00Z"
 
@@ -78,7 +80,7 @@ def careplan(pid: str = "cp-1", goals: tuple[str, ...] = ("g-moca",), status: st
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}]}],
             "period": {"start": "2026-03-02", "end": "2026-05-30"},
             "goal": [{"reference": f"Goal/{g}"} for g in goals],
-            "activity": [{"detail": {"status": "scheduled", "scheduledTiming": {
+            "activity": [{"detail": {"status": "scheduled", "code": OT_REGIME, "scheduledTiming": {
                 "repeat": {"frequency": 2, "period": 1, "periodUnit": "wk"}}}}], **extra}
 
 
@@ -89,9 +91,12 @@ def observation(oid: str, value: dict, when: str, code: str = "72172-0", system:
             "effectiveDateTime": when, "performer": [{"reference": "Practitioner/ot-9"}], **value, **extra}
 
 
+OT_SERVICE = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/service-type", "code": "61"}]}]
+
+
 def noshow(aid: str, when: str) -> dict:
     return {"resourceType": "Appointment", "id": aid, "status": "noshow", "start": when, "end": when,
-            "participant": [{"actor": {"reference": P}, "status": "accepted"}]}
+            "serviceType": OT_SERVICE, "participant": [{"actor": {"reference": P}, "status": "accepted"}]}
 
 
 def uuid_of(rid: str) -> str:
@@ -220,7 +225,6 @@ def test_an_out_of_range_score_is_dead_lettered_with_its_fhir_path_and_value(eng
     (observation("o", {"valueQuantity": {"value": 20, "units": "kg"}}, T0), "Observation.valueQuantity.units",
      "not valid FHIR R4: Extra inputs are not permitted"),
     (observation("o", {"valueString": "twenty"}, T0), "Observation.valueString", "must be a number"),
-    (careplan(category=[{"text": "OT"}], version="2"), "CarePlan.category", "no care setting"),
     (observation("o", {"valueInteger": 20}, T0, subject={"reference": "Group/g"}), "Observation.subject",
      "Patient"),
 ])
@@ -451,7 +455,8 @@ def test_an_episode_of_another_service_closes_nothing_and_an_ot_episode_closes_i
     assert not patient(core.states).plans["cp-1"].discharged and core.tally.skipped == 1
     visit = {"resourceType": "Encounter", "id": "enc-1", "status": "finished", "subject": {"reference": P},
              "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-             "period": {"start": "2026-03-04T09:00:00Z"}, "episodeOfCare": [{"reference": "EpisodeOfCare/eoc-ot"}]}
+             "type": OT_VISIT, "period": {"start": "2026-03-04T09:00:00Z"},
+             "episodeOfCare": [{"reference": "EpisodeOfCare/eoc-ot"}]}
     ot = {**cardiology, "id": "eoc-ot"}
     feed(core, visit, ot)
     assert patient(core.states).plans["cp-1"].discharged
@@ -477,16 +482,17 @@ def test_a_repeated_json_key_is_refused_as_for_native_events(engine):
     assert sink.letters[-1][1].field == "(repeated key)"
 
 
-def test_a_gas_level_goal_is_skipped_and_an_observation_naming_it_counts_for_no_goal(engine):
+def test_a_pco_gas_goal_aims_at_the_expected_level_and_its_scores_join_it_by_focus(engine):
     core, _ = core_for(engine)
     gas_goal = goal("g-gas", "107332-9", target={"detailCodeableConcept": {"text": "expected"}})
     feed(core, bundle("transaction", careplan(goals=("g-moca", "g-gas")), goal("g-moca"), gas_goal))
-    assert core.tally.skipped == 1 and set(patient(core.states).plans["cp-1"].goals) == {"g-moca"}
-    gas = observation("o-gas", {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34481-4"}]}},
+    goals = patient(core.states).plans["cp-1"].goals
+    assert core.tally.skipped == 0 and (goals["g-gas"].instrument, goals["g-gas"].target) == ("GAS", 0)
+    gas = observation("o-gas", {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34480-6"}]}},
                       T0, "107333-7", focus=[{"reference": "Goal/g-gas"}])
     feed(core, gas)
-    event: Any = core.events[0]
-    assert event.measures[0].goal_id is None
+    event: Any = core.events[-1]
+    assert (event.measures[0].goal_id, event.measures[0].score) == ("g-gas", 1)
 
 
 def test_two_versions_of_one_observation_in_a_history_bundle_are_two_events(engine):
@@ -577,3 +583,111 @@ def test_an_ehr_without_versions_can_still_mark_an_observation_entered_in_error(
     feed(core, plain, error, error)
     assert (core.tally.retracted, core.tally.duplicates) == (1, 1)
     assert not patient(core.states).plans["cp-1"].series
+
+
+# ---------------------------------------------------------------- FHIR as EHRs write it (issue 24)
+
+US_CORE_CATEGORY = [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",
+                                 "code": "assess-plan"}]}]
+
+
+def us_core_plan(**extra) -> dict:
+    """A US Core CarePlan: category assess-plan, no scheduledTiming; OT by its activity's code."""
+    plan = careplan(category=US_CORE_CATEGORY, **extra)
+    plan["activity"] = [{"detail": {"status": "in-progress", "code": OT_REGIME}}]
+    return plan
+
+
+def test_a_us_core_careplan_without_setting_or_timing_opens_an_outpatient_plan_of_unknown_frequency(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", us_core_plan(), goal("g-moca")))
+    plan = patient(core.states).plans["cp-1"]
+    assert (plan.setting, plan.frequency_per_week) == ("outpatient", None) and not sink.letters
+    feed(core, observation("o-1", {"valueInteger": 20}, "2026-03-03T09:00:00Z"))
+    assert not sink.letters and core.tally.processed == 3
+
+
+def test_the_setting_comes_from_the_ot_encounters_class_and_the_frequency_from_a_service_request(engine):
+    core, sink = core_for(engine)
+    plan = us_core_plan()
+    plan["activity"].append({"reference": {"reference": "ServiceRequest/sr-1"}})
+    request = {"resourceType": "ServiceRequest", "id": "sr-1", "status": "active", "intent": "order",
+               "subject": {"reference": P}, "code": OT_REGIME,
+               "occurrenceTiming": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "wk"}}}
+    visit = {"resourceType": "Encounter", "id": "enc-1", "status": "finished", "subject": {"reference": P},
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH"},
+             "type": OT_VISIT, "period": {"start": "2026-03-03T09:00:00Z"}}
+    feed(core, bundle("transaction", plan, goal("g-moca"), request, visit))
+    state = patient(core.states).plans["cp-1"]
+    assert (state.setting, state.frequency_per_week, state.visits_attended) == ("home-health", 3, 1)
+    assert not sink.letters
+
+
+def test_care_that_is_not_ot_is_skipped_by_reason_never_a_visit_nor_a_dead_letter(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    primary = {"resourceType": "Encounter", "id": "enc-pc", "status": "finished", "subject": {"reference": P},
+               "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+               "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185345009",
+                                     "display": "Encounter for symptom"}]}],
+               "period": {"start": "2026-03-03T09:00:00Z"}}
+    dental = {**noshow("a-dental", "2026-03-04T09:00:00Z"),
+              "serviceType": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/service-type",
+                                           "code": "88"}]}]}
+    diabetes = {**careplan("cp-diabetes", goals=()), "category": US_CORE_CATEGORY, "activity": []}
+    feed(core, bundle("collection", primary, dental, diabetes))
+    plan = patient(core.states).plans["cp-1"]
+    assert (plan.visits_attended, plan.visits_missed_in_a_row) == (0, 0) and "cp-diabetes" not in \
+        patient(core.states).plans
+    assert core.tally.skipped_by == {"not OT": 3} and not sink.letters and core.tally.balanced
+    runner = CliRunner()
+    text = "\n".join(json.dumps(d) for d in (bundle("transaction", careplan(), goal("g-moca")), primary, dental))
+    result = runner.invoke(main, ["run", "--input", "-"], input=text)
+    assert "+ skipped 2 (not OT 2)" in result.stderr, result.stderr
+
+
+def test_a_dead_letter_carries_the_refused_entry_not_its_bundle(engine, tmp_path):
+    big = [observation(f"hr-{i}", {"valueQuantity": {"value": 72}}, T0, "8867-4") for i in range(200)]
+    bad = observation("o-bad", {"valueInteger": 45}, T0)
+    doc = {**bundle("collection", *big, bad), "id": "b-7"}
+    raw = json.dumps(doc)
+    src = tmp_path / "in.ndjson"
+    src.write_text(json.dumps(bundle("transaction", careplan(), goal("g-moca"))) + "\n" + raw + "\n")
+    dead = tmp_path / "dead.jsonl"
+    result = CliRunner().invoke(main, ["run", "--input", str(src), "--dlq", str(dead)])
+    assert result.exit_code == 0, result.stderr
+    (letter,) = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert json.loads(letter["original"])["id"] == "o-bad" and "outside the range" in letter["reason"]
+    assert letter["fhir"] == {"bundle_id": "b-7", "bundle_type": "collection", "entry": 200,
+                              "path": "Bundle.entry[200]"}
+    assert letter["line"] == 2 and letter["byte_offset"] == src.read_bytes().index(b"\n") + 1
+    assert dead.stat().st_size < len(raw) / 20
+
+
+def test_contained_goals_are_read_and_another_patients_goal_is_refused_with_a_reason(engine):
+    core, sink = core_for(engine)
+    plan = careplan(goals=())
+    plan["contained"] = [{k: v for k, v in goal("goal").items() if k != "meta"}]
+    plan["goal"] = [{"reference": "#goal"}]
+    feed(core, plan)
+    assert [g.instrument for g in patient(core.states).plans["cp-1"].goals.values()] == ["MoCA"]
+    assert not sink.letters
+    theirs = {**goal("g-x"), "subject": {"reference": "Patient/p-2"}}
+    feed(core, bundle("transaction", careplan("cp-2", goals=("g-x",)), theirs))
+    (_, rejection), = sink.letters
+    assert rejection.field == "CarePlan.goal[0]" and "another patient's" in rejection.reason
+    assert "cp-2" not in patient(core.states).plans
+
+
+def test_gas_scores_join_their_goal_through_a_panel_that_names_it(engine):
+    core, _ = core_for(engine)
+    gas_goal = goal("g-gas", "107332-9", target={})
+    feed(core, bundle("transaction", careplan(goals=("g-gas",)), gas_goal))
+    score = observation("o-lvl", {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34483-0"}]}},
+                        T0, "107334-5")
+    panel = {"resourceType": "Observation", "id": "o-panel", "status": "final", "subject": {"reference": P},
+             "code": {"text": "GAS follow-up"}, "focus": [{"reference": "Goal/g-gas"}],
+             "hasMember": [{"reference": "Observation/o-lvl"}], "effectiveDateTime": T0}
+    feed(core, bundle("collection", panel, score))
+    event: Any = core.events[-1]
+    assert (event.measures[0].goal_id, event.measures[0].score) == ("g-gas", -1)

@@ -219,16 +219,20 @@ def test_a_certification_that_ends_before_it_starts_is_rejected(catalogue):
         .certified_until == dt.date(2026, 1, 5)
 
 
+def test_a_plan_may_leave_its_visit_frequency_unknown(catalogue):
+    """contracts.md §1: omitted or null, the frequency is unknown (its facts are null)."""
+    assert parsed_as(PlanEvent, without(plan(), "frequency_per_week"), catalogue).frequency_per_week is None
+    assert parsed_as(PlanEvent, plan(frequency_per_week=None), catalogue).frequency_per_week is None
+
+
 @pytest.mark.parametrize(
     ("event", "reason"),
-    [(without(plan(), "frequency_per_week"), "frequency_per_week: required field is missing"),
-     (without(plan(), "certified_from"), "certified_from: required field is missing"),
+    [(without(plan(), "certified_from"), "certified_from: required field is missing"),
      (without(plan(), "certified_until"), "certified_until: required field is missing"),
      (without(plan(), "goals"), "goals: required field is missing"),
      (without(plan(), "setting"), "setting: required field is missing"),
      (plan(goals=[without(plan()["goals"][0], "description")]), "goals[0].description: required field is missing"),
      (plan(goals=[without(plan()["goals"][0], "target")]), "goals[0].target: required field is missing"),
-     (plan(frequency_per_week=None), "frequency_per_week: Input should be a valid integer (got null)"),
      (plan(certified_until=None), f"certified_until: {YMD} (got null)"),
      (plan(goals=None), "goals: Input should be a valid array (got null)"),
      (without(evaluation(), "clinician_id"), "clinician_id: required field is missing"),

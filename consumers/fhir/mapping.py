@@ -30,10 +30,12 @@ from otrules.consumers.fhir.resources import (
     PartialTime,
     add_days,
     codings,
+    contained,
     date_of,
     event_time,
     identity,
     last_updated,
+    local_refs,
     reference,
     version_id,
 )
@@ -51,18 +53,28 @@ UNRECORDED = "unrecorded"
 """clinician_id of an evaluation whose Observations name no performer."""
 
 MAPPED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare")
+PATIENT_OWNED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare", "ServiceRequest")
 MAX_GOALS = 64  # Goals kept per patient for joining, and Goals one CarePlan may reference
 MAX_OUTCOMES = 256  # Goal.outcomeReference links kept per patient
 MAX_EPISODES = 16  # EpisodeOfCare -> plan links kept per patient (learnt from Encounters)
+# Why a resource was skipped: a fixed vocabulary (the summary's and the service's metric label), never
+# text from the feed
+SKIP_TYPE = "other type"  # a Patient, a Condition, a Practitioner ...
+SKIP_CODE = "unmapped code"  # an Observation whose code is not in the code table (vitals, labs)
+SKIP_NOT_OT = "not OT"  # an Encounter, Appointment or CarePlan of another service
+SKIP_NO_PLAN = "no OT plan"  # OT care, or an OT score, with no open OT plan to go to
+SKIP_STATUS = "other status"  # planned, booked, preliminary, draft ...
+SKIP_NO_VALUE = "no value"  # an Observation with a dataAbsentReason
+SKIP_NO_TARGET = "no target"  # a Goal with no target on a measure of the code table
+SKIP_NOT_OPEN = "nothing open"  # a completed CarePlan or finished episode whose plan is not open
+SKIP_EPISODE = "episode not linked"  # an EpisodeOfCare no OT plan's Encounters named
+SKIP_REASONS = (SKIP_NOT_OT, SKIP_CODE, SKIP_TYPE, SKIP_NO_PLAN, SKIP_STATUS, SKIP_NO_VALUE, SKIP_NO_TARGET,
+                SKIP_NOT_OPEN, SKIP_EPISODE)
+# GAS as the Person-Centered Outcomes IG writes it: a Goal on the GAS score with no number is aimed at
+# the expected level, 0
+GAS_CODES = ("107332-9", "107333-7", "107334-5")
+LOINC = "http://loinc.org"
 MAX_OBSERVATIONS = 512  # Observation id -> the version applied (and its plan), for entered-in-error/amended
-# Why a resource was skipped: a fixed vocabulary (the service's metric label), never text from the feed
-SKIP_TYPE = "resource type otrules does not read"
-SKIP_CODE = "Observation code not in the code table"
-SKIP_STATUS = "status otrules does not read"
-SKIP_NO_VALUE = "Observation without a value (dataAbsentReason)"
-SKIP_NO_TARGET = "Goal without a target otrules can score"
-SKIP_NOT_OPEN = "nothing open to close"
-SKIP_EPISODE = "EpisodeOfCare no Encounter linked to a plan"
 
 
 # ---------------------------------------------------------------- steps
@@ -76,6 +88,7 @@ class Apply:
     event: Event
     where: list[str]
     event_ids: list[str]
+    entries: list[Entry] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -103,6 +116,7 @@ class Refused:
     field: str
     reason: str
     kind: str = "invalid"  # invalid | key (a Kafka key that is not the resource's patient)
+    entry: Entry | None = None  # the refused resource and where it sits (a dead letter carries it, not its Bundle)
 
 
 @dataclass(slots=True)
@@ -153,6 +167,7 @@ class _Pending:
     where: list[str] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
     rids: set[str] = field(default_factory=set)
+    entries: list[Entry] = field(default_factory=list)
     retraction: Apply | None = None  # an amended/corrected Observation first retracts its earlier version
 
     @property
@@ -169,6 +184,15 @@ class _Line:
     careplan_goals: set[str]
     state_of: Callable[[str], PatientState]
     key: str | None
+    by_id: dict[tuple[str, str], Entry] = field(default_factory=dict)  # (type, id) -> the line's entry
+    goal_links: dict[str, str] = field(default_factory=dict)  # Observation id -> Goal, by focus/hasMember
+    local: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)  # container id -> #id -> (type, id)
+
+    def refs_of(self, e: Entry) -> dict[str, tuple[str, str]]:
+        """The reference map for resource `e`: the line's fullUrls, and `#id` of what `e` contains."""
+        rid = identity(e)
+        local = self.local.get(rid) if rid is not None else None
+        return {**self.bundle, **local} if local else self.bundle
 
 
 class FhirMapper:
@@ -187,18 +211,40 @@ class FhirMapper:
         bundle: dict[str, tuple[str, str]] = {}
         encounters: dict[str, Entry] = {}
         careplan_goals: set[str] = set()  # Goals a CarePlan of this line names: no snapshot of their own
+        local: dict[str, dict[str, tuple[str, str]]] = {}
+        inner: list[Entry] = []
+        for e in items:  # contained resources (`#id`) are read like entries of their own
+            found_local = local_refs(e) if "contained" in e.resource else {}
+            if found_local:
+                local[identity(e) or ""] = found_local
+                inner += contained(e)
+        items = inner + items if inner else items
+        by_id: dict[tuple[str, str], Entry] = {}
         for e in items:
             rid = identity(e)
             if e.full_url and rid:
                 bundle[e.full_url] = (e.type, rid)
+            if rid:
+                by_id[e.type, rid] = e
             if e.type == "Encounter" and rid:
                 encounters[rid] = e
+        context = _Line(bundle, encounters, careplan_goals, state_of, key, by_id, {}, local)
         for e in items:
             if e.type == "CarePlan":
                 for ref in _list(e.resource.get("goal")):
-                    found = reference(ref, bundle)
+                    found = reference(ref, context.refs_of(e))
                     if found and found[0] == "Goal":
                         careplan_goals.add(found[1])
+            elif e.type == "Observation":  # a GAS panel or score naming its Goal: its members follow it
+                goal = next((f[1] for ref in _list(e.resource.get("focus"))
+                             if (f := reference(ref, context.refs_of(e))) and f[0] == "Goal"), None)
+                rid = identity(e)
+                if goal is not None and rid is not None:
+                    context.goal_links.setdefault(rid, goal)
+                    for ref in _list(e.resource.get("hasMember")):
+                        found = reference(ref, context.refs_of(e))
+                        if found and found[0] == "Observation":
+                            context.goal_links.setdefault(found[1], goal)
         # Goals, then the plans they belong to, then the rest in order: a transaction's order has no
         # meaning, and a CarePlan must be open before what happens on it (a completed one stays in place)
         def rank(e: Entry) -> int:
@@ -206,7 +252,6 @@ class FhirMapper:
                 return 0
             return 1 if e.type == "CarePlan" and e.resource.get("status") in ("active", "on-hold") else 2
         ordered = sorted(items, key=rank)
-        context = _Line(bundle, encounters, careplan_goals, state_of, key)
         pending: _Pending | None = None
         for e in ordered:
             if pending is not None and e.type != "Observation":  # applied before the next resource is read
@@ -218,10 +263,12 @@ class FhirMapper:
             except _Skip as skip:
                 step = Skipped(e.where(), skip.why)
             except _Refuse as refuse:
-                step = Refused(e.where(), refuse.field, f"{e.where()}: {refuse.field}: {refuse.reason}", refuse.kind)
+                step = Refused(e.where(), refuse.field, f"{e.where()}: {refuse.field}: {refuse.reason}", refuse.kind,
+                               e)
             except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
                 # a shape no check above foresaw: this resource is malformed, the line goes on
-                step = Refused(e.where(), e.path(""), f"{e.where()}: malformed {e.type} ({type(exc).__name__})")
+                step = Refused(e.where(), e.path(""), f"{e.where()}: malformed {e.type} ({type(exc).__name__})",
+                               "invalid", e)
             if isinstance(step, _Pending):
                 if step.retraction is not None:  # the earlier version goes before the new value is applied
                     if pending is not None:  # (which may be in the group read so far)
@@ -234,6 +281,7 @@ class FhirMapper:
                     pending.where += step.where
                     pending.event_ids += step.event_ids
                     pending.rids |= step.rids
+                    pending.entries += step.entries
                     continue
                 if pending is not None:
                     yield from self._finish(pending)
@@ -248,10 +296,10 @@ class FhirMapper:
         try:
             parsed = parse_event(_json(event), self.catalogue)
         except EventRejected as exc:
-            for where in pending.where:
-                yield Refused(where, exc.field or "(event)", f"{where}: {exc.reason}", event["patient_id"])
+            for where, entry in zip(pending.where, pending.entries, strict=True):
+                yield Refused(where, exc.field or "(event)", f"{where}: {exc.reason}", "invalid", entry)
             return
-        yield Apply(parsed, pending.where, pending.event_ids)
+        yield Apply(parsed, pending.where, pending.event_ids, pending.entries)
 
     def _validate(self, e: Entry) -> None:
         if not self.validate:
@@ -284,6 +332,9 @@ class FhirMapper:
                 raise _Skip(SKIP_STATUS)
             if self._instrument(e) is None:
                 raise _Skip(SKIP_CODE)
+        elif isinstance(status, str) and ((kind == "Encounter" and status not in ("finished", "cancelled")) or
+                                          (kind == "Appointment" and status not in ("noshow", "cancelled"))):
+            raise _Skip(SKIP_STATUS)
         self._validate(e)
         if not isinstance(status, str):
             raise _Refuse(e.path(status_field), "required element is missing")
@@ -303,37 +354,43 @@ class FhirMapper:
         if kind == "Goal":
             return self._goal(e, rid, event_id, patient, state, line.careplan_goals)
         if kind == "CarePlan":
-            return self._careplan(e, rid, event_id, patient, state, line.bundle)
+            return self._careplan(e, rid, event_id, patient, state, line)
         if kind == "Observation":
             if status == "entered-in-error":
                 return self._retraction(e, rid, event_id, patient, state)
             return self._observation(e, rid, event_id, patient, state, line)
         if kind == "Encounter":
-            visit = {"finished": "attended", "cancelled": "cancelled"}.get(status)
-            if visit is None:
-                raise _Skip(SKIP_STATUS)
+            visit = {"finished": "attended", "cancelled": "cancelled"}[status]
+            plan_id = self._ot_plan(e, rid, patient, state, line)  # skipped unless OT
             period = _dict(e.resource.get("period"))
             at = self._time(e, "period.start", period.get("start"))
-            plan_id = self._open_plan(e, state)
             for ref in _list(e.resource.get("episodeOfCare")):  # learnt: which plan an episode is about
-                found = reference(ref, line.bundle)
+                found = reference(ref, line.refs_of(e))
                 if found and found[0] == "EpisodeOfCare":
-                    episodes: dict[str, str] = _join(state).setdefault("episodes", {})
-                    episodes.pop(found[1], None)
-                    episodes[found[1]] = plan_id
-                    while len(episodes) > MAX_EPISODES:
-                        episodes.pop(next(iter(episodes)))
+                    self._link_episode(state, found[1], plan_id)
             return self._event(e, event_id, {"type": "visit", "patient_id": patient, "occurred_at": at,
                                              "plan_id": plan_id, "status": visit})
         if kind == "Appointment":
-            visit = {"noshow": "missed", "cancelled": "cancelled"}.get(status)
-            if visit is None:
-                raise _Skip(SKIP_STATUS)
+            visit = {"noshow": "missed", "cancelled": "cancelled"}[status]
+            plan_id = self._ot_plan(e, rid, patient, state, line)
             at = self._time(e, "start", e.resource.get("start"))
             return self._event(e, event_id, {"type": "visit", "patient_id": patient, "occurred_at": at,
-                                             "plan_id": self._open_plan(e, state), "status": visit})
+                                             "plan_id": plan_id, "status": visit})
         # EpisodeOfCare: it closes the plan its Encounters were on, and only that one (an episode of
-        # another service, cardiology say, names no OT plan)
+        # another service, cardiology say, names no OT plan). An open one sent with its OT CarePlan
+        # (one transaction) is that plan's.
+        if status in ("active", "waitlist", "planned", "onhold"):
+            plan_ids = [r for (t, r), c in line.by_id.items() if t == "CarePlan" and r in state.plans
+                        and not state.plans[r].discharged and c.resource.get("status") in ("active", "on-hold")]
+            if len(plan_ids) != 1 and not self.codes.is_ot("type", codings(e.resource.get("type"))):
+                raise _Skip(SKIP_EPISODE)
+            if len(plan_ids) != 1:
+                plan_ids = _open_plans(state)[:1]
+                if not plan_ids:
+                    raise _Skip(SKIP_NO_PLAN)
+            self._link_episode(state, rid, plan_ids[0])
+            state.remember(event_id)
+            return Joined(patient, e.where(), event_id)
         if status not in ("finished", "cancelled"):
             raise _Skip(SKIP_STATUS)
         plan_id = _join(state).get("episodes", {}).get(rid)
@@ -349,6 +406,70 @@ class FhirMapper:
         return self._event(e, event_id, {"type": "discharge", "patient_id": patient, "occurred_at": at,
                                          "plan_id": plan_id, "reason": f"EpisodeOfCare {status}"})
 
+    @staticmethod
+    def _link_episode(state: PatientState, episode: str, plan_id: str) -> None:
+        episodes: dict[str, str] = _join(state).setdefault("episodes", {})
+        episodes.pop(episode, None)
+        episodes[episode] = plan_id
+        while len(episodes) > MAX_EPISODES:
+            episodes.pop(next(iter(episodes)))
+
+    def _ot_plan(self, e: Entry, rid: str, patient: str, state: PatientState, line: _Line) -> str:
+        """The OT plan an Encounter or Appointment is a visit of; `_Skip` when it is not OT care.
+        OT by an explicit link to an OT plan (basedOn, episodeOfCare, the plan's activity.reference),
+        or by a code of the table (type, serviceType ..., a performer's PractitionerRole)."""
+        r = e.resource
+        refs = line.refs_of(e)
+        join = _join(state)
+        open_ids = set(_open_plans(state))
+        for ref in _list(r.get("basedOn")):
+            found = self._own(e, "basedOn", ref, patient, line)
+            if found and found[0] == "CarePlan" and found[1] in open_ids:
+                return found[1]
+        for ref in _list(r.get("episodeOfCare")):
+            found = self._own(e, "episodeOfCare", ref, patient, line)
+            plan_id = join.get("episodes", {}).get(found[1]) if found and found[0] == "EpisodeOfCare" else None
+            if plan_id is not None and plan_id in open_ids:
+                return plan_id
+        plan_id = join.get("activities", {}).get(f"{e.type}/{rid}")
+        if plan_id is not None and plan_id in open_ids:
+            return plan_id
+        elements = (("type", "type"),) if e.type == "Encounter" else \
+            (("serviceType", "serviceType"), ("serviceCategory", "serviceCategory"), ("specialty", "specialty"),
+             ("appointmentType", "appointmentType"))
+        ot = any(self.codes.is_ot(name, codings(r.get(element))) for element, name in elements)
+        if not ot and e.type == "Encounter":
+            ot = self.codes.is_ot("serviceType", codings(r.get("serviceType")))
+        if not ot:
+            people = [p.get("individual") for p in _list(r.get("participant")) if isinstance(p, dict)] + \
+                [p.get("actor") for p in _list(r.get("participant")) if isinstance(p, dict)]
+            for ref in people:
+                found = reference(ref, refs)
+                role = line.by_id.get(found) if found and found[0] == "PractitionerRole" else None
+                if role is not None and self.codes.is_ot("performer-role", codings(role.resource.get("code")) +
+                                                         codings(role.resource.get("specialty"))):
+                    ot = True
+                    break
+        if not ot:
+            raise _Skip(SKIP_NOT_OT)
+        if not open_ids:
+            raise _Skip(SKIP_NO_PLAN)
+        return _open_plans(state)[0]
+
+    def _own(self, e: Entry, element: str, ref: Any, patient: str, line: _Line) -> tuple[str, str] | None:
+        """(type, id) a reference names; refused when it names a resource of this line that is another
+        patient's (never silently dropped)."""
+        found = reference(ref, line.refs_of(e))
+        if found is None:
+            return None
+        other = line.by_id.get(found)
+        if other is not None and other.type in PATIENT_OWNED:
+            theirs = _patient_or_none(other, line.bundle)
+            if theirs is not None and theirs != patient:
+                raise _Refuse(e.path(element), f"{found[0]}/{show_value(found[1])} is another patient's "
+                                               f"({show_value(theirs)}), not {show_value(patient)}'s")
+        return found
+
     def _event(self, e: Entry, event_id: str, fields: dict[str, Any]) -> Apply:
         event = {"event_id": event_id, **fields}
         try:
@@ -356,7 +477,7 @@ class FhirMapper:
         except EventRejected as exc:
             raise _Refuse(e.path(_FIELD_PATHS.get((e.type, exc.field or ""), exc.field or "(resource)")),
                           exc.reason.split(": ", 1)[-1]) from None
-        return Apply(parsed, [e.where()], [event_id])
+        return Apply(parsed, [e.where()], [event_id], [e])
 
     # ------------------------------------------------------------ Goal and CarePlan
 
@@ -409,8 +530,8 @@ class FhirMapper:
                 entry = self.codes.instrument_of(system, code)
                 if entry is not None:
                     break
-            if entry is None or entry.answers is not None:
-                continue  # a target otrules cannot score against (a GAS level goal is scored by its own GAS)
+            if entry is None:
+                continue  # a target otrules cannot score against
             paths = {"target": f"target[{i}].detail[x]", "target_date": f"target[{i}].dueDate",
                      "description": "description.text", "goal_id": "id",
                      "baseline": f"extension({GOAL_BASELINE})", "gas_weight": f"extension({GOAL_GAS_WEIGHT})"}
@@ -421,6 +542,10 @@ class FhirMapper:
             elif "detailInteger" in target:
                 paths["target"] = f"target[{i}].detailInteger"
                 value = target["detailInteger"]
+            elif entry.answers is not None:  # GAS the PCO way: a level as its LA code, else the expected level 0
+                paths["target"] = f"target[{i}].detailCodeableConcept"
+                value = next((entry.answers[c] for _s, c in codings(target.get("detailCodeableConcept"))
+                              if c in entry.answers), 0)
             else:
                 raise _Refuse(e.path(f"target[{i}].detail[x]"), "a target on a scored measure needs "
                                                                "detailQuantity or detailInteger")
@@ -445,8 +570,9 @@ class FhirMapper:
         return None  # no measurable target: not a goal otrules can follow
 
     def _careplan(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState,
-                  bundle: dict[str, tuple[str, str]]) -> Step:
+                  line: _Line) -> Step:
         r = e.resource
+        bundle = line.refs_of(e)
         status = r["status"]
         join = _join(state)
         plans: dict[str, Any] = join.setdefault("plans", {})
@@ -472,25 +598,77 @@ class FhirMapper:
             raise _Refuse(e.path("goal"), f"{len(refs)} Goals, over the {MAX_GOALS} otrules follows in one plan")
         goal_ids: list[str] = []
         for i, ref in enumerate(refs):
-            found = reference(ref, bundle)
+            found = self._own(e, f"goal[{i}]", ref, patient, line)
             if found is None or found[0] != "Goal":
                 raise _Refuse(e.path(f"goal[{i}]"), f"not a reference to a Goal (got {show_value(ref)})")
             goal_ids.append(found[1])
-        snapshot = {"fields": self._plan_fields(e, known), "goals": goal_ids, "at": at}
+        if known is None and not self._is_ot_plan(e, goal_ids, state):
+            raise _Skip(SKIP_NOT_OT)
+        snapshot = {"fields": self._plan_fields(e, known, line), "goals": goal_ids, "at": at}
         step = self._plan_event(e, event_id, patient, rid, snapshot, at, state)
         plans.pop(rid, None)  # kept only once the plan event is good; the newest last
         plans[rid] = snapshot
         while len(plans) > MAX_PLANS:
             plans.pop(next(iter(plans)))
+        activities: dict[str, str] = join.setdefault("activities", {})  # what the plan names as its own
+        for activity in _list(r.get("activity")):
+            found = reference(_dict(activity).get("reference"), bundle)
+            if found and found[0] in ("Appointment", "Encounter"):
+                activities.pop(f"{found[0]}/{found[1]}", None)
+                activities[f"{found[0]}/{found[1]}"] = rid
+        while len(activities) > MAX_OUTCOMES:
+            activities.pop(next(iter(activities)))
         return step
 
-    def _plan_fields(self, e: Entry, known: dict[str, Any] | None) -> dict[str, Any]:
+    def _is_ot_plan(self, e: Entry, goal_ids: list[str], state: PatientState) -> bool:
+        """A CarePlan is OT by a code of the table in its category or an activity's code, or by a Goal
+        on a measure of the code table (an OT outcome measure)."""
         r = e.resource
-        setting = next((s for system, code in codings(r.get("category"))
-                        if (s := self.codes.setting_of(system, code)) is not None), None)
-        if setting is None:
-            raise _Refuse(e.path("category"), f"no care setting in the code table among "
-                                              f"{show_value([f'{s}|{c}' for s, c in codings(r.get('category'))])}")
+        if self.codes.is_ot("category", codings(r.get("category"))):
+            return True
+        for activity in _list(r.get("activity")):
+            detail = _dict(_dict(activity).get("detail"))
+            if self.codes.is_ot("activity", codings(detail.get("code"))):
+                return True
+        goals = _join(state).get("goals", {})
+        return any(g in goals for g in goal_ids)
+
+    def _setting(self, e: Entry, known: dict[str, Any] | None, line: _Line) -> str:
+        """CarePlan.category via the code table; else the class of the line's OT Encounters, the type of
+        an EpisodeOfCare or of an Encounter's Location; else the plan's setting so far; else the code
+        table's default_setting. Never a reason to refuse a plan."""
+        found = self._setting_in(codings(e.resource.get("category")))
+        if found is not None:
+            return found
+        candidates: list[tuple[str | None, str | None]] = []
+        refs = line.refs_of(e)
+        for (kind, _rid), other in line.by_id.items():
+            if kind == "Encounter":
+                cls = _dict(other.resource.get("class"))
+                if self.codes.is_ot("type", codings(other.resource.get("type"))) or any(
+                        (f := reference(ref, refs)) and f[0] == "CarePlan" and f[1] == identity(e)
+                        for ref in _list(other.resource.get("basedOn"))):
+                    candidates.append((cls.get("system"), cls.get("code")))
+                    for loc in _list(other.resource.get("location")):
+                        where = reference(_dict(loc).get("location"), refs)
+                        place = line.by_id.get(where) if where else None
+                        if place is not None:
+                            candidates += codings(place.resource.get("type"))
+            elif kind == "EpisodeOfCare":
+                candidates += codings(other.resource.get("type"))
+        found = self._setting_in(candidates)
+        if found is not None:
+            return found
+        if known is not None:
+            return str(known["fields"]["setting"])
+        return self.codes.default_setting
+
+    def _setting_in(self, pairs: list[tuple[str | None, str | None]]) -> str | None:
+        return next((s for system, code in pairs if (s := self.codes.setting_of(system, code)) is not None), None)
+
+    def _plan_fields(self, e: Entry, known: dict[str, Any] | None, line: _Line) -> dict[str, Any]:
+        r = e.resource
+        setting = self._setting(e, known, line)
         period = _dict(r.get("period"))
         if not isinstance(period.get("start"), str):
             raise _Refuse(e.path("period.start"), "required: the start of the certification period")
@@ -502,35 +680,57 @@ class FhirMapper:
             raise _Refuse(e.path("period"), f"{show_value(period)}: not full dates") from None
         frequency = self._frequency(e)
         if frequency is None:
-            if known is None:
-                raise _Refuse(e.path("activity.detail.scheduledTiming.repeat"),
-                              "required: how often visits are planned (frequency, period, periodUnit)")
-            frequency = known["fields"]["frequency_per_week"]
-        return {"setting": setting, "frequency_per_week": frequency, "certified_from": start,
-                "certified_until": until}
+            frequency = self._requested_frequency(e, line)
+        if frequency is None and known is not None:
+            frequency = known["fields"].get("frequency_per_week")
+        fields: dict[str, Any] = {"setting": setting, "certified_from": start, "certified_until": until}
+        if frequency is not None:  # unknown: left out, and rules comparing it do not match (contracts.md §1)
+            fields["frequency_per_week"] = frequency
+        return fields
 
-    @staticmethod
-    def _frequency(e: Entry) -> int | None:
-        per_unit = {"d": 7.0, "wk": 1.0, "mo": 7 / 30.4375, "a": 7 / 365.25}
+    def _requested_frequency(self, e: Entry, line: _Line) -> int | None:
+        """The visit frequency of a ServiceRequest of the line that the plan names (activity.reference)
+        or that names the plan (basedOn): its occurrenceTiming."""
+        rid = identity(e)
+        refs = line.refs_of(e)
+        named = {f for a in _list(e.resource.get("activity")) if (f := reference(_dict(a).get("reference"), refs))}
+        for (kind, sid), request in line.by_id.items():
+            if kind != "ServiceRequest":
+                continue
+            based = any((f := reference(ref, line.refs_of(request))) and f == ("CarePlan", rid)
+                        for ref in _list(request.resource.get("basedOn")))
+            if (kind, sid) in named or based:
+                repeat = _dict(_dict(request.resource.get("occurrenceTiming")).get("repeat"))
+                if repeat:
+                    return self._times(request, "occurrenceTiming.repeat", repeat)
+        return None
+
+    @classmethod
+    def _frequency(cls, e: Entry) -> int | None:
         for i, activity in enumerate(_list(e.resource.get("activity"))):
             timing = _dict(_dict(_dict(_dict(activity).get("detail")).get("scheduledTiming")).get("repeat"))
             if not timing:
                 continue
-            where = f"activity[{i}].detail.scheduledTiming.repeat"
-            unit = timing.get("periodUnit", "wk")
-            if unit not in per_unit:
-                raise _Refuse(e.path(f"{where}.periodUnit"), f"{show_value(unit)}: otrules reads d, wk, mo or a")
-            frequency, period = timing.get("frequencyMax", timing.get("frequency", 1)), timing.get("period", 1)
-            if not _number(frequency) or frequency < 0:
-                raise _Refuse(e.path(f"{where}.frequency"), f"{show_value(frequency)}: not a count of visits")
-            if not _number(period) or period <= 0:
-                raise _Refuse(e.path(f"{where}.period"), f"{show_value(period)}: not a positive period")
-            times = frequency / period * per_unit[unit]
-            value = round(times) if math.isfinite(times) and times < 1e6 else 10**6
-            if not 0 <= value <= 21:
-                raise _Refuse(e.path(where), f"{times:g} visits a week is outside the range 0–21")
-            return value
+            return cls._times(e, f"activity[{i}].detail.scheduledTiming.repeat", timing)
         return None
+
+    @staticmethod
+    def _times(e: Entry, where: str, timing: dict[str, Any]) -> int:
+        """Visits a week of a Timing.repeat."""
+        per_unit = {"d": 7.0, "wk": 1.0, "mo": 7 / 30.4375, "a": 7 / 365.25}
+        unit = timing.get("periodUnit", "wk")
+        if unit not in per_unit:
+            raise _Refuse(e.path(f"{where}.periodUnit"), f"{show_value(unit)}: otrules reads d, wk, mo or a")
+        frequency, period = timing.get("frequencyMax", timing.get("frequency", 1)), timing.get("period", 1)
+        if not _number(frequency) or frequency < 0:
+            raise _Refuse(e.path(f"{where}.frequency"), f"{show_value(frequency)}: not a count of visits")
+        if not _number(period) or period <= 0:
+            raise _Refuse(e.path(f"{where}.period"), f"{show_value(period)}: not a positive period")
+        times = frequency / period * per_unit[unit]
+        value = round(times) if math.isfinite(times) and times < 1e6 else 10**6
+        if not 0 <= value <= 21:
+            raise _Refuse(e.path(where), f"{times:g} visits a week is outside the range 0–21")
+        return value
 
     def _plan_event(self, e: Entry, event_id: str, patient: str, plan_id: str, snapshot: dict[str, Any],
                     at: str, state: PatientState) -> Apply:
@@ -553,7 +753,7 @@ class FhirMapper:
     def _observation(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState,
                      line: _Line) -> _Pending:
         r = e.resource
-        bundle = line.bundle
+        bundle = line.refs_of(e)
         entry = self._instrument(e)
         assert entry is not None  # checked before validation
         score, element = self._score(e, entry)
@@ -575,21 +775,30 @@ class FhirMapper:
                 raise _Refuse(e.path("effective[x]"), "required: when the score was taken "
                                                       "(effectiveDateTime, effectivePeriod.start or issued)")
         plan_id = None
-        for ref in _list(r.get("basedOn")):
-            found = reference(ref, bundle)
+        for i, ref in enumerate(_list(r.get("basedOn"))):
+            found = self._own(e, f"basedOn[{i}]", ref, patient, line)
             if found and found[0] == "CarePlan":
                 plan_id = found[1]
                 break
-        if plan_id is None:
-            plan_id = self._open_plan(e, state, "basedOn")
+        if plan_id is None:  # a score taken outside OT (a MoCA in a memory clinic) is not an OT evaluation
+            open_plans = _open_plans(state)
+            if not open_plans:
+                raise _Skip(SKIP_NO_PLAN)
+            plan_id = open_plans[0]
         # the goal: one the plan has (a Goal otrules could not follow, such as a GAS-level goal of the
         # Person-Centered Outcomes IG, is no goal of the plan)
         plan = state.plans.get(plan_id)
         of_plan = plan.goals if plan is not None else {}
-        goal_id = _join(state).get("outcomes", {}).get(rid)
+        outcomes = _join(state).get("outcomes", {})
+        goal_id = outcomes.get(rid)
         if goal_id not in of_plan:
-            goal_id = next((found[1] for ref in _list(r.get("focus")) if (found := reference(ref, bundle))
+            goal_id = next((found[1] for i, ref in enumerate(_list(r.get("focus")))
+                            if (found := self._own(e, f"focus[{i}]", ref, patient, line))
                             and found[0] == "Goal" and found[1] in of_plan), None)
+        if goal_id is None:  # a member of a panel that names the Goal, or derived from a score that does
+            linked = [rid] + [f[1] for ref in _list(r.get("derivedFrom"))
+                              if (f := reference(ref, bundle)) and f[0] == "Observation"]
+            goal_id = next((g for o in linked if (g := line.goal_links.get(o) or outcomes.get(o)) in of_plan), None)
         if goal_id is None:
             same = [g for g, goal in sorted(of_plan.items()) if goal.instrument == entry.instrument]
             goal_id = same[0] if len(same) == 1 else None
@@ -612,7 +821,7 @@ class FhirMapper:
             # contracts.md §7: the earlier version is retracted and the new value applies at its time
             retraction = self._retraction_event(e, _derived_id(event_id, "retraction"), patient, earlier, at, [])
         _remember_observation(state, rid, event_id, plan_id)
-        return _Pending(key, event, [e.where()], [event_id], {rid}, retraction)
+        return _Pending(key, event, [e.where()], [event_id], {rid}, [e], retraction)
 
     def _retraction(self, e: Entry, rid: str, event_id: str, patient: str, state: PatientState) -> Apply:
         """An Observation sent again as entered-in-error: a retraction (contracts.md §1) of the version
@@ -714,12 +923,6 @@ class FhirMapper:
             sent = e.resource.get(element.split(".")[0])
             raise _Refuse(e.path(element), f"required: a reference to the Patient (got {show_value(sent)})")
         return pid
-
-    def _open_plan(self, e: Entry, state: PatientState, element: str = "(plan)") -> str:
-        plans = _open_plans(state)
-        if not plans:
-            raise _Refuse(e.path(element), "the patient has no open plan of care (no active CarePlan seen)")
-        return plans[0]
 
     @staticmethod
     def _time(e: Entry, element: str, value: Any) -> str:

@@ -32,6 +32,9 @@ class Entry:
     resource: dict[str, Any]
     at: str
     full_url: str | None = None
+    index: int | None = None  # the entry's index in its Bundle
+    bundle_id: str | None = None
+    bundle_type: str | None = None
 
     @property
     def type(self) -> str:
@@ -84,6 +87,8 @@ def entries(raw: bytes) -> list[Entry]:
         raise EventRejected(f"Bundle.entry: expected a list (got {show_value(items)})", "Bundle.entry")
     if len(items) > MAX_ENTRIES:
         raise EventRejected(f"Bundle.entry: {len(items)} entries, over the {MAX_ENTRIES} limit", "Bundle.entry")
+    bid = doc.get("id")
+    bundle_id = bid if isinstance(bid, str) else None
     out = []
     for i, item in enumerate(items):
         at = f"Bundle.entry[{i}]"
@@ -96,7 +101,40 @@ def entries(raw: bytes) -> list[Entry]:
             raise EventRejected(f"{at}.resource: expected a JSON object (got {show_value(resource)})",
                                 "Bundle.entry.resource")
         url = item.get("fullUrl")
-        out.append(Entry(resource, at, url if isinstance(url, str) else None))
+        out.append(Entry(resource, at, url if isinstance(url, str) else None, i, bundle_id, btype))
+    return out
+
+
+def contained(entry: Entry) -> list[Entry]:
+    """The contained resources of an entry that have an id, as entries of their own: each is known by
+    `<container id>.<contained id>` (or the container's fullUrl and `#id`), inherits the container's
+    subject when it has none, and is found by `#<id>` from the container (`local_refs`)."""
+    items = entry.resource.get("contained")
+    rid = identity(entry)
+    if not isinstance(items, list) or rid is None:
+        return []
+    out = []
+    for j, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            continue
+        resource = dict(item)
+        resource["id"] = f"{rid}.{item['id']}" if not rid.startswith("urn:") else f"c{j}.{item['id']}"
+        for element in ("subject", "patient"):
+            if element in entry.resource and element not in resource and resource.get("resourceType") in (
+                    "Goal", "Observation", "ServiceRequest", "CarePlan", "Encounter", "EpisodeOfCare"):
+                resource[element if resource.get("resourceType") != "EpisodeOfCare" else "patient"] = \
+                    entry.resource[element]
+        at = f"{entry.at}.resource.contained[{j}]" if entry.at else f"{entry.type}.contained[{j}]"
+        out.append(Entry(resource, at, None, entry.index, entry.bundle_id, entry.bundle_type))
+    return out
+
+
+def local_refs(entry: Entry) -> dict[str, tuple[str, str]]:
+    """`#<id>` -> (type, id as `contained` names it) for the contained resources of an entry."""
+    out: dict[str, tuple[str, str]] = {}
+    for item in contained(entry):
+        cid = item.resource["id"].rsplit(".", 1)[-1]
+        out[f"#{cid}"] = (item.type, item.resource["id"])
     return out
 
 

@@ -588,12 +588,16 @@ class FhirMapper:
                                              "occurred_at": at, "reason": f"CarePlan {status}"})
         if status not in ("active", "on-hold"):
             raise _Skip(SKIP_STATUS)
+        refs = _list(r.get("goal"))
+        if known is None:  # a care plan of another service is skipped before anything in it is checked
+            named = [f[1] for ref in refs if (f := reference(ref, bundle)) and f[0] == "Goal"]
+            if not self._is_ot_plan(e, named, state):
+                raise _Skip(SKIP_NOT_OT)
         # a CarePlan first seen opens the plan when it was made; a later version, when it changed
         first = ("created", r.get("created")), ("meta.lastUpdated", last_updated(r))
         element, value = next(((k, v) for k, v in (first if known is None else first[::-1]) if v),
                               ("period.start", _dict(r.get("period")).get("start")))
         at = self._time(e, element, value)
-        refs = _list(r.get("goal"))
         if len(refs) > MAX_GOALS:
             raise _Refuse(e.path("goal"), f"{len(refs)} Goals, over the {MAX_GOALS} otrules follows in one plan")
         goal_ids: list[str] = []
@@ -602,8 +606,6 @@ class FhirMapper:
             if found is None or found[0] != "Goal":
                 raise _Refuse(e.path(f"goal[{i}]"), f"not a reference to a Goal (got {show_value(ref)})")
             goal_ids.append(found[1])
-        if known is None and not self._is_ot_plan(e, goal_ids, state):
-            raise _Skip(SKIP_NOT_OT)
         snapshot = {"fields": self._plan_fields(e, known, line), "goals": goal_ids, "at": at}
         step = self._plan_event(e, event_id, patient, rid, snapshot, at, state)
         plans.pop(rid, None)  # kept only once the plan event is good; the newest last

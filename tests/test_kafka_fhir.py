@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 from kafka import KafkaProducer
 
@@ -56,4 +57,28 @@ def test_fhir_stream_through_kafka_equals_the_native_run_across_a_sigkill(kafka_
     log = second.terminate()
     assert _briefs([r.value.decode() for r in records]) == expected
     assert "rejected 0" in log and "+ skipped" in log
+    assert count_committed(kafka_bootstrap, topics.dlq) == 0
+
+
+def test_the_us_core_ot_episode_through_kafka_gives_the_native_recommendations(kafka_bootstrap, tmp_path):
+    """The hand-written US Core OT episode (tests/fhir/): CarePlan assess-plan without timing, visits
+    typed by CPT and service type, a primary-care visit and a dental no-show skipped as not OT."""
+    here = Path(__file__).parent / "fhir"
+    native = (here / "us-core-ot-episode.native.jsonl").read_bytes()
+    out: list[str] = []
+    Pipeline(Engine(defaults.rulesets(), defaults.catalogue()), lambda r: out.append(r.to_json()),
+             DeadLetterSink(None)).feed(JsonlSource(io.BytesIO(native)))
+    expected = _briefs(out)
+    assert len(expected) >= 3
+    topics = Topics(kafka_bootstrap, partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for text in (here / "us-core-ot-episode.ndjson").read_text().splitlines():
+        producer.send(topics.input, key=fhir_key(json.loads(text)), value=text.encode())
+    producer.flush()
+    producer.close()
+    consumer = Consumer(kafka_bootstrap, topics, "fhir-us-core", tmp_path, "--input-format", "fhir")
+    records = read_all(kafka_bootstrap, topics.output, len(expected))
+    log = consumer.terminate()
+    assert _briefs([r.value.decode() for r in records]) == expected
+    assert "rejected 0" in log and "skipped 2 (not OT 2)" in log
     assert count_committed(kafka_bootstrap, topics.dlq) == 0

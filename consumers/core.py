@@ -40,8 +40,7 @@ from typing import Protocol
 
 import orjson
 
-from otrules.consumers.fhir.codes import load_code_table
-from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined, Refused, Skipped
+from otrules.consumers.fhir.mapping import Apply, Duplicate, FhirMapper, Joined, Refused, Skipped, make_mapper
 from otrules.consumers.fhir.resources import Entry, entries, is_fhir
 from otrules.consumers.states import PatientStates
 from otrules.engine import Engine, Outcome, PatientState, Released
@@ -421,7 +420,7 @@ class EventCore:
             self.reject(record, Rejection(exc.field or "(resource)", exc.reason, "invalid"))
             return []
         if self._fhir is None:
-            self._fhir = FhirMapper(load_code_table(None, self.engine.catalogue), self.engine.catalogue)
+            self._fhir = make_mapper(self.engine.catalogue)
         touched: dict[str, PatientState] = {}
         unreadable: dict[str, str] = {}
         isolate = (fault or self.fault) is Fault.ISOLATE

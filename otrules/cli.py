@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,9 +71,20 @@ input_format_option = click.option(
     envvar="OTRULES_INPUT_FORMAT", show_default=True,
     help="otrules JSON events, FHIR R4 resources or Bundles (one per line, or one pretty-printed Bundle), or "
          "auto: FHIR when a line is a JSON object with resourceType (docs/fhir.md).")
-fhir_codes_option = click.option(
+_fhir_codes = click.option(
     "--fhir-codes", "fhir_codes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="OTRULES_FHIR_CODES", help="FHIR code table. Default: the bundled rules/fhir-codes.yaml.")
+_fhir_validation = click.option(
+    "--fhir-validation", type=click.Choice(["mapped", "full"]), default="mapped", show_default=True,
+    envvar="OTRULES_FHIR_VALIDATION", help="FHIR input: check what the mapping reads (mapped), or also validate "
+    "each mapped resource whole with fhir.resources (full, about 3x slower).")
+
+
+def fhir_codes_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--fhir-codes and --fhir-validation: how FHIR input is read."""
+    return _fhir_codes(_fhir_validation(f))
+
+
 catalogue_option = click.option(
     "--catalogue", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="OTRULES_CATALOGUE",
     help="Instrument catalogue. Default: the bundled rules/instruments.yaml.",
@@ -103,7 +115,8 @@ catalogue_option = click.option(
 @fhir_codes_option
 def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, output_path: str,
         dlq_path: str | None, fmt: str, quiet: bool, as_of: str | None, retention_days: int,
-        reorder_window: dt.timedelta, max_future: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
+        reorder_window: dt.timedelta, max_future: dt.timedelta, input_format: str, fhir_codes: Path | None,
+        fhir_validation: str) -> None:
     """Embedded mode, no Kafka: JSONL events in, JSONL recommendations out.
 
     After the input, time advances to --as-of (default: the latest accepted
@@ -131,7 +144,7 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                 click.echo(f"{_short(source_name)}{at}: rejected: {letter.field} ({where})", err=True)
 
         pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, input_format=input_format,
-                            fhir=_fhir_mapper(engine, fhir_codes), max_future=max_future,
+                            fhir=_fhir_mapper(engine, fhir_codes, fhir_validation), max_future=max_future,
                             clock=(lambda: sweep_at) if sweep_at is not None else None)
         goals: dict[tuple[str, str, str], str] = {}  # (patient, plan, goal) -> description, for the table
         for record in JsonlSource(events, source_name, documents=input_format != "otrules"):
@@ -255,7 +268,8 @@ def test_command(paths: tuple[Path, ...], rules_override: Path | None, catalogue
 @input_format_option
 @fhir_codes_option
 def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, event_id: str, patient: str | None,
-            as_json: bool, max_future: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
+            as_json: bool, max_future: dt.timedelta, input_format: str, fhir_codes: Path | None,
+            fhir_validation: str) -> None:
     """Every rule one event was checked against; for a rule that did not fire, the first false clause."""
     import json
 
@@ -266,7 +280,7 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
         try:
             ex = explainer.explain(engine, JsonlSource(events, input_path, documents=input_format != "otrules"),
                                    event_id, patient, input_format=input_format,
-                                   fhir=_fhir_mapper(engine, fhir_codes), max_future=max_future)
+                                   fhir=_fhir_mapper(engine, fhir_codes, fhir_validation), max_future=max_future)
         except explainer.EventNotFound as exc:
             raise click.UsageError(str(exc)) from None
     if as_json:
@@ -295,7 +309,8 @@ def explain(rules: tuple[Path, ...], catalogue: Path | None, input_path: str, ev
 @fhir_codes_option
 def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
              as_json: bool, samples: int, progress: bool | None, reorder_window: dt.timedelta,
-             max_future: dt.timedelta, input_format: str, fhir_codes: Path | None) -> None:
+             max_future: dt.timedelta, input_format: str, fhir_codes: Path | None, fhir_validation: str
+             ) -> None:
     """What a ruleset change would have recommended differently over a history."""
     import json
 
@@ -313,7 +328,8 @@ def backtest(rules: tuple[Path, ...], baseline: tuple[Path, ...], catalogue: Pat
         task = bar.add_task("backtest", total=total)
         report = bt.backtest(new_engine, base_engine, JsonlSource(events, path, documents=input_format != "otrules"),
                              samples, progress=lambda n: bar.advance(task, n), input_format=input_format,
-                             fhir=(_fhir_mapper(base_engine, fhir_codes), _fhir_mapper(new_engine, fhir_codes)),
+                             fhir=(_fhir_mapper(base_engine, fhir_codes, fhir_validation),
+                                   _fhir_mapper(new_engine, fhir_codes, fhir_validation)),
                              max_future=max_future)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
@@ -481,7 +497,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
              **settings.redacted())
     engine = _engine(rules, catalogue, parse_duration(settings.reorder_window))
     if settings.input_format != "otrules" and settings.fhir_codes:
-        _fhir_mapper(engine, Path(settings.fhir_codes))  # a broken code table: its errors, exit 2
+        _fhir_mapper(engine, Path(settings.fhir_codes), settings.fhir_validation)  # a broken table: exit 2
     stopping = threading.Event()  # set by SIGTERM/SIGINT, before and after the service exists
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -550,7 +566,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 @_kafka_client_options
 def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None, follow: bool,
           max_future: dt.timedelta, input_format: str,
-          fhir_codes: Path | None, bootstrap_servers: str | None, input_topic: str, open_topic: str, host: str,
+          fhir_codes: Path | None, fhir_validation: str, bootstrap_servers: str | None, input_topic: str,
+          open_topic: str, host: str,
           port: int, base_url: str | None, jwks: str | None, issuers: tuple[str, ...], token: str | None,
           **kafka_options: Any) -> None:
     """The CDS Hooks service and dashboard (contracts.md §9): open recommendations as cards, feedback back.
@@ -579,7 +596,8 @@ def serve(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | Non
         if kafka is not None:
             check(options)  # what must not start says so before the wait for Kafka
             _reach_kafka("serve", kafka, structlog.get_logger("otrules.serve"))
-        run_server(options, lambda: _engine(rules, catalogue), lambda engine: _fhir_mapper(engine, fhir_codes))
+        run_server(options, lambda: _engine(rules, catalogue),
+                   lambda engine: _fhir_mapper(engine, fhir_codes, fhir_validation))
     except click.UsageError:
         raise
     except ValueError as exc:  # a refused configuration: said once, exit 2
@@ -827,15 +845,15 @@ def _feedback_lines(s: Tally) -> list[str]:
     return lines
 
 
-def _fhir_mapper(engine: Engine, fhir_codes: Path | None) -> FhirMapper | None:
+def _fhir_mapper(engine: Engine, fhir_codes: Path | None, validation: str = "mapped") -> FhirMapper | None:
     """The FHIR mapping with the code table at `fhir_codes`, read now so its errors stop the
     command before any input is read (exit 2); None: the bundled table, read on first use."""
-    if fhir_codes is None:
+    if fhir_codes is None and validation == "mapped":
         return None
-    from otrules.consumers.fhir import load_code_table
+    from otrules.consumers.fhir import make_mapper
 
     try:
-        return FhirMapper(load_code_table(fhir_codes, engine.catalogue), engine.catalogue)
+        return make_mapper(engine.catalogue, fhir_codes, validation)
     except RulesetError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

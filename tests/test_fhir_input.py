@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from otrules import defaults, synthetic, synthetic_fhir
 from otrules.cli import main
 from otrules.consumers import EventCore, Fault, JsonlSource, PatientStates, Record, Rejection
-from otrules.consumers.fhir.mapping import SKIP_CODE, SKIP_STATUS, SKIP_TYPE
+from otrules.consumers.fhir.mapping import SKIP_CODE, SKIP_STATUS, SKIP_TYPE, make_mapper
 from otrules.engine import Engine, PatientState
 
 P = "Patient/p-1"
@@ -44,8 +44,9 @@ def engine() -> Engine:
 
 def core_for(engine: Engine, states: PatientStates | None = None, fmt: str = "auto") -> tuple[EventCore, Collect]:
     sink = Collect()
+    # full validation with fhir.resources, as `--fhir-validation full` (the default checks what it reads)
     return EventCore(engine, states if states is not None else PatientStates(), sink, Fault.ISOLATE,
-                     input_format=fmt), sink
+                     input_format=fmt, fhir=make_mapper(engine.catalogue, validation="full")), sink
 
 
 def line(doc: dict[str, Any]) -> Record:

@@ -7,8 +7,8 @@ never sees FHIR.
 """
 
 from otrules.consumers.fhir.codes import DEFAULT_CODES, load_code_table
-from otrules.consumers.fhir.mapping import GOAL_BASELINE, GOAL_GAS_WEIGHT, FhirMapper
+from otrules.consumers.fhir.mapping import GOAL_BASELINE, GOAL_GAS_WEIGHT, VALIDATION, FhirMapper, make_mapper
 from otrules.consumers.fhir.resources import Entry, entries, is_fhir
 
-__all__ = ["DEFAULT_CODES", "GOAL_BASELINE", "GOAL_GAS_WEIGHT", "Entry", "FhirMapper", "entries", "is_fhir",
-           "load_code_table"]
+__all__ = ["DEFAULT_CODES", "GOAL_BASELINE", "GOAL_GAS_WEIGHT", "VALIDATION", "Entry", "FhirMapper", "entries",
+           "is_fhir", "load_code_table", "make_mapper"]

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -52,6 +54,7 @@ GOAL_GAS_WEIGHT = "https://otrules.org/fhir/StructureDefinition/goal-gas-weight"
 UNRECORDED = "unrecorded"
 """clinician_id of an evaluation whose Observations name no performer."""
 
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 MAPPED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare")
 PATIENT_OWNED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare", "ServiceRequest")
 MAX_GOALS = 64  # Goals kept per patient for joining, and Goals one CarePlan may reference
@@ -193,6 +196,24 @@ class _Line:
         rid = identity(e)
         local = self.local.get(rid) if rid is not None else None
         return {**self.bundle, **local} if local else self.bundle
+
+
+VALIDATION = ("mapped", "full")
+"""`mapped`: what the mapping reads is checked as it reads it (types, codes, ranges, times, through
+the native event model); `full`: each mapped resource is also validated whole with fhir.resources."""
+
+
+def make_mapper(catalogue: Catalogue, codes: CodeTable | str | Path | None = None,
+                validation: str = "mapped") -> FhirMapper:
+    """The one way to build the FHIR mapping (run, backtest, explain, consume, serve and the event
+    core): the code table (a path, a table, or None for the bundled one, checked against
+    `catalogue`) and the validation level. Raises `RulesetError` for a broken table."""
+    from otrules.consumers.fhir.codes import load_code_table
+
+    if validation not in VALIDATION:
+        raise ValueError(f"validation: {validation!r} is not one of {', '.join(VALIDATION)}")
+    table = codes if isinstance(codes, CodeTable) else load_code_table(codes, catalogue)
+    return FhirMapper(table, catalogue, validate=validation == "full")
 
 
 class FhirMapper:
@@ -341,6 +362,8 @@ class FhirMapper:
         rid = identity(e)
         if rid is None:
             raise _Refuse(e.path("id"), "required: a resource otrules reads needs an id (or a urn:uuid fullUrl)")
+        if "id" in e.resource and not _FHIR_ID.match(rid):  # what full validation would say of it, for free
+            raise _Refuse(e.path("id"), f"{show_value(rid)} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})")
         patient = self._patient(e, line.bundle)
         if line.key is not None and patient != line.key:  # before anything of the patient is touched
             raise _Refuse("key", f"the Kafka key {show_value(line.key)} is not the resource's patient "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,10 +35,10 @@ class Entry:
     index: int | None = None  # the entry's index in its Bundle
     bundle_id: str | None = None
     bundle_type: str | None = None
+    type: str = field(init=False)  # resourceType, read once (the mapping asks for it often)
 
-    @property
-    def type(self) -> str:
-        return str(self.resource.get("resourceType"))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", str(self.resource.get("resourceType")))
 
     def path(self, element: str) -> str:
         """The FHIR path of an element of this resource, e.g. `Observation.valueQuantity.value`."""
@@ -71,7 +71,7 @@ def entries(raw: bytes) -> list[Entry]:
         raise EventRejected(f"not valid JSON: {exc}", "not valid JSON") from None
     if not isinstance(doc, dict):
         raise EventRejected(f"(resource): expected a JSON object (got {show_value(doc)})", "(resource)")
-    if _keys(doc) != raw.count(b'":'):  # a key repeated (or `":` inside a string): the exact look
+    if _written_keys(doc) != raw.count(b'":'):  # a key repeated (or spaced `" :`): the exact look
         check_repeated_keys(raw)
     kind = doc.get("resourceType")
     if not isinstance(kind, str) or not kind:
@@ -136,6 +136,16 @@ def local_refs(entry: Entry) -> dict[str, tuple[str, str]]:
         cid = item.resource["id"].rsplit(".", 1)[-1]
         out[f"#{cid}"] = (item.type, item.resource["id"])
     return out
+
+
+def _written_keys(doc: Any) -> int:
+    """`":` in the document as orjson writes it back: the count of the raw line too unless a key was
+    repeated (the parsed object kept one of them) or the line spaces its colons. orjson counts in C;
+    a document nested deeper than it writes is counted in Python."""
+    try:
+        return orjson.dumps(doc).count(b'":')
+    except orjson.JSONEncodeError:
+        return _keys(doc)
 
 
 def _keys(doc: Any) -> int:

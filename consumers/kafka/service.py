@@ -36,7 +36,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from otrules.consumers.core import EventCore, EventFailed, Fault, Record, Rejection, Tally
-from otrules.consumers.fhir import FhirMapper, load_code_table
+from otrules.consumers.fhir import FhirMapper, load_code_table, make_mapper
 from otrules.consumers.jsonl import utc_now
 from otrules.consumers.kafka.changelog import Changelog
 from otrules.consumers.kafka.connect import KafkaRefused, KafkaUnreachable, access_refusal
@@ -141,7 +141,7 @@ class Service(ConsumerRebalanceListener):
         if self._codes is None:
             return None
         if self._mapper is None or self._mapper.catalogue is not self.engine.catalogue:
-            self._mapper = FhirMapper(self._codes, self.engine.catalogue)
+            self._mapper = make_mapper(self.engine.catalogue, self._codes, self.settings.fhir_validation)
         return self._mapper
 
     def run(self) -> Tally:

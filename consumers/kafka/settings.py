@@ -46,6 +46,9 @@ class KafkaSettings:
                                  "record is a JSON object with resourceType).", choices=("auto", "otrules", "fhir"))
     fhir_codes: str | None = _setting(None, "FHIR code table (default: the bundled rules/fhir-codes.yaml).",
                                       path="file")
+    fhir_validation: str = _setting("mapped", "FHIR input: check what the mapping reads (mapped), or also validate "
+                                    "each mapped resource whole with fhir.resources (full, slower).",
+                                    choices=("mapped", "full"))
     output_topic: str = _setting("ot.recommendations", "Recommendations (CloudEvents binary mode).")
     dlq_topic: str = _setting("ot.events.dlq", "Rejected input, with the reason in headers.")
     open_topic: str = _setting("ot.recommendations.open", "Compacted: each patient's open recommendations "

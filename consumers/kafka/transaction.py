@@ -192,7 +192,8 @@ class KafkaSink:
             ("otrules.source.offset", str(record.offset).encode()),
         ]
         for name, val in (record.fhir or {}).items():  # a refused FHIR entry: the value is that resource alone
-            headers.append((f"otrules.fhir.{name}", str(val).encode()[:REASON_BYTES]))
+            if val is not None:
+                headers.append((f"otrules.fhir.{name}", str(val).encode()[:REASON_BYTES]))
         original: Headers = list(record.headers or ())
         value: bytes | None = record.raw
         bounded = rejection.kind == "refused"  # the broker refused it once: never send it whole again

@@ -692,3 +692,20 @@ def test_gas_scores_join_their_goal_through_a_panel_that_names_it(engine):
     feed(core, bundle("collection", panel, score))
     event: Any = core.events[-1]
     assert (event.measures[0].goal_id, event.measures[0].score) == ("g-gas", -1)
+
+
+@pytest.mark.parametrize(("resource", "path"), [
+    (careplan(goal=5, version="9"), "CarePlan.goal"),
+    ({**noshow("a", T0), "participant": 5}, "Appointment.participant"),
+    (observation("o", {"valueInteger": "5"}, T0), "Observation.valueInteger"),
+    (observation("o", {"valueQuantity": 20}, T0), "Observation.valueQuantity"),
+    ({**goal("g-x"), "id": "g x"}, "Goal.id"),
+])
+def test_by_default_what_the_mapping_reads_is_type_checked_without_fhir_resources(engine, resource, path):
+    sink = Collect()
+    core = EventCore(engine, PatientStates(), sink, Fault.ISOLATE, fhir=make_mapper(engine.catalogue))
+    assert not core._fhir or not core._fhir.validate
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    feed(core, bundle("collection", resource, observation("o-after", {"valueInteger": 21}, "2026-04-01T09:00:00Z")))
+    assert [r.field for _, r in sink.letters] == [path]
+    assert "Observation/o-after/_history/1" in [e.event_id for e in core.events] and core.tally.balanced

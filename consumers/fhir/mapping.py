@@ -54,6 +54,25 @@ GOAL_GAS_WEIGHT = "https://otrules.org/fhir/StructureDefinition/goal-gas-weight"
 UNRECORDED = "unrecorded"
 """clinician_id of an evaluation whose Observations name no performer."""
 
+# The elements the mapping reads, by the JSON type FHIR gives them: checked on every mapped resource
+# (the light, typed part of validation; `--fhir-validation full` validates the whole resource)
+_LISTS: dict[str, tuple[str, ...]] = {
+    "CarePlan": ("goal", "activity", "category", "contained"),
+    "Goal": ("target", "outcomeReference", "extension"),
+    "Observation": ("basedOn", "focus", "derivedFrom", "hasMember", "performer", "category"),
+    "Encounter": ("type", "serviceType", "participant", "episodeOfCare", "basedOn", "location"),
+    "Appointment": ("serviceType", "serviceCategory", "specialty", "participant", "basedOn"),
+    "EpisodeOfCare": ("type",),
+}
+_OBJECTS: dict[str, tuple[str, ...]] = {
+    "CarePlan": ("subject", "period", "meta"),
+    "Goal": ("subject", "description", "meta"),
+    "Observation": ("subject", "code", "valueQuantity", "valueCodeableConcept", "effectivePeriod", "encounter",
+                    "meta"),
+    "Encounter": ("subject", "class", "period", "meta"),
+    "Appointment": ("appointmentType", "meta"),
+    "EpisodeOfCare": ("patient", "period", "meta"),
+}
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 MAPPED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare")
 PATIENT_OWNED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare", "ServiceRequest")
@@ -364,6 +383,13 @@ class FhirMapper:
             raise _Refuse(e.path("id"), "required: a resource otrules reads needs an id (or a urn:uuid fullUrl)")
         if "id" in e.resource and not _FHIR_ID.match(rid):  # what full validation would say of it, for free
             raise _Refuse(e.path("id"), f"{show_value(rid)} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})")
+        r = e.resource
+        for name in _LISTS[kind]:
+            if name in r and not isinstance(r[name], list):
+                raise _Refuse(e.path(name), f"expected a list (got {show_value(r[name])})")
+        for name in _OBJECTS[kind]:
+            if name in r and not isinstance(r[name], dict):
+                raise _Refuse(e.path(name), f"expected an object (got {show_value(r[name])})")
         patient = self._patient(e, line.bundle)
         if line.key is not None and patient != line.key:  # before anything of the patient is touched
             raise _Refuse("key", f"the Kafka key {show_value(line.key)} is not the resource's patient "

@@ -709,3 +709,23 @@ def test_by_default_what_the_mapping_reads_is_type_checked_without_fhir_resource
     feed(core, bundle("collection", resource, observation("o-after", {"valueInteger": 21}, "2026-04-01T09:00:00Z")))
     assert [r.field for _, r in sink.letters] == [path]
     assert "Observation/o-after/_history/1" in [e.event_id for e in core.events] and core.tally.balanced
+
+
+def test_a_visit_is_ot_by_its_performers_role_or_by_the_plan_naming_it(engine):
+    core, sink = core_for(engine)
+    plan = careplan()
+    plan["activity"].append({"reference": {"reference": "Appointment/a-planned"}})
+    feed(core, bundle("transaction", plan, goal("g-moca")))
+    role = {"resourceType": "PractitionerRole", "id": "ot-role", "practitioner": {"reference": "Practitioner/ot-9"},
+            "code": [{"coding": [{"system": "http://nucc.org/provider-taxonomy", "code": "225X00000X"}]}]}
+    by_role = {"resourceType": "Encounter", "id": "enc-role", "status": "finished", "subject": {"reference": P},
+               "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+               "participant": [{"individual": {"reference": "PractitionerRole/ot-role"}}],
+               "period": {"start": "2026-03-03T09:00:00Z"}}
+    feed(core, bundle("collection", role, by_role))
+    named = {**noshow("a-planned", "2026-03-05T09:00:00Z")}
+    del named["serviceType"]
+    feed(core, named)
+    state = patient(core.states).plans["cp-1"]
+    assert (state.visits_attended, state.visits_missed_in_a_row) == (1, 1) and not sink.letters
+    assert core.tally.skipped_by == {"other type": 1}

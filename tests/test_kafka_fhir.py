@@ -82,3 +82,26 @@ def test_the_us_core_ot_episode_through_kafka_gives_the_native_recommendations(k
     assert _briefs([r.value.decode() for r in records]) == expected
     assert "rejected 0" in log and "skipped 2 (not OT 2)" in log
     assert count_committed(kafka_bootstrap, topics.dlq) == 0
+
+
+def test_a_refused_fhir_entry_is_dead_lettered_alone_with_where_it_was(kafka_bootstrap, tmp_path):
+    """contracts.md §7: the dead letter is the failing resource, not its Bundle; otrules.fhir.* headers
+    say the Bundle id and type and the entry's index."""
+    episode = (Path(__file__).parent / "fhir" / "us-core-ot-episode.ndjson").read_text().splitlines()
+    bad = json.loads(episode[1])  # the evaluation Bundle: Encounter, MoCA, Barthel
+    bad["id"] = "b-eval"
+    bad["entry"][1]["resource"]["valueInteger"] = 45  # MoCA is 0-30
+    topics = Topics(kafka_bootstrap, partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for doc in (json.loads(episode[0]), bad):
+        producer.send(topics.input, key=b"usc-1", value=json.dumps(doc).encode())
+    producer.flush()
+    producer.close()
+    consumer = Consumer(kafka_bootstrap, topics, "fhir-dlq", tmp_path, "--input-format", "fhir")
+    (letter,) = read_all(kafka_bootstrap, topics.dlq, 1)
+    consumer.terminate()
+    headers = dict(letter.headers)
+    assert json.loads(letter.value)["id"] == "obs-moca-1"
+    assert (headers["otrules.fhir.bundle_id"], headers["otrules.fhir.bundle_type"], headers["otrules.fhir.entry"]) \
+        == (b"b-eval", b"collection", b"1")
+    assert len(letter.value) < len(json.dumps(bad))

@@ -694,13 +694,15 @@ def test_outputs_too_large_to_publish_dead_letter_their_event_and_the_partition_
 
 
 def test_a_state_that_would_outgrow_the_changelog_record_dead_letters_its_event(kafka_bootstrap, tmp_path):
-    """Ids are at most 128 characters, so the state grows by many goals instead: a plan of 1,000
-    goals fits a changelog record of 300,000 bytes (~210 KB), an evaluation that scores them all
-    adds a series and throttles per goal and does not (~420 KB)."""
+    """Ids are at most 128 characters and an evaluation at most 64 measures, so the state grows by
+    many goals instead: a plan of 1,000 goals fits a changelog record of 192,000 bytes (a state of
+    ~185 KB), an evaluation that scores 64 of them adds series and throttles per goal and does not
+    (~200 KB)."""
     ids = [f"{i:04d}" + "a" * 124 for i in range(1000)]
     plan = _plan("p-big", "poc-big", ids, "big-e1")
     grows = json.dumps({**json.loads(_evaluation("p-big", "poc-big", ids[0], 5, "big-e2")),
-                        "measures": [{"instrument": "COPM-performance", "score": 5, "goal_id": g} for g in ids]}).encode()
+                        "measures": [{"instrument": "COPM-performance", "score": 5, "goal_id": g}
+                                     for g in ids[:64]]}).encode()
     small = json.dumps({"type": "visit", "event_id": "big-e3", "patient_id": "p-big", "plan_id": "poc-big",
                         "occurred_at": "2026-01-20T09:00:00Z", "status": "attended"}).encode()
     good = stream(10, seed=37)
@@ -708,7 +710,7 @@ def test_a_state_that_would_outgrow_the_changelog_record_dead_letters_its_event(
     expected = embedded([*good, plan, small])
     topics = Topics(kafka_bootstrap, partitions=1)
     changelog = unique_name("t") + ".changelog"
-    create_topic(kafka_bootstrap, changelog, 1, compacted=True, configs={"max.message.bytes": "300000"})
+    create_topic(kafka_bootstrap, changelog, 1, compacted=True, configs={"max.message.bytes": "192000"})
     topics.changelog = changelog
     produce(kafka_bootstrap, topics.input, lines)
     consumer = Consumer(kafka_bootstrap, topics, "state-too-large", tmp_path)

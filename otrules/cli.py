@@ -475,6 +475,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     2 usage error, 3 Kafka could not be reached within --connect-timeout, or refused
     the login, the certificates or an operation otrules needs (ACLs), or the installed
     kafka-python is not one its consumer-group join guard fits."""
+    import faulthandler
     import signal
     import threading
 
@@ -489,6 +490,9 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     from otrules.consumers.kafka.reload import RulesWatcher
     from otrules.consumers.kafka.service import Service
 
+    # `kill -USR1 <pid>`: every thread's Python stack on stderr, the service going on (file, line and
+    # function names only, never a value); for a service that does not stop or does not progress
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = _kafka_settings(**options)
     _configure_logging()
     log = structlog.get_logger("otrules.consume")

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,10 +171,44 @@ class Consumer:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def terminate(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
+    def terminate(self, timeout: float = 60) -> str:
+        status, _ = self.stop(timeout)
+        assert status == 0, self.log.read_text()[-3000:]
         return self.log.read_text()
+
+    def stop(self, timeout: float = 60) -> tuple[int, float]:
+        """SIGTERM, then (exit status, seconds it took). A process still running after `timeout`
+        fails the test with its threads' stacks (SIGUSR1: the service's faulthandler; and
+        `py-spy dump` where it is installed), so that a hang says where it is."""
+        self.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            status = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.log.name}: still running {timeout:.0f} s after SIGTERM\n"
+                                 f"{self.stacks()}") from None
+        return status, time.monotonic() - started
+
+    def stacks(self) -> str:
+        """The running process's Python stacks, and the end of its log before them."""
+        before = self.log.read_text(errors="replace")
+        out = [f"--- the end of its log ---\n{before[-3000:]}"]
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        dump = ""
+        while time.monotonic() < deadline and "most recent call first" not in dump:
+            time.sleep(0.5)
+            dump = self.log.read_text(errors="replace")[len(before):]
+        out.append(f"--- its threads (SIGUSR1, faulthandler) ---\n{dump or '(nothing written)'}")
+        py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if py_spy:
+            try:
+                spy = subprocess.run([py_spy, "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True,
+                                     timeout=30)
+                out.append(f"--- py-spy dump ---\n{spy.stdout}{spy.stderr}")
+            except subprocess.TimeoutExpired:
+                out.append("--- py-spy dump: timed out ---")
+        return "\n".join(out)
 
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 120, settle: float = 3.0) -> list:
@@ -357,10 +392,7 @@ def test_sigterm_during_a_broker_outage_stops_within_seconds_and_loses_nothing(k
     kafka_broker.stop()
     try:
         time.sleep(2)  # the service is now stuck in a commit, a send or a poll
-        first.proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        status = first.proc.wait(timeout=60)
-        stopped_in = time.monotonic() - started
+        status, stopped_in = first.stop(60)
     finally:
         kafka_broker.start()
     log = first.log.read_text()
@@ -369,6 +401,8 @@ def test_sigterm_during_a_broker_outage_stops_within_seconds_and_loses_nothing(k
     assert "Traceback" not in log
     second = Consumer(kafka_bootstrap, topics, "outage", tmp_path, "--batch-max-records", "20")
     records = read_all(kafka_bootstrap, topics.output, len(expected), timeout=180)
+    if len(records) < len(expected):  # not a difference of outputs: a service that stopped making progress
+        pytest.fail(f"{len(records)} of {len(expected)} recommendations after 180 s\n{second.stacks()}")
     second.terminate()
     assert recommendations(records) == expected
 

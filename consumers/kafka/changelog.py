@@ -8,6 +8,7 @@ events and its state move together when the group rebalances.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import structlog
@@ -27,9 +28,10 @@ class Changelog:
         self.sizes: dict[int, dict[str, int]] = {}  # partition -> patient -> serialised bytes
 
     def restore(self, stores: dict[int, StateStore], new_store: Callable[[int], StateStore],
-                partitions: set[int]) -> int:
+                partitions: set[int], stop: threading.Event | None = None) -> int:
         """Load each partition's patients up to the end of its changelog (read_committed) into a
-        new store; returns the records read."""
+        new store; returns the records read. A stop request ends it early (the caller then must not
+        use the stores: they may be incomplete)."""
         s = self.settings
         restorer = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
                                  isolation_level="read_committed", client_id=f"otrules-restore-{s.instance_id}",
@@ -43,7 +45,7 @@ class Changelog:
             for p in partitions:
                 stores[p] = new_store(p)
             remaining = {tp for tp in tps if (restorer.position(tp) or 0) < end[tp]}
-            while remaining:
+            while remaining and not (stop is not None and stop.is_set()):
                 for tp, messages in restorer.poll(timeout_ms=200).items():
                     sizes = self.sizes.setdefault(tp.partition, {})
                     store = stores[tp.partition]

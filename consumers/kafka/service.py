@@ -228,8 +228,8 @@ class Service(ConsumerRebalanceListener):
 
     def _close_clients(self) -> None:
         if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                self.consumer.close(autocommit=False)
+            with contextlib.suppress(Exception):  # its LeaveGroup waits request_timeout_ms (30 s) unless bounded
+                self.consumer.close(autocommit=False, timeout_ms=int(STOP_GRACE_S * 1000))
             self.consumer = None
         if self.producer is not None:
             close_producer(self.producer, STOP_GRACE_S)
@@ -285,7 +285,7 @@ class Service(ConsumerRebalanceListener):
 
     def _restore(self, partitions: set[int]) -> None:
         started = time.monotonic()
-        records = self.changelog.restore(self.stores, self._new_store, partitions)
+        records = self.changelog.restore(self.stores, self._new_store, partitions, self._stop)
         share = self._decoded_share(len(self.stores))  # one budget of decoded states, whatever is owned
         for store in self.stores.values():
             if isinstance(store, MemoryStore):
@@ -309,7 +309,10 @@ class Service(ConsumerRebalanceListener):
         assert self.consumer is not None
         self._last_lag = time.monotonic()
         for tp in self.consumer.assignment():
-            high, position = self.consumer.highwater(tp), self.consumer.position(tp)
+            # timeout_ms=0: never wait here. Without it kafka-python waits for the committed offsets without a
+            # bound, and a group whose committed offset stays unstable (a hanging transaction: docs/operations.md,
+            # "Known issues") held the loop for ever, deaf to SIGTERM; poll goes on fetching them in steps
+            high, position = self.consumer.highwater(tp), self.consumer.position(tp, timeout_ms=0)
             if high is not None and position is not None:
                 self.metrics.lag.labels(str(tp.partition)).set(max(0, high - position))
 
@@ -346,6 +349,8 @@ class Service(ConsumerRebalanceListener):
         if self._to_restore:
             pending, self._to_restore = set(self._to_restore), set()
             self._restore(pending)
+            if self._stop.is_set():  # the restore may have been cut short: nothing runs against its stores
+                return
             self._to_sweep |= pending
         interval = self.settings.sweep_interval_seconds
         if interval > 0 and time.monotonic() - self._last_sweep >= interval:

@@ -430,6 +430,27 @@ def _warn_password_on_command_line(log: Any) -> None:
                     "(ps): use OTRULES_SASL_PASSWORD or --sasl-password-file")
 
 
+STOP_DEADLINE_STATUS = 4  # docs/operations.md, "Exit statuses"
+
+
+def _stop_deadline(stopping: Any, stopped: Any, seconds: float, log: Any) -> None:
+    """The hard bound on a graceful stop (a thread of its own): once a stop has been requested, wait
+    `seconds` for run() to return; if it has not, log one error line, write every thread's stack to
+    stderr and exit at once with status 4. Every wait of the service is meant to be bounded; this
+    bounds the ones that are not known yet."""
+    import faulthandler
+    import os
+
+    stopping.wait()  # not in the main thread, where the signal handler that sets it runs
+    if stopped.wait(seconds):
+        return
+    log.error("did not stop within --stop-timeout-seconds of the stop request; exiting with status 4, the stacks "
+              "of its threads follow", seconds=seconds)
+    sys.stderr.flush()
+    faulthandler.dump_traceback(all_threads=True)
+    os._exit(STOP_DEADLINE_STATUS)  # not sys.exit: the main thread is the one that is stuck
+
+
 def _reach_kafka(command: str, settings: Any, log: Any, stop: Any = None, stopped_status: int = 0) -> None:
     """Wait for the cluster (connect.wait_for_cluster). Exit 3 with one line when it cannot be reached
     within --connect-timeout or refuses this client (a failed login, an untrusted certificate); exit
@@ -515,6 +536,10 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     watcher = RulesWatcher(rule_paths, catalogue or defaults.CATALOGUE, service.offer_rulesets,
                            service.refuse_rulesets, poll_seconds=settings.reload_poll_seconds or 3600 * 24).start()
     signal.signal(signal.SIGHUP, lambda *_: watcher.request())
+    stopped = threading.Event()  # run() returned: the stop deadline is off
+    if settings.stop_timeout_seconds > 0:
+        threading.Thread(target=_stop_deadline, args=(stopping, stopped, settings.stop_timeout_seconds, log),
+                         name="otrules-stop-deadline", daemon=True).start()
     try:
         tally = service.run()
     except (KafkaUnreachable, KafkaRefused, JoinGuardRefused) as exc:  # it went away again while the service was
@@ -526,6 +551,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
         click.echo(f"otrules consume: Kafka failed: {type(exc).__name__}", err=True)
         sys.exit(3)
     finally:
+        stopped.set()
         watcher.stop()
     c = service.counts()
     skipped = _skipped_text(tally)

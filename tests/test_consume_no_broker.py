@@ -100,3 +100,42 @@ def test_it_gives_up_after_the_connect_timeout_with_status_3_and_one_line(tmp_pa
     last = text.splitlines()[-1]
     assert re.fullmatch(rf"otrules consume: could not reach Kafka at 127\.0\.0\.1:{consume.port} within 2 s "
                         r"\([A-Za-z]+\)", last), last
+
+
+def test_a_stop_that_does_not_end_in_time_exits_4_with_one_error_line_and_the_stacks():
+    """The hard bound on a graceful stop (--stop-timeout-seconds): whatever the main thread is stuck
+    in, the deadline thread logs why, writes every thread's stack and exits 4."""
+    script = (
+        "import threading, time, structlog\n"
+        "from otrules.cli import _configure_logging, _stop_deadline\n"
+        "_configure_logging()\n"
+        "stopping, stopped = threading.Event(), threading.Event()\n"
+        "threading.Thread(target=_stop_deadline, args=(stopping, stopped, 0.5, structlog.get_logger('t')),\n"
+        "                 daemon=True).start()\n"
+        "stopping.set()\n"
+        "def stuck_in_a_wait_without_a_bound():\n"
+        "    time.sleep(60)\n"
+        "stuck_in_a_wait_without_a_bound()\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4, done.stderr
+    assert time.monotonic() - started < 30
+    errors = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [(e["level"], e["seconds"]) for e in errors] == [("error", 0.5)]
+    assert errors[0]["event"].startswith("did not stop within --stop-timeout-seconds")
+    assert "stuck_in_a_wait_without_a_bound" in done.stderr  # the main thread's stack says where
+
+
+def test_a_stop_that_ends_in_time_is_not_cut_short():
+    script = (
+        "import threading, time, structlog\n"
+        "from otrules.cli import _stop_deadline\n"
+        "stopping, stopped = threading.Event(), threading.Event()\n"
+        "t = threading.Thread(target=_stop_deadline, args=(stopping, stopped, 30, structlog.get_logger('t')))\n"
+        "t.start()\n"
+        "stopping.set(); time.sleep(0.2); stopped.set(); t.join(10)\n"
+        "print('alive' if t.is_alive() else 'ended')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "ended"), done.stderr

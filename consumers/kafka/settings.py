@@ -88,6 +88,10 @@ class KafkaSettings:
                                    "tombstoned.", minimum=0)
     connect_timeout: float = _setting(60.0, "Seconds to wait for Kafka at start-up before exiting with status 3 "
                                       "(0: wait for ever).", minimum=0)
+    stop_timeout_seconds: float = _setting(25.0, "After SIGTERM or SIGINT, exit with status 4 (one error line and "
+                                           "every thread's stack on stderr) if the graceful stop has not ended "
+                                           "within this many seconds (0: wait for ever). Below Kubernetes' 30 s "
+                                           "grace period, so the reason is logged before SIGKILL.", minimum=0)
     http_host: str = _setting("127.0.0.1", "Address of /metrics, /healthz and /readyz (0.0.0.0 inside a container).")
     http_port: int = _setting(9464, "Port of the endpoints; 0 picks a free one, -1 turns them off.", minimum=-1,
                               maximum=65535)

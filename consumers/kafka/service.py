@@ -66,6 +66,7 @@ from otrules.schemas import Catalogue, OtrulesError, parse_duration
 log = structlog.get_logger("otrules.consume")
 
 STOP_GRACE_S = 5.0  # after a stop request, how long a commit or abort may still wait for the broker
+UNPLACED_WARN_S = 60.0  # owned partitions without a fetch position this long: one warning
 
 
 class StateTooLarge(OtrulesError):
@@ -93,6 +94,8 @@ class Service(ConsumerRebalanceListener):
         self._next_rules: tuple[list[CompiledRuleset], Catalogue] | None = None  # validated by the watcher
         self._joined = False
         self._last_lag = 0.0
+        self._unplaced_since: float | None = None  # since when owned partitions have had no fetch position
+        self._unplaced_warned = False
         self._to_restore: set[int] = set()
         self._to_sweep: set[int] = set()  # restored partitions are swept straight away
         self._careful: dict[TopicPartition, int] = {}  # read with Fault.ISOLATE below these offsets
@@ -308,13 +311,32 @@ class Service(ConsumerRebalanceListener):
     def _observe_lag(self) -> None:
         assert self.consumer is not None
         self._last_lag = time.monotonic()
+        unplaced = []
         for tp in self.consumer.assignment():
             # timeout_ms=0: never wait here. Without it kafka-python waits for the committed offsets without a
             # bound, and a group whose committed offset stays unstable (a hanging transaction: docs/operations.md,
             # "Known issues") held the loop for ever, deaf to SIGTERM; poll goes on fetching them in steps
             high, position = self.consumer.highwater(tp), self.consumer.position(tp, timeout_ms=0)
-            if high is not None and position is not None:
+            if position is None:
+                unplaced.append(tp.partition)
+            elif high is not None:
                 self.metrics.lag.labels(str(tp.partition)).set(max(0, high - position))
+        self._warn_unplaced(sorted(unplaced))
+
+    def _warn_unplaced(self, partitions: list[int]) -> None:
+        """One warning when owned partitions have had no fetch position for UNPLACED_WARN_S: nothing of
+        them is read (kafka-python retries reading their committed offsets without a word)."""
+        if not partitions:
+            self._unplaced_since, self._unplaced_warned = None, False
+            return
+        now = time.monotonic()
+        self._unplaced_since = self._unplaced_since or now
+        if not self._unplaced_warned and now - self._unplaced_since >= UNPLACED_WARN_S:
+            self._unplaced_warned = True
+            log.warning("owned partitions have no position: their committed offsets cannot be read, so nothing of "
+                        "them is processed; with the group coordinator known, a transaction of this group that "
+                        "never ended keeps them unstable (docs/operations.md, 'Known issues')",
+                        partitions=partitions, seconds=round(now - self._unplaced_since, 1))
 
     def _update_readiness(self) -> None:
         """Ready: a stable member of the group (heartbeats answered), every assigned partition restored,

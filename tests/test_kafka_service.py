@@ -389,7 +389,12 @@ def test_sigterm_during_a_broker_outage_stops_within_seconds_and_loses_nothing(k
     produce(kafka_bootstrap, topics.input, lines)
     first = Consumer(kafka_bootstrap, topics, "outage", tmp_path, "--batch-max-records", "20")
     wait_for_output(kafka_bootstrap, topics.output, len(expected) // 10)
-    kafka_broker.stop()
+    # SIGKILL, not a clean stop: a clean stop of the only broker while a commit is in flight makes
+    # Kafka skip that transaction's markers (no leader left for its partitions) and leaves it
+    # hanging, which stalls any read_committed consumer of the group until an operator aborts it
+    # (docs/operations.md, "Known issues"; what the service does then is the test below). Killed,
+    # the broker completes the commit when it is back.
+    kafka_broker.stop(kill=True)
     try:
         time.sleep(2)  # the service is now stuck in a commit, a send or a poll
         status, stopped_in = first.stop(60)

@@ -438,6 +438,7 @@ def _stop_deadline(stopping: Any, stopped: Any, seconds: float, log: Any) -> Non
     `seconds` for run() to return; if it has not, log one error line, write every thread's stack to
     stderr and exit at once with status 4. Every wait of the service is meant to be bounded; this
     bounds the ones that are not known yet."""
+    import contextlib
     import faulthandler
     import os
 
@@ -446,8 +447,9 @@ def _stop_deadline(stopping: Any, stopped: Any, seconds: float, log: Any) -> Non
         return
     log.error("did not stop within --stop-timeout-seconds of the stop request; exiting with status 4, the stacks "
               "of its threads follow", seconds=seconds)
-    sys.stderr.flush()
-    faulthandler.dump_traceback(all_threads=True)
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # a stderr without a file descriptor
+        sys.stderr.flush()
+        faulthandler.dump_traceback(all_threads=True)
     os._exit(STOP_DEADLINE_STATUS)  # not sys.exit: the main thread is the one that is stuck
 
 
@@ -496,6 +498,7 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
     2 usage error, 3 Kafka could not be reached within --connect-timeout, or refused
     the login, the certificates or an operation otrules needs (ACLs), or the installed
     kafka-python is not one its consumer-group join guard fits."""
+    import contextlib
     import faulthandler
     import signal
     import threading
@@ -513,7 +516,8 @@ def consume(rules: tuple[Path, ...], catalogue: Path | None, **options: Any) -> 
 
     # `kill -USR1 <pid>`: every thread's Python stack on stderr, the service going on (file, line and
     # function names only, never a value); for a service that does not stop or does not progress
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # io.UnsupportedOperation: a stderr without a
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # file descriptor (click's CliRunner)
     settings = _kafka_settings(**options)
     _configure_logging()
     log = structlog.get_logger("otrules.consume")

@@ -223,8 +223,9 @@ def test_an_out_of_range_score_is_dead_lettered_with_its_fhir_path_and_value(eng
     (observation("o", {"valueInteger": 20}, "2026-03"), "Observation.effectiveDateTime", "has no day"),
     (observation("o", {"valueQuantity": {"value": "20"}}, T0), "Observation.valueQuantity.value",
      'required: a number (got "20")'),
-    (observation("o", {"valueQuantity": {"value": 20, "units": "kg"}}, T0), "Observation.valueQuantity.units",
-     "not valid FHIR R4: Extra inputs are not permitted"),
+    (observation("o", {"valueQuantity": {"value": 20, "units": "kg"}}, T0),
+     "Observation.valueQuantity.(unknown element)", 'not valid FHIR R4: Extra inputs are not permitted at '
+                                                    '"valueQuantity.units"'),
     (observation("o", {"valueString": "twenty"}, T0), "Observation.valueString", "must be a number"),
     (observation("o", {"valueInteger": 20}, T0, subject={"reference": "Group/g"}), "Observation.subject",
      "Patient"),
@@ -729,3 +730,25 @@ def test_a_visit_is_ot_by_its_performers_role_or_by_the_plan_naming_it(engine):
     state = patient(core.states).plans["cp-1"]
     assert (state.visits_attended, state.visits_missed_in_a_row) == (1, 1) and not sink.letters
     assert core.tally.skipped_by == {"other type": 1}
+
+
+def test_an_element_fhir_does_not_have_is_named_in_the_dead_letter_only_never_on_stderr(tmp_path):
+    # a key of the feed is feed text (a name, an MRN): stderr, logs and the otrules.field header show
+    # the field, which says (unknown element); the reason in the dead letter quotes the key
+    phi, phi2 = "Jane Doe MRN 12345 DOB 1950-01-01", "Smith, John SSN 123-45-6789"
+    extra = {**observation("o-1", {"valueInteger": 20}, T0), phi: 1}
+    nested = observation("o-2", {"valueInteger": 20}, T0)
+    nested["code"]["coding"][0][phi2] = "x"
+    src = tmp_path / "in.ndjson"
+    src.write_text("\n".join(json.dumps(d) for d in (bundle("transaction", careplan(), goal("g-moca")), extra,
+                                                      nested)) + "\n")
+    dead = tmp_path / "dead.jsonl"
+    result = CliRunner().invoke(main, ["run", "--input", str(src), "--dlq", str(dead), "--fhir-validation", "full"])
+    assert result.exit_code == 0, result.stderr
+    assert phi not in result.stderr and "MRN" not in result.stderr and "SSN" not in result.stderr
+    assert "rejected: Observation.(unknown element)" in result.stderr
+    assert "rejected: Observation.code.coding.(unknown element)" in result.stderr
+    letters = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert [x["field"] for x in letters] == ["Observation.(unknown element)",
+                                            "Observation.code.coding.(unknown element)"]
+    assert phi in letters[0]["reason"] and phi2 in letters[1]["reason"]

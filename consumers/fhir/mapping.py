@@ -352,10 +352,14 @@ class FhirMapper:
             raise _Refuse(e.path(""), "not valid FHIR R4: nested too deeply") from None
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
-            path = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(resource)"
+            path, unknown = _loc_path(err["loc"], err["type"] == "extra_forbidden")
             msg = err["msg"].removeprefix("Value error, ")
             got = f" (got {show_value(err.get('input'))})" if err["type"] != "missing" else ""
-            raise _Refuse(e.path(path), f"not valid FHIR R4: {msg}{got}") from None
+            # an element name that is not FHIR's is feed text (a key may be a name, an MRN): only the
+            # reason, which goes to the dead letter alone, quotes it; the field that stderr and logs show
+            # says (unknown element)
+            named = f" at {show_value(unknown)}" if unknown is not None else ""
+            raise _Refuse(e.path(path), f"not valid FHIR R4: {msg}{named}{got}") from None
 
     # ------------------------------------------------------------ one resource
 
@@ -1015,6 +1019,26 @@ def _remember_observation(state: PatientState, rid: str, event_id: str, plan_id:
     observations[rid] = [event_id, plan_id]
     while len(observations) > MAX_OBSERVATIONS:
         del observations[next(iter(observations))]
+
+
+UNKNOWN_ELEMENT = "(unknown element)"
+_ELEMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _loc_path(loc: tuple[Any, ...], extra: bool) -> tuple[str, str | None]:
+    """The FHIR path of a pydantic error's location, safe to log: an element FHIR does not have (an
+    extra key, or any name that is not a plain identifier) is `(unknown element)`, and the path stops
+    there; the name itself is returned apart, for the reason only."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if isinstance(p, int):
+            continue
+        name = str(p)
+        if (extra and i == len(loc) - 1) or not _ELEMENT_NAME.match(name):
+            parts.append(UNKNOWN_ELEMENT)
+            return ".".join(parts), ".".join(str(x) for x in loc if not isinstance(x, int))
+        parts.append(name)
+    return ".".join(parts) or "(resource)", None
 
 
 def _patient_or_none(e: Entry, bundle: dict[str, tuple[str, str]]) -> str | None:

@@ -752,3 +752,21 @@ def test_an_element_fhir_does_not_have_is_named_in_the_dead_letter_only_never_on
     assert [x["field"] for x in letters] == ["Observation.(unknown element)",
                                             "Observation.code.coding.(unknown element)"]
     assert phi in letters[0]["reason"] and phi2 in letters[1]["reason"]
+
+
+@pytest.mark.parametrize("validation", ["mapped", "full"])
+def test_an_r4_encounter_service_type_is_one_codeable_concept_not_a_list(engine, validation):
+    # R4 Encounter.serviceType is 0..1 CodeableConcept (a list only in R5); Appointment.serviceType is a list
+    sink = Collect()
+    core = EventCore(engine, PatientStates(), sink, Fault.ISOLATE,
+                     fhir=make_mapper(engine.catalogue, validation=validation))
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    visit = {"resourceType": "Encounter", "id": "enc-st", "status": "finished", "subject": {"reference": P},
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "serviceType": OT_SERVICE[0], "period": {"start": "2026-03-03T09:00:00Z"}}
+    feed(core, visit)
+    assert patient(core.states).plans["cp-1"].visits_attended == 1 and not sink.letters
+    feed(core, {**visit, "id": "enc-r5", "serviceType": OT_SERVICE})
+    [(_, refused)] = sink.letters
+    assert refused.field.startswith("Encounter.serviceType"), refused.reason
+    assert patient(core.states).plans["cp-1"].visits_attended == 1 and core.tally.balanced

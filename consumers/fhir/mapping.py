@@ -60,7 +60,7 @@ _LISTS: dict[str, tuple[str, ...]] = {
     "CarePlan": ("goal", "activity", "category", "contained"),
     "Goal": ("target", "outcomeReference", "extension"),
     "Observation": ("basedOn", "focus", "derivedFrom", "hasMember", "performer", "category"),
-    "Encounter": ("type", "serviceType", "participant", "episodeOfCare", "basedOn", "location"),
+    "Encounter": ("type", "participant", "episodeOfCare", "basedOn", "location"),
     "Appointment": ("serviceType", "serviceCategory", "specialty", "participant", "basedOn"),
     "EpisodeOfCare": ("type",),
 }
@@ -69,7 +69,7 @@ _OBJECTS: dict[str, tuple[str, ...]] = {
     "Goal": ("subject", "description", "meta"),
     "Observation": ("subject", "code", "valueQuantity", "valueCodeableConcept", "effectivePeriod", "encounter",
                     "meta"),
-    "Encounter": ("subject", "class", "period", "meta"),
+    "Encounter": ("subject", "class", "serviceType", "period", "meta"),  # R4 serviceType: 0..1 (a list in R5)
     "Appointment": ("appointmentType", "meta"),
     "EpisodeOfCare": ("patient", "period", "meta"),
 }

@@ -913,6 +913,8 @@ class FhirMapper:
 
     def _score(self, e: Entry, entry: InstrumentCode) -> tuple[float, str]:
         r = e.resource
+        _one_choice(e, "value")
+        _one_choice(e, "effective")
         if "valueQuantity" in r:
             return self._quantity(e, "valueQuantity", _dict(r["valueQuantity"]), entry), "valueQuantity.value"
         if "valueInteger" in r:
@@ -1019,6 +1021,14 @@ def _remember_observation(state: PatientState, rid: str, event_id: str, plan_id:
     observations[rid] = [event_id, plan_id]
     while len(observations) > MAX_OBSERVATIONS:
         del observations[next(iter(observations))]
+
+
+def _one_choice(e: Entry, name: str) -> None:
+    """A choice element (`value[x]`, `effective[x]`) is 0..1: two of its forms at once (valueInteger and
+    valueQuantity) are invalid FHIR, refused rather than one of them picked."""
+    sent = sorted(k for k in e.resource if k.startswith(name) and k[len(name):len(name) + 1].isupper())
+    if len(sent) > 1:
+        raise _Refuse(e.path(f"{name}[x]"), f"{len(sent)} forms of {name}[x] ({', '.join(sent)}): FHIR allows one")
 
 
 UNKNOWN_ELEMENT = "(unknown element)"

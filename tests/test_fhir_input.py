@@ -787,3 +787,23 @@ def test_two_forms_of_one_choice_element_are_refused_not_one_picked(engine, vali
     if validation == "mapped":  # full: fhir.resources refuses it first, in its own words
         assert refused.field == path, refused.reason
     assert not [e for e in core.events if e.type == "evaluation"] and core.tally.balanced
+
+
+def test_an_episode_of_another_service_in_the_ot_plans_transaction_is_not_the_ot_plans(engine):
+    core, sink = core_for(engine)
+    cardio_type = [{"coding": [{"system": "http://snomed.info/sct", "code": "394579002", "display": "Cardiology"}]}]
+    episode = {"resourceType": "EpisodeOfCare", "id": "eoc-cardio", "status": "active", "patient": {"reference": P},
+               "type": cardio_type}
+    untyped = {**episode, "id": "eoc-plain"}
+    del untyped["type"]
+    feed(core, bundle("transaction", careplan(), goal("g-moca"), episode))
+    ended = {**episode, "meta": {"versionId": "2"}, "status": "finished",
+             "period": {"start": "2026-03-01", "end": "2026-03-05"}}
+    feed(core, ended)
+    assert not patient(core.states).plans["cp-1"].discharged and not sink.letters
+    assert core.tally.skipped_by == {"episode not linked": 2}
+    # one that names no service, sent with the plan, is the plan's (as is one an OT Encounter names)
+    feed(core, bundle("transaction", careplan(version="2"), untyped))
+    feed(core, {**untyped, "meta": {"versionId": "2"}, "status": "finished",
+                "period": {"start": "2026-03-01", "end": "2026-03-05"}})
+    assert patient(core.states).plans["cp-1"].discharged and core.tally.balanced

@@ -435,7 +435,12 @@ class FhirMapper:
         if status in ("active", "waitlist", "planned", "onhold"):
             plan_ids = [r for (t, r), c in line.by_id.items() if t == "CarePlan" and r in state.plans
                         and not state.plans[r].discharged and c.resource.get("status") in ("active", "on-hold")]
-            if len(plan_ids) != 1 and not self.codes.is_ot("type", codings(e.resource.get("type"))):
+            # linked when it is OT by its type, or names no service and comes with the one plan, or the
+            # line's OT CarePlan or OT Encounter names it: never an episode typed as another service
+            # (cardiology) that merely shares the transaction, whose end would discharge the OT plan
+            types = codings(e.resource.get("type"))
+            if not (self.codes.is_ot("type", types) or (not types and len(plan_ids) == 1)
+                    or self._named_by_ot_care(e, rid, plan_ids, line)):
                 raise _Skip(SKIP_EPISODE)
             if len(plan_ids) != 1:
                 plan_ids = _open_plans(state)[:1]
@@ -458,6 +463,26 @@ class FhirMapper:
         at = self._time(e, element, value)
         return self._event(e, event_id, {"type": "discharge", "patient_id": patient, "occurred_at": at,
                                          "plan_id": plan_id, "reason": f"EpisodeOfCare {status}"})
+
+    def _named_by_ot_care(self, e: Entry, rid: str, plan_ids: list[str], line: _Line) -> bool:
+        """Whether an OT CarePlan of the line (`supportingInfo`) or an OT Encounter of the line
+        (`episodeOfCare`: typed OT, or `basedOn` the line's OT plan) names this EpisodeOfCare."""
+        for (kind, _id), other in line.by_id.items():
+            r = other.resource
+            refs = line.refs_of(other)
+            if kind == "CarePlan" and _id in plan_ids:
+                names = _list(r.get("supportingInfo"))
+            elif kind == "Encounter":
+                ot = self.codes.is_ot("type", codings(r.get("type"))) or \
+                    self.codes.is_ot("serviceType", codings(r.get("serviceType"))) or \
+                    any((f := reference(ref, refs)) and f[0] == "CarePlan" and f[1] in plan_ids
+                        for ref in _list(r.get("basedOn")))
+                names = _list(r.get("episodeOfCare")) if ot else []
+            else:
+                continue
+            if any((f := reference(ref, refs)) and f == ("EpisodeOfCare", rid) for ref in names):
+                return True
+        return False
 
     @staticmethod
     def _link_episode(state: PatientState, episode: str, plan_id: str) -> None:

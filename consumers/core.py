@@ -90,6 +90,7 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
     byte_offset: int | None = None  # where the line starts in a file
     fhir: dict[str, object] | None = None  # a dead-lettered FHIR entry: its Bundle id/type and entry index
+    line_bytes: int | None = None  # a dead-lettered FHIR entry: the size of the line it came in (raw is less)
 
     @property
     def where(self) -> str:
@@ -654,12 +655,13 @@ def _entry_record(record: Record, entry: Entry | None) -> Record:
         raw = orjson.dumps(entry.resource)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes: the head of the line stands in
         raw = record.raw
-    where: dict[str, object] = {"bundle_id": entry.bundle_id, "bundle_type": entry.bundle_type,
-                                "entry": entry.index, "path": entry.at}
+    where: dict[str, object] = {"bundle_type": entry.bundle_type, "entry": entry.index}  # path: Bundle.entry[i]
+    if entry.bundle_id is not None:
+        where = {"bundle_id": entry.bundle_id, **where}
     if len(raw) > MAX_DEAD_ENTRY:
         where.update(size=len(raw), sha256=hashlib.sha256(raw).hexdigest(), truncated=True)
         raw = raw[:MAX_DEAD_ENTRY]
-    return replace(record, raw=raw, fhir=where)
+    return replace(record, raw=raw, fhir=where, line_bytes=record.line_bytes or len(record.raw))
 
 
 def _held_record(event: Event, arrived: Record | None) -> Record:

@@ -32,8 +32,10 @@ class FileSink:
             self.emit(rec)
 
     def dead_letter(self, record: Record, rejection: Rejection) -> None:
+        read_to = None if record.byte_offset is None else \
+            record.byte_offset + (record.line_bytes if record.line_bytes is not None else len(record.raw))
         letter = DeadLetter(record.source, record.line, rejection.reason, record.raw, rejection.field,
-                            record.byte_offset, record.fhir)
+                            record.byte_offset, record.fhir, read_to)
         self.dead_letters.write(letter)
         if self.on_reject is not None:
             self.on_reject(letter)

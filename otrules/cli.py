@@ -143,7 +143,8 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                 at = f":{letter.line}" if letter.line is not None else " (an event the reorder window held)"
                 click.echo(f"{_short(source_name)}{at}: rejected: {letter.field} ({where})", err=True)
 
-        pipeline = Pipeline(engine, emit, DeadLetterSink(dlq), on_reject=report, input_format=input_format,
+        dead_letters = DeadLetterSink(dlq)
+        pipeline = Pipeline(engine, emit, dead_letters, on_reject=report, input_format=input_format,
                             fhir=_fhir_mapper(engine, fhir_codes, fhir_validation), max_future=max_future,
                             clock=(lambda: sweep_at) if sweep_at is not None else None)
         goals: dict[tuple[str, str, str], str] = {}  # (patient, plan, goal) -> description, for the table
@@ -155,6 +156,7 @@ def run(rules: tuple[Path, ...], catalogue: Path | None, input_path: str | None,
                         goals.update({(event.patient_id, event.plan_id, g.goal_id): g.description
                                       for g in event.goals})
         pipeline.core.flush()  # the end of the input releases what the reorder window holds
+        dead_letters.flush()
         summary = pipeline.summary
         at = sweep_at or pipeline.core.closing_time()  # the latest accepted event, never past processing time
         if at is not None:

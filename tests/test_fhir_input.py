@@ -4,6 +4,7 @@ and the same recommendations as the native stream."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import uuid
@@ -660,8 +661,7 @@ def test_a_dead_letter_carries_the_refused_entry_not_its_bundle(engine, tmp_path
     assert result.exit_code == 0, result.stderr
     (letter,) = [json.loads(x) for x in dead.read_text().splitlines()]
     assert json.loads(letter["original"])["id"] == "o-bad" and "outside the range" in letter["reason"]
-    assert letter["fhir"] == {"bundle_id": "b-7", "bundle_type": "collection", "entry": 200,
-                              "path": "Bundle.entry[200]"}
+    assert letter["fhir"] == {"bundle_id": "b-7", "bundle_type": "collection", "entry": 200}
     assert letter["line"] == 2 and letter["byte_offset"] == src.read_bytes().index(b"\n") + 1
     assert dead.stat().st_size < len(raw) / 20
 
@@ -807,3 +807,32 @@ def test_an_episode_of_another_service_in_the_ot_plans_transaction_is_not_the_ot
     feed(core, {**untyped, "meta": {"versionId": "2"}, "status": "finished",
                 "period": {"start": "2026-03-01", "end": "2026-03-05"}})
     assert patient(core.states).plans["cp-1"].discharged and core.tally.balanced
+
+
+def test_a_dead_letter_file_is_never_larger_than_its_input(tmp_path):
+    # 3,000 small refused entries of one Bundle: compact letters, then letters without their resource
+    # (size and SHA-256 instead), then the rest of the line as one grouped letter
+    bad = [{**observation(f"x{i}", {}, T0), "meta": {}} for i in range(3000)]
+    # a repeated key refuses a whole 2 MB line: its letter keeps 64 KiB of it, with size and hash
+    big = json.dumps(bundle("collection", *[observation(f"n{i}", {"valueInteger": 20}, T0, note=[{"text": "x" * 400}])
+                                            for i in range(4000)]))
+    big = big.replace('"valueInteger": 20, ', '"valueInteger": 20, "valueInteger": 21, ', 1)
+    text = "\n".join([json.dumps(bundle("transaction", careplan(), goal("g-moca"))),
+                      json.dumps(bundle("collection", *bad)), big]) + "\n"
+    src = tmp_path / "in.ndjson"
+    src.write_text(text)
+    dead = tmp_path / "dead.jsonl"
+    result = CliRunner().invoke(main, ["run", "--input", str(src), "--dlq", str(dead)])
+    assert result.exit_code == 0, result.stderr
+    assert "rejected 3001" in result.stderr, result.stderr
+    letters = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert dead.stat().st_size <= src.stat().st_size
+    of_bundle = [x for x in letters if x["line"] == 2]
+    assert json.loads(of_bundle[0]["original"])["id"] == "x0" and "original" not in of_bundle[-1]
+    grouped = of_bundle[-1]
+    assert grouped["last_entry"] == 2999 and grouped["field"] == "Observation.value[x]"
+    assert sum(x.get("count", 1) for x in of_bundle) == 3000
+    [whole] = [x for x in letters if x["line"] == 3]
+    assert whole["field"] == "(repeated key)" and whole["original_truncated"]
+    assert whole["original_size"] == len(big) and len(whole["original"]) == 64 * 1024
+    assert whole["original_sha256"] == hashlib.sha256(big.encode()).hexdigest()

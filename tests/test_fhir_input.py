@@ -836,3 +836,21 @@ def test_a_dead_letter_file_is_never_larger_than_its_input(tmp_path):
     assert whole["field"] == "(repeated key)" and whole["original_truncated"]
     assert whole["original_size"] == len(big) and len(whole["original"]) == 64 * 1024
     assert whole["original_sha256"] == hashlib.sha256(big.encode()).hexdigest()
+
+
+def test_a_gas_score_derived_from_one_on_an_earlier_line_joins_the_goal_that_one_focused_on(engine):
+    core, _ = core_for(engine)
+    gas = [goal(g, "107332-9", target={"detailCodeableConcept": {"text": "expected"}}) for g in ("g-a", "g-b")]
+    feed(core, bundle("transaction", careplan(goals=("g-a", "g-b")), *gas))
+    level = {"valueCodeableConcept": {"coding": [{"system": LOINC, "code": "LA34480-6"}]}}
+    goals = []
+    # two GAS goals: the plan's one goal on the measure cannot say which; s-1's focus, kept, does
+    for score in (observation("s-1", level, T0, "107333-7", focus=[{"reference": "Goal/g-b"}]),
+                  observation("s-2", level, "2026-03-20T09:00:00Z", "107333-7",
+                              derivedFrom=[{"reference": "Observation/s-1"}]),
+                  observation("s-3", level, "2026-03-25T09:00:00Z", "107333-7",
+                              derivedFrom=[{"reference": "Observation/s-2"}])):
+        feed(core, score)
+        goals += [e.measures[0].goal_id for e in core.events if e.type == "evaluation"]
+    assert goals == ["g-b", "g-b", "g-b"]
+    assert len((patient(core.states).fhir or {})["outcomes"]) <= 256

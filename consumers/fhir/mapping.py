@@ -879,6 +879,9 @@ class FhirMapper:
             linked = [rid] + [f[1] for ref in _list(r.get("derivedFrom"))
                               if (f := reference(ref, bundle)) and f[0] == "Observation"]
             goal_id = next((g for o in linked if (g := line.goal_links.get(o) or outcomes.get(o)) in of_plan), None)
+        if goal_id is not None and outcomes.get(rid) != goal_id:
+            # kept for a later line: a score `derivedFrom` this one (a GAS follow-up) finds its Goal
+            _remember_outcome(state, rid, goal_id)
         if goal_id is None:
             same = [g for g, goal in sorted(of_plan.items()) if goal.instrument == entry.instrument]
             goal_id = same[0] if len(same) == 1 else None
@@ -1036,6 +1039,15 @@ def _derived_id(event_id: str, suffix: str) -> str:
     if len(derived) <= ID_MAX:
         return derived
     return f"{suffix}:" + hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
+
+
+def _remember_outcome(state: PatientState, observation: str, goal_id: str) -> None:
+    """Observation -> Goal, as Goal.outcomeReference, focus or derivedFrom said (bounded, newest last)."""
+    links: dict[str, str] = _join(state).setdefault("outcomes", {})
+    links.pop(observation, None)
+    links[observation] = goal_id
+    while len(links) > MAX_OUTCOMES:
+        links.pop(next(iter(links)))
 
 
 def _remember_observation(state: PatientState, rid: str, event_id: str, plan_id: str) -> None:

@@ -166,6 +166,7 @@ class Tally:
     rejected_by: Counter[str] = field(default_factory=Counter)  # rejection kind -> count
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (event type, processed|duplicate)
     skipped_by: Counter[str] = field(default_factory=Counter)  # why a FHIR resource was skipped -> count
+    unfollowed: Counter[str] = field(default_factory=Counter)  # FHIR references left out of a read resource
     closed: Counter[str] = field(default_factory=Counter)  # recommendations closed, by closed_reason (§8)
     feedback: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ruleset/rule, accepted|overridden)
     override_reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ruleset/rule, reason code)
@@ -184,7 +185,8 @@ class Tally:
     def copy(self) -> Tally:
         return replace(self, by_kind=Counter(self.by_kind), by_rule=Counter(self.by_rule),
                        rejected_by=Counter(self.rejected_by), by_type=Counter(self.by_type),
-                       skipped_by=Counter(self.skipped_by), closed=Counter(self.closed),
+                       skipped_by=Counter(self.skipped_by), unfollowed=Counter(self.unfollowed),
+                       closed=Counter(self.closed),
                        feedback=Counter(self.feedback), override_reasons=Counter(self.override_reasons))
 
     def count(self, recs: Iterable[Recommendation]) -> None:
@@ -491,6 +493,7 @@ class EventCore:
                 group_scores(state, step.event, step.event_ids)  # each Observation can be retracted alone
             self.states.put(state)
             self._count(step.event, result, resources)
+            tally.unfollowed.update(step.unfollowed)
             made.append(step.event)
         return made
 

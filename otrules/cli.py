@@ -838,9 +838,18 @@ def _short(path: str) -> str:
 def _skipped_text(s: Tally) -> str:
     """` + skipped N (not OT 139, unmapped code 812, ...)`: the reasons are a fixed vocabulary."""
     if not s.skipped:
-        return ""
+        return _unfollowed_text(s)
     why = ", ".join(f"{k} {n}" for k, n in s.skipped_by.most_common() if n)
-    return f" + skipped {s.skipped} ({why})" if why else f" + skipped {s.skipped}"
+    text = f" + skipped {s.skipped} ({why})" if why else f" + skipped {s.skipped}"
+    return text + _unfollowed_text(s)
+
+
+def _unfollowed_text(s: Tally) -> str:
+    """`; references not followed N (goal by identifier 1, ...)`: a fixed vocabulary too."""
+    n = sum(s.unfollowed.values())
+    if not n:
+        return ""
+    return f"; references not followed {n} ({', '.join(f'{k} {v}' for k, v in s.unfollowed.most_common())})"
 
 
 def _summary_text(s: Tally) -> str:

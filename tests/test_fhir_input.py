@@ -854,3 +854,17 @@ def test_a_gas_score_derived_from_one_on_an_earlier_line_joins_the_goal_that_one
         goals += [e.measures[0].goal_id for e in core.events if e.type == "evaluation"]
     assert goals == ["g-b", "g-b", "g-b"]
     assert len((patient(core.states).fhir or {})["outcomes"]) <= 256
+
+
+def test_a_careplan_goal_by_identifier_or_unreadable_reference_is_left_out_and_counted(engine):
+    core, sink = core_for(engine)
+    plan = careplan(goals=("g-moca",))
+    plan["goal"] += [{"identifier": {"system": "http://ehr.example/goals", "value": "g-77"}},
+                     {"reference": "Goal/" + "a" * 10000}]
+    feed(core, bundle("transaction", plan, goal("g-moca")))
+    assert not sink.letters and list(patient(core.states).plans["cp-1"].goals) == ["g-moca"]
+    assert core.tally.unfollowed == {"goal by identifier": 1, "goal reference unreadable": 1}
+    text = json.dumps(bundle("transaction", plan, goal("g-moca")))
+    result = CliRunner().invoke(main, ["run", "--input", "-"], input=text)
+    assert "references not followed 2 (goal by identifier 1, goal reference unreadable 1)" in result.stderr
+    assert "rejected 0" in result.stderr and "a" * 100 not in result.stderr

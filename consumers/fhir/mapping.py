@@ -92,6 +92,10 @@ SKIP_NOT_OPEN = "nothing open"  # a completed CarePlan or finished episode whose
 SKIP_EPISODE = "episode not linked"  # an EpisodeOfCare no OT plan's Encounters named
 SKIP_REASONS = (SKIP_NOT_OT, SKIP_CODE, SKIP_TYPE, SKIP_NO_PLAN, SKIP_STATUS, SKIP_NO_VALUE, SKIP_NO_TARGET,
                 SKIP_NOT_OPEN, SKIP_EPISODE)
+# A reference of an OT resource otrules cannot follow, left out (counted) while the resource is read
+UNFOLLOWED_IDENTIFIER = "goal by identifier"  # CarePlan.goal with only an identifier (valid FHIR)
+UNFOLLOWED_UNREADABLE = "goal reference unreadable"  # CarePlan.goal whose reference is no Goal/<id> (too long ...)
+UNFOLLOWED = (UNFOLLOWED_IDENTIFIER, UNFOLLOWED_UNREADABLE)
 # GAS as the Person-Centered Outcomes IG writes it: a Goal on the GAS score with no number is aimed at
 # the expected level, 0
 GAS_CODES = ("107332-9", "107333-7", "107334-5")
@@ -111,6 +115,7 @@ class Apply:
     where: list[str]
     event_ids: list[str]
     entries: list[Entry] = field(default_factory=list)
+    unfollowed: list[str] = field(default_factory=list)  # references left out, by a reason of UNFOLLOWED
 
 
 @dataclass(slots=True)
@@ -679,13 +684,21 @@ class FhirMapper:
         if len(refs) > MAX_GOALS:
             raise _Refuse(e.path("goal"), f"{len(refs)} Goals, over the {MAX_GOALS} otrules follows in one plan")
         goal_ids: list[str] = []
+        unfollowed: list[str] = []
         for i, ref in enumerate(refs):
             found = self._own(e, f"goal[{i}]", ref, patient, line)
+            if found is None and isinstance(ref, dict):
+                # a Goal named only by identifier (valid FHIR), or by a reference otrules cannot read (an
+                # id over 64 characters): that goal is left out and counted, the plan is read
+                unfollowed.append(UNFOLLOWED_UNREADABLE if isinstance(ref.get("reference"), str)
+                                  else UNFOLLOWED_IDENTIFIER)
+                continue
             if found is None or found[0] != "Goal":
                 raise _Refuse(e.path(f"goal[{i}]"), f"not a reference to a Goal (got {show_value(ref)})")
             goal_ids.append(found[1])
         snapshot = {"fields": self._plan_fields(e, known, line), "goals": goal_ids, "at": at}
         step = self._plan_event(e, event_id, patient, rid, snapshot, at, state)
+        step.unfollowed = unfollowed
         plans.pop(rid, None)  # kept only once the plan event is good; the newest last
         plans[rid] = snapshot
         while len(plans) > MAX_PLANS:

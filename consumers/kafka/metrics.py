@@ -33,6 +33,9 @@ class Metrics:
         self.skipped = Counter("otrules_fhir_skipped_resources", "FHIR resources otrules does not read (another "
                                "type, a code not in the code table, a status it ignores), by why", ["why"],
                                registry=r)
+        self.unfollowed = Counter("otrules_fhir_unfollowed_references", "References of a FHIR resource otrules "
+                                  "read but could not follow (a CarePlan.goal by identifier only), by why", ["why"],
+                                  registry=r)
         self.unpublished = Counter("otrules_unpublished_recommendations", "Sweep recommendations over the record "
                                    "size limit (not published)", registry=r)
         self.sweep_failures = Counter("otrules_sweep_failures", "Patients whose sweep failed (left as they were; "

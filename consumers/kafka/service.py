@@ -473,6 +473,8 @@ class Service(ConsumerRebalanceListener):
             self.metrics.events.labels(kind, outcome).inc(n)
         for why, n in (self.tally.skipped_by - txn.counted.skipped_by).items():
             self.metrics.skipped.labels(why).inc(n)
+        for why, n in (self.tally.unfollowed - txn.counted.unfollowed).items():
+            self.metrics.unfollowed.labels(why).inc(n)
         for why, n in (self.tally.rejected_by - txn.counted.rejected_by).items():  # counted once, at commit
             self.metrics.dead_letters.labels(why).inc(n)
             self.metrics.events.labels(why, "rejected").inc(n)

@@ -868,3 +868,31 @@ def test_a_careplan_goal_by_identifier_or_unreadable_reference_is_left_out_and_c
     result = CliRunner().invoke(main, ["run", "--input", "-"], input=text)
     assert "references not followed 2 (goal by identifier 1, goal reference unreadable 1)" in result.stderr
     assert "rejected 0" in result.stderr and "a" * 100 not in result.stderr
+
+
+def test_a_link_or_a_goal_does_not_make_care_typed_as_another_service_ot(engine):
+    core, sink = core_for(engine)
+    episode = {"resourceType": "EpisodeOfCare", "id": "eoc-ot", "status": "active", "patient": {"reference": P}}
+    feed(core, bundle("transaction", careplan(), goal("g-moca"), episode))
+    linked = {"resourceType": "Encounter", "id": "enc-x", "status": "finished", "subject": {"reference": P},
+              "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+              "period": {"start": "2026-03-03T09:00:00Z"}, "episodeOfCare": [{"reference": "EpisodeOfCare/eoc-ot"}],
+              "basedOn": [{"reference": "CarePlan/cp-1"}]}
+    check_up = {**linked, "id": "enc-pcp",  # SNOMED CT 185349003 Encounter for check up
+                "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003"}]}]}
+    feed(core, check_up)
+    assert patient(core.states).plans["cp-1"].visits_attended == 0 and core.tally.skipped_by == {"not OT": 1}
+    feed(core, linked)  # the same links and no type: the OT plan's visit
+    assert patient(core.states).plans["cp-1"].visits_attended == 1
+    # a physical therapy plan (SNOMED CT 91251008 Physical therapy procedure) with a Barthel goal
+    pt_goal = goal("g-barthel", "96761-2", target={"detailInteger": 90})
+    pt_plan = careplan("cp-pt", goals=("g-barthel",))
+    pt_plan["activity"][0]["detail"]["code"] = {"coding": [{"system": "http://snomed.info/sct", "code": "91251008"}]}
+    feed(core, bundle("transaction", pt_plan, pt_goal))
+    assert "cp-pt" not in patient(core.states).plans and not sink.letters and core.tally.balanced
+    # US Core's assess-plan category and a setting name no service: the goal makes that plan OT
+    us_core = careplan("cp-us", goals=("g-barthel",), activity=[], category=[
+        {"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category", "code": "assess-plan"}]},
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}]}])
+    feed(core, bundle("transaction", us_core, {**pt_goal, "meta": {"versionId": "2"}}))
+    assert "cp-us" in patient(core.states).plans

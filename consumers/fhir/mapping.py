@@ -100,6 +100,7 @@ UNFOLLOWED = (UNFOLLOWED_IDENTIFIER, UNFOLLOWED_UNREADABLE)
 # the expected level, 0
 GAS_CODES = ("107332-9", "107333-7", "107334-5")
 LOINC = "http://loinc.org"
+US_CORE_CAREPLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"  # assess-plan: no service
 MAX_OBSERVATIONS = 512  # Observation id -> the version applied (and its plan), for entered-in-error/amended
 
 
@@ -505,6 +506,15 @@ class FhirMapper:
         refs = line.refs_of(e)
         join = _join(state)
         open_ids = set(_open_plans(state))
+        elements = (("type", "type"), ("serviceType", "serviceType")) if e.type == "Encounter" else \
+            (("serviceType", "serviceType"), ("serviceCategory", "serviceCategory"), ("specialty", "specialty"),
+             ("appointmentType", "appointmentType"))
+        ot = any(self.codes.is_ot(name, codings(r.get(element))) for element, name in elements)
+        typed = any(code for element, _name in elements for _s, code in codings(r.get(element)))
+        if typed and not ot:
+            # typed as another service (a primary-care check-up): a link to the OT plan does not make it
+            # an OT visit, nor does the performer's role; what it was is what it says
+            raise _Skip(SKIP_NOT_OT)
         for ref in _list(r.get("basedOn")):
             found = self._own(e, "basedOn", ref, patient, line)
             if found and found[0] == "CarePlan" and found[1] in open_ids:
@@ -517,12 +527,6 @@ class FhirMapper:
         plan_id = join.get("activities", {}).get(f"{e.type}/{rid}")
         if plan_id is not None and plan_id in open_ids:
             return plan_id
-        elements = (("type", "type"),) if e.type == "Encounter" else \
-            (("serviceType", "serviceType"), ("serviceCategory", "serviceCategory"), ("specialty", "specialty"),
-             ("appointmentType", "appointmentType"))
-        ot = any(self.codes.is_ot(name, codings(r.get(element))) for element, name in elements)
-        if not ot and e.type == "Encounter":
-            ot = self.codes.is_ot("serviceType", codings(r.get("serviceType")))
         if not ot:
             people = [p.get("individual") for p in _list(r.get("participant")) if isinstance(p, dict)] + \
                 [p.get("actor") for p in _list(r.get("participant")) if isinstance(p, dict)]
@@ -723,6 +727,15 @@ class FhirMapper:
             detail = _dict(_dict(activity).get("detail"))
             if self.codes.is_ot("activity", codings(detail.get("code"))):
                 return True
+        # a Goal on an OT measure makes a plan OT only when the plan names no other service: a physical
+        # therapy plan (activity SNOMED 91251008) with a Barthel goal is not OT. US Core's category
+        # (assess-plan) and a setting of the code table (AMB) name no service.
+        service = [(system, code) for system, code in codings(r.get("category")) if code
+                   and system != US_CORE_CAREPLAN_CATEGORY and self.codes.setting_of(system, code) is None]
+        service += [(system, code) for a in _list(r.get("activity"))
+                    for system, code in codings(_dict(_dict(a).get("detail")).get("code")) if code]
+        if service:
+            return False
         goals = _join(state).get("goals", {})
         return any(g in goals for g in goal_ids)
 

@@ -896,3 +896,26 @@ def test_a_link_or_a_goal_does_not_make_care_typed_as_another_service_ot(engine)
         {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}]}])
     feed(core, bundle("transaction", us_core, {**pt_goal, "meta": {"versionId": "2"}}))
     assert "cp-us" in patient(core.states).plans
+
+
+def test_a_careplan_ot_by_its_goals_opens_when_they_come_on_later_lines_as_bulk_data_orders_them(engine):
+    # Bulk Data $export writes CarePlan.ndjson before Goal.ndjson: the plan names no service and no Goal
+    # otrules has seen yet; it is kept (bounded) and opens when its Goal on the MoCA arrives
+    core, sink = core_for(engine)
+    plan = careplan(activity=[])
+    del plan["category"]
+    feed(core, plan)
+    assert "cp-1" not in patient(core.states).plans and core.tally.processed == 1
+    feed(core, goal("g-moca"))
+    state = patient(core.states).plans["cp-1"]
+    assert list(state.goals) == ["g-moca"] and state.setting == "outpatient"
+    plan_events = [e for e in core.events if e.type == "plan"]
+    assert [e.event_id for e in plan_events] == ["CarePlan/cp-1/_history/1"]
+    feed(core, plan, goal("g-moca"))  # both sent again: duplicates
+    assert core.tally.duplicates == 2 and not sink.letters and core.tally.balanced
+    # one that names another service (physical therapy) is never kept for its goals
+    pt = {**careplan("cp-pt", goals=("g-2",)), "category": [
+        {"coding": [{"system": "http://snomed.info/sct", "code": "91251008"}]}], "activity": []}
+    feed(core, pt, goal("g-2"))
+    assert "cp-pt" not in patient(core.states).plans and core.tally.skipped_by == {"not OT": 1}
+    assert len((patient(core.states).fhir or {}).get("candidates", {})) <= 4

@@ -78,6 +78,7 @@ MAPPED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "Episod
 PATIENT_OWNED = ("CarePlan", "Goal", "Observation", "Encounter", "Appointment", "EpisodeOfCare", "ServiceRequest")
 MAX_GOALS = 64  # Goals kept per patient for joining, and Goals one CarePlan may reference
 MAX_OUTCOMES = 256  # Goal.outcomeReference links kept per patient
+MAX_CANDIDATES = 4  # CarePlans kept per patient that their Goals, still to come, may make OT
 MAX_EPISODES = 16  # EpisodeOfCare -> plan links kept per patient (learnt from Encounters)
 # Why a resource was skipped: a fixed vocabulary (the summary's and the service's metric label), never
 # text from the feed
@@ -583,6 +584,8 @@ class FhirMapper:
             goals[rid] = goal
             while len(goals) > MAX_GOALS:
                 goals.pop(next(iter(goals)))
+        candidate = next((pid for pid, c in join.get("candidates", {}).items()
+                          if rid in c["goals"] and pid not in state.plans), None) if goal is not None else None
         links: dict[str, str] = join.setdefault("outcomes", {})
         for ref in _list(r.get("outcomeReference")):
             found = reference(ref)
@@ -595,6 +598,18 @@ class FhirMapper:
         # discharged plan stays closed: goals are marked achieved at discharge as a matter of course)
         plans = [pid for pid, plan in sorted(join.get("plans", {}).items())
                  if rid in plan["goals"] and pid in state.plans and not state.plans[pid].discharged]
+        if candidate is not None and rid not in careplan_goals:
+            # the Goal on an OT measure that a candidate CarePlan named: that plan opens, as OT
+            c = join["candidates"].pop(candidate)
+            snapshot = {"fields": c["fields"], "goals": c["goals"], "at": c["at"]}
+            step = self._plan_event(e, c["event_id"], patient, candidate, snapshot, c["at"], state)
+            known: dict[str, Any] = join.setdefault("plans", {})
+            known.pop(candidate, None)
+            known[candidate] = snapshot
+            while len(known) > MAX_PLANS:
+                known.pop(next(iter(known)))
+            step.event_ids.append(event_id)  # the Goal sent again is a duplicate
+            return step
         if rid in careplan_goals or not plans:
             state.remember(event_id)
             return Joined(patient, e.where(), event_id)
@@ -679,6 +694,8 @@ class FhirMapper:
         if known is None:  # a care plan of another service is skipped before anything in it is checked
             named = [f[1] for ref in refs if (f := reference(ref, bundle)) and f[0] == "Goal"]
             if not self._is_ot_plan(e, named, state):
+                if named and not self._names_a_service(e) and len(named) <= MAX_GOALS:
+                    return self._candidate(e, rid, event_id, patient, named, line, state)
                 raise _Skip(SKIP_NOT_OT)
         # a CarePlan first seen opens the plan when it was made; a later version, when it changed
         first = ("created", r.get("created")), ("meta.lastUpdated", last_updated(r))
@@ -728,16 +745,41 @@ class FhirMapper:
             if self.codes.is_ot("activity", codings(detail.get("code"))):
                 return True
         # a Goal on an OT measure makes a plan OT only when the plan names no other service: a physical
-        # therapy plan (activity SNOMED 91251008) with a Barthel goal is not OT. US Core's category
-        # (assess-plan) and a setting of the code table (AMB) name no service.
-        service = [(system, code) for system, code in codings(r.get("category")) if code
-                   and system != US_CORE_CAREPLAN_CATEGORY and self.codes.setting_of(system, code) is None]
-        service += [(system, code) for a in _list(r.get("activity"))
-                    for system, code in codings(_dict(_dict(a).get("detail")).get("code")) if code]
-        if service:
+        # therapy plan (activity SNOMED 91251008) with a Barthel goal is not OT
+        if self._names_a_service(e):
             return False
         goals = _join(state).get("goals", {})
         return any(g in goals for g in goal_ids)
+
+    def _names_a_service(self, e: Entry) -> bool:
+        """Whether a CarePlan not coded OT names a service (another one) in its category or activity codes.
+        US Core's category (assess-plan) and a setting of the code table (AMB) name no service."""
+        r = e.resource
+        return any(code and system != US_CORE_CAREPLAN_CATEGORY and self.codes.setting_of(system, code) is None
+                   for system, code in codings(r.get("category"))) or \
+            any(code for a in _list(r.get("activity"))
+                for _system, code in codings(_dict(_dict(a).get("detail")).get("code")))
+
+    def _candidate(self, e: Entry, rid: str, event_id: str, patient: str, goal_ids: list[str], line: _Line,
+                   state: PatientState) -> Step:
+        """A CarePlan that names no service and whose Goals otrules has not seen (Bulk Data writes the
+        CarePlan file before the Goal file): kept as a candidate, bounded, and opened as an OT plan when
+        one of its Goals arrives on a measure of the code table. Skipped `not OT` when it cannot be."""
+        r = e.resource
+        try:
+            first = ("created", r.get("created")), ("meta.lastUpdated", last_updated(r))
+            element, value = next(((k, v) for k, v in first if v),
+                                  ("period.start", _dict(r.get("period")).get("start")))
+            at = self._time(e, element, value)
+            fields = self._plan_fields(e, None, line)
+        except _Refuse:
+            raise _Skip(SKIP_NOT_OT) from None
+        candidates: dict[str, Any] = _join(state).setdefault("candidates", {})
+        candidates.pop(rid, None)
+        candidates[rid] = {"event_id": event_id, "fields": fields, "goals": goal_ids, "at": at}
+        while len(candidates) > MAX_CANDIDATES:
+            candidates.pop(next(iter(candidates)))
+        return Joined(patient, e.where())  # its event id is the plan's, when it opens
 
     def _setting(self, e: Entry, known: dict[str, Any] | None, line: _Line) -> str:
         """CarePlan.category via the code table; else the class of the line's OT Encounters, the type of

@@ -813,10 +813,9 @@ def test_a_dead_letter_file_is_never_larger_than_its_input(tmp_path):
     # 3,000 small refused entries of one Bundle: compact letters, then letters without their resource
     # (size and SHA-256 instead), then the rest of the line as one grouped letter
     bad = [{**observation(f"x{i}", {}, T0), "meta": {}} for i in range(3000)]
-    # a repeated key refuses a whole 2 MB line: its letter keeps 64 KiB of it, with size and hash
-    big = json.dumps(bundle("collection", *[observation(f"n{i}", {"valueInteger": 20}, T0, note=[{"text": "x" * 400}])
-                                            for i in range(4000)]))
-    big = big.replace('"valueInteger": 20, ', '"valueInteger": 20, "valueInteger": 21, ', 1)
+    # a Bundle over the entry limit is refused whole: its letter keeps 64 KiB of it, with size and hash
+    big = json.dumps({"resourceType": "Bundle", "type": "collection",
+                      "entry": [{"resource": {"resourceType": "Basic", "id": f"b{i}"}} for i in range(10_001)]})
     text = "\n".join([json.dumps(bundle("transaction", careplan(), goal("g-moca"))),
                       json.dumps(bundle("collection", *bad)), big]) + "\n"
     src = tmp_path / "in.ndjson"
@@ -833,9 +832,26 @@ def test_a_dead_letter_file_is_never_larger_than_its_input(tmp_path):
     assert grouped["last_entry"] == 2999 and grouped["field"] == "Observation.value[x]"
     assert sum(x.get("count", 1) for x in of_bundle) == 3000
     [whole] = [x for x in letters if x["line"] == 3]
-    assert whole["field"] == "(repeated key)" and whole["original_truncated"]
+    assert whole["field"] == "Bundle.entry" and whole["original_truncated"]
     assert whole["original_size"] == len(big) and len(whole["original"]) == 64 * 1024
     assert whole["original_sha256"] == hashlib.sha256(big.encode()).hexdigest()
+
+
+def test_a_repeated_key_in_one_entry_refuses_that_entry_not_its_bundle(engine):
+    core, sink = core_for(engine)
+    feed(core, bundle("transaction", careplan(), goal("g-moca")))
+    doc = bundle("collection", *[observation(f"o-{i}", {"valueInteger": 20 + i}, f"2026-03-1{i}T09:00:00Z")
+                                 for i in range(3)])
+    text = json.dumps(doc).replace('"valueInteger": 21', '"valueInteger": 21, "valueInteger": 5', 1)
+    core.handle(Record(text.encode(), "t", line=2))
+    [(record, refused)] = sink.letters
+    assert refused.field == "(repeated key)" and '"valueInteger"' in refused.reason
+    assert record.fhir is not None and record.fhir["entry"] == 1 and json.loads(record.raw)["id"] == "o-1"
+    assert core.tally.processed == 4 and core.tally.balanced
+    # a key the Bundle itself repeats still refuses the line
+    core.handle(Record(json.dumps(doc).replace('"type": "collection"', '"type": "collection", "type": "batch"')
+                       .encode(), "t", line=3))
+    assert sink.letters[-1][1].field == "(repeated key)" and sink.letters[-1][0].fhir is None
 
 
 def test_a_gas_score_derived_from_one_on_an_earlier_line_joins_the_goal_that_one_focused_on(engine):

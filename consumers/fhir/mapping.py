@@ -306,6 +306,9 @@ class FhirMapper:
                 pending = None
             step: Step | _Pending
             try:
+                if e.repeated is not None:  # contracts.md §1: which value wins is ambiguous; the entry alone
+                    raise _Refuse("(repeated key)", f"the key {show_value(e.repeated)} appears more than once "
+                                                    "in one JSON object")
                 step = self._one(e, context)
             except _Skip as skip:
                 step = Skipped(e.where(), skip.why)

@@ -7,6 +7,7 @@ the mapping reads like the table in contracts.md §7.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class Entry:
     index: int | None = None  # the entry's index in its Bundle
     bundle_id: str | None = None
     bundle_type: str | None = None
+    repeated: str | None = None  # a key the entry repeats in one object: it is refused alone (the reason quotes it)
     type: str = field(init=False)  # resourceType, read once (the mapping asks for it often)
 
     def __post_init__(self) -> None:
@@ -71,8 +73,9 @@ def entries(raw: bytes) -> list[Entry]:
         raise EventRejected(f"not valid JSON: {exc}", "not valid JSON") from None
     if not isinstance(doc, dict):
         raise EventRejected(f"(resource): expected a JSON object (got {show_value(doc)})", "(resource)")
+    repeated: dict[int, str] = {}
     if _written_keys(doc) != raw.count(b'":'):  # a key repeated (or spaced `" :`): the exact look
-        check_repeated_keys(raw)
+        repeated = _repeated_by_entry(raw)
     kind = doc.get("resourceType")
     if not isinstance(kind, str) or not kind:
         raise EventRejected(f"resourceType: required for FHIR input (got {show_value(kind)})", "resourceType")
@@ -101,7 +104,44 @@ def entries(raw: bytes) -> list[Entry]:
             raise EventRejected(f"{at}.resource: expected a JSON object (got {show_value(resource)})",
                                 "Bundle.entry.resource")
         url = item.get("fullUrl")
-        out.append(Entry(resource, at, url if isinstance(url, str) else None, i, bundle_id, btype))
+        out.append(Entry(resource, at, url if isinstance(url, str) else None, i, bundle_id, btype, repeated.get(i)))
+    return out
+
+
+def _repeated_by_entry(raw: bytes) -> dict[int, str]:
+    """The entries of a Bundle that repeat a key in one object (entry index -> the key), so each is
+    refused alone; a repeat anywhere else (the Bundle's own keys, a bare resource) refuses the line
+    (`EventRejected`, as check_repeated_keys). Only read when the key count says a key may repeat."""
+    marked: dict[int, str] = {}  # id of an object that repeats a key -> the key
+    keep: list[dict[str, Any]] = []  # the marked objects, alive so their ids stay theirs
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            marked[id(obj)] = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            keep.append(obj)
+        return obj
+
+    doc = json.loads(raw, object_pairs_hook=hook)
+    if not marked:
+        return {}
+    items = doc.get("entry") if doc.get("resourceType") == "Bundle" and id(doc) not in marked else None
+    out: dict[int, str] = {}
+    found = 0
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        todo = [item]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, dict):
+                if id(node) in marked:
+                    out.setdefault(i, marked[id(node)])
+                    found += 1
+                todo.extend(node.values())
+            elif isinstance(node, list):
+                todo.extend(node)
+    if found != len(marked):  # a repeat outside the entries
+        check_repeated_keys(raw)
     return out
 
 

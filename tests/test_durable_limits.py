@@ -270,15 +270,11 @@ def test_in_list_duplicates_each_push_the_join_node():
 def test_rules_sharing_one_alpha_node():
     at = probe(rules([{"$gt": {"x": 1.0}}] * MAX_RULES_PER_SHARED_ALPHA), [fact(x=2.0)])
     assert at.matched() == sorted(names(MAX_RULES_PER_SHARED_ALPHA))
-    # past it, durable_rules writes past the end of an array before it refuses the ruleset (from 3 past
-    # it): what happens depends on the build's memory layout. 1 past: SIGSEGV with the 3.11 build here,
-    # a working ruleset with the 3.13 one; 2 past: refused (3.11), or a ruleset that silently loses a
-    # rule (3.13). So otrules never goes past the limit.
-    one_past = probe(rules([{"$gt": {"x": 1.0}}] * (MAX_RULES_PER_SHARED_ALPHA + 1)), [fact(x=2.0)])
-    assert one_past.create_error is None and (one_past.outcome == "ok" or one_past.returncode == -11), one_past
-    two_past = probe(rules([{"$gt": {"x": 1.0}}] * (MAX_RULES_PER_SHARED_ALPHA + 2)), [fact(x=2.0)])
-    works = two_past.outcome == "ok" and two_past.matched() == sorted(names(MAX_RULES_PER_SHARED_ALPHA + 2))
-    assert not works and (two_past.outcome != "crash" or two_past.returncode == -11), two_past  # SIGSEGV
+    # 1 and 2 past it, durable_rules writes past the end of an array before it refuses the ruleset
+    # (from 3 past it): undefined behaviour, seen as a SIGSEGV, a working ruleset or one that silently
+    # loses a rule depending on the build and the run, so nothing about those two is pinned here (one
+    # CI run saw 2 past "work"). What is pinned: the limit works and 3 past is refused; otrules' compiler
+    # keeps rules from sharing a node at all (engine/limits.py), so it never comes near the limit.
     refused = probe(rules([{"$gt": {"x": 1.0}}] * (MAX_RULES_PER_SHARED_ALPHA + 3)), [])
     assert refused.create_error == ERR_RULE_BETA_LIMIT_EXCEEDED
 

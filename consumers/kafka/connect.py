@@ -53,8 +53,9 @@ _POLL_S = 0.05  # how often the waiting thread looks at `stop`
 class KafkaUnreachable(OtrulesError):
     """No bootstrap server answered with cluster metadata within the connect timeout."""
 
-    def __init__(self, bootstrap_servers: str, timeout_s: float, error: str, attempts: int) -> None:
-        super().__init__(f"could not reach Kafka at {bootstrap_servers} within {timeout_s:g} s ({error})")
+    def __init__(self, bootstrap_servers: str, timeout_s: float, error: str, attempts: int, hint: str = "") -> None:
+        super().__init__(f"could not reach Kafka at {bootstrap_servers} within {timeout_s:g} s ({error})"
+                         + (f": {hint}" if hint else ""))
         self.bootstrap_servers, self.timeout_s = bootstrap_servers, timeout_s
         self.error, self.attempts = error, attempts
 
@@ -173,7 +174,7 @@ def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop
         if remaining is not None and remaining <= 0:
             log.error("kafka not reachable; giving up", bootstrap_servers=bootstrap_servers, attempt=attempt,
                       error=outcome, timeout_s=timeout_s)
-            raise KafkaUnreachable(bootstrap_servers, timeout_s, outcome, attempt)
+            raise KafkaUnreachable(bootstrap_servers, timeout_s, outcome, attempt, _hint(outcome, client_config))
         wait = backoff if remaining is None else min(backoff, remaining)
         log.warning("kafka not reachable", bootstrap_servers=bootstrap_servers, attempt=attempt,
                     retry_in_s=round(wait, 2), error=outcome)
@@ -185,6 +186,18 @@ def wait_for_cluster(bootstrap_servers: str, client_config: dict[str, Any], stop
 
 
 _STOPPED = object()
+
+
+def _hint(error: str, client_config: dict[str, Any]) -> str:
+    """What a connection closed (or left unanswered) on every attempt most likely means with SASL.
+    kafka-python 3.0.12 sometimes
+    sees the broker close a failed SASL login's connection before it reads the login's answer, so
+    a wrong password can look like an outage (docs/operations.md, "Known issues")."""
+    if error in ("KafkaConnectionError", "RequestTimedOutError") and client_config.get("sasl_mechanism"):
+        return ("the broker closed or did not answer the connections during the login; with SASL that is most "
+                "often a wrong "
+                "--sasl-username or password (OTRULES_SASL_PASSWORD or --sasl-password-file)")
+    return ""
 
 
 def _sleep(seconds: float, stop: threading.Event) -> bool:
